@@ -1,0 +1,222 @@
+"""The streaming lifecycle shared by every module that keeps state between calls.
+
+A streaming module processes a long sequence in consecutive pieces. Between pieces it keeps what it needs (KV caches,
+convolution tails, fast weights, counters) in a typed `State` dataclass owned by the module. The lifecycle is explicit:
+
+    with module.streaming(batch_size):   # start: every streaming descendant creates its State
+        module(piece_0)                  # step: read and update the state
+        module.reset_streaming(mask)     # reset: bring the masked batch items back to their initial state
+        module(piece_1)
+    # stop: every State is dropped
+
+`set_exec_mask(mask)` makes the items where the mask is False keep their state as if the next steps never happened.
+A module marked with `set_streaming_detached(True)` is left alone by its parents' lifecycle and runs its own short
+streams (the depformer streams over codebooks inside each time step).
+`snapshot_streaming()` / `restore_streaming(snapshot)` copy the whole state out and back in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class State:
+    """Base streaming state: the batch size, the device and the per-item execution mask `[B]`.
+
+    Subclasses add their own fields and extend `reset`. Tensors are updated in place so that a captured CUDA graph keeps
+    pointing at live memory.
+    """
+
+    batch_size: int
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.exec_mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        """Bring the items where `reset_mask` `[B]` is True back to their initial state; they execute again."""
+        self.exec_mask.logical_or_(reset_mask)
+
+    def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
+        self.exec_mask.copy_(exec_mask)
+
+    def close(self) -> None:
+        """Called once when streaming stops."""
+
+
+StateT = TypeVar("StateT", bound=State)
+
+
+def clone_state_value(value: Any) -> Any:
+    """A deep copy of tensors, states, lists and dicts; any other value is shared."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, State):
+        copy = object.__new__(type(value))
+        for name, field_value in vars(value).items():
+            setattr(copy, name, clone_state_value(field_value))
+        return copy
+    if isinstance(value, list):
+        return [clone_state_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: clone_state_value(v) for k, v in value.items()}
+    return value
+
+
+def copy_state_value_(target: Any, source: Any) -> Any:
+    """Copy `source` into `target` in place where possible (tensors, states, lists, dicts); returns the result."""
+    if isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor) and target.shape == source.shape:
+        target.copy_(source)
+        return target
+    if isinstance(target, State) and type(target) is type(source):
+        for name, field_value in vars(source).items():
+            setattr(target, name, copy_state_value_(getattr(target, name, None), field_value))
+        return target
+    if isinstance(target, list) and isinstance(source, list) and len(target) == len(source):
+        return [copy_state_value_(t, s) for t, s in zip(target, source)]
+    if isinstance(target, dict) and isinstance(source, dict) and target.keys() == source.keys():
+        return {k: copy_state_value_(target[k], source[k]) for k in source}
+    return clone_state_value(source)
+
+
+class _StreamingSession:
+    """Context manager returned by `StreamingModule.streaming`; stops streaming on exit."""
+
+    def __init__(self, module: StreamingModule) -> None:
+        self.module = module
+
+    def __enter__(self) -> _StreamingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.module._stop_streaming()
+
+
+class StreamingModule(nn.Module, Generic[StateT]):
+    """A module that can run in streaming mode; subclasses implement `_init_streaming_state`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._streaming_state: StateT | None = None
+        self._streaming_detached = False
+
+    def _init_streaming_state(self, batch_size: int) -> StateT:
+        raise NotImplementedError(f"{type(self).__name__} must define _init_streaming_state")
+
+    @property
+    def is_streaming(self) -> bool:
+        return self._streaming_state is not None
+
+    @property
+    def streaming_state(self) -> StateT:
+        """The live state; raises a clear error outside `streaming(...)`."""
+        if self._streaming_state is None:
+            raise RuntimeError(f"{type(self).__name__} is not streaming: wrap the calls in `with module.streaming(B):`")
+        return self._streaming_state
+
+    def set_streaming_detached(self, detached: bool) -> None:
+        """A detached module ignores its parents' streaming lifecycle and only streams when asked directly."""
+        self._streaming_detached = detached
+
+    def named_streaming_modules(self) -> Iterator[tuple[str, StreamingModule]]:
+        """This module and its streaming descendants, stopping at detached sub-modules."""
+
+        def visit(prefix: str, module: nn.Module) -> Iterator[tuple[str, StreamingModule]]:
+            if isinstance(module, StreamingModule):
+                if module._streaming_detached and prefix:
+                    return
+                yield prefix, module
+            for name, child in module.named_children():
+                yield from visit(f"{prefix}.{name}" if prefix else name, child)
+
+        yield from visit("", self)
+
+    def streaming(self, batch_size: int) -> _StreamingSession:
+        """Start streaming with `batch_size` items; use as a context manager that stops streaming on exit."""
+        self._start_streaming(batch_size)
+        return _StreamingSession(self)
+
+    def streaming_forever(self, batch_size: int) -> None:
+        """Start streaming and never stop (for servers that stream until the process ends)."""
+        self._start_streaming(batch_size)
+
+    def _start_streaming(self, batch_size: int) -> None:
+        for name, module in self.named_streaming_modules():
+            if module._streaming_state is not None:
+                raise RuntimeError(f"{name or type(self).__name__} is already streaming")
+            module._streaming_state = module._init_streaming_state(batch_size)
+
+    def _stop_streaming(self) -> None:
+        for _, module in self.named_streaming_modules():
+            if module._streaming_state is not None:
+                module._streaming_state.close()
+            module._streaming_state = None
+
+    def _batch_mask(self, mask: torch.Tensor | None) -> torch.Tensor:
+        state = self.streaming_state
+        if mask is None:
+            return torch.ones(state.batch_size, dtype=torch.bool, device=state.device)
+        mask = torch.as_tensor(mask, device=state.device).to(torch.bool)
+        if mask.shape != (state.batch_size,):
+            raise ValueError(f"expected a mask of shape [{state.batch_size}], got {list(mask.shape)}")
+        return mask
+
+    def reset_streaming(self, reset_mask: torch.Tensor | None = None) -> None:
+        """Reset the items where `reset_mask` `[B]` is True (all items when None); the others keep their state."""
+        mask = self._batch_mask(reset_mask)
+        for _, module in self.named_streaming_modules():
+            module.streaming_state.reset(mask)
+
+    def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
+        """Items where `exec_mask` `[B]` is False keep their state unchanged by the following steps."""
+        mask = self._batch_mask(exec_mask)
+        for _, module in self.named_streaming_modules():
+            module.streaming_state.set_exec_mask(mask)
+
+    def get_streaming_state(self) -> dict[str, State]:
+        """The live states of this module and its streaming descendants, by module name."""
+        return {name: module.streaming_state for name, module in self.named_streaming_modules()}
+
+    def set_streaming_state(self, states: dict[str, State]) -> None:
+        """Install states taken with `get_streaming_state` (objects are shared, not copied)."""
+        modules = dict(self.named_streaming_modules())
+        if modules.keys() != states.keys():
+            missing = sorted(modules.keys() - states.keys())
+            extra = sorted(states.keys() - modules.keys())
+            raise ValueError(f"streaming state mismatch: missing {missing}, unexpected {extra}")
+        for name, module in modules.items():
+            module._streaming_state = states[name]
+
+    def snapshot_streaming(self) -> dict[str, State]:
+        """A deep copy of the whole streaming state, to restore later with `restore_streaming`."""
+        return {name: clone_state_value(state) for name, state in self.get_streaming_state().items()}
+
+    def restore_streaming(self, snapshot: dict[str, State]) -> None:
+        """Copy a snapshot back into the live state, in place (live tensors keep their memory)."""
+        live = self.get_streaming_state()
+        if live.keys() != snapshot.keys():
+            raise ValueError(f"snapshot does not match the streaming modules: {sorted(live.keys() ^ snapshot.keys())}")
+        for name, state in live.items():
+            copy_state_value_(state, snapshot[name])
+
+
+class StreamingContainer(StreamingModule[State]):
+    """A streaming module with no state of its own; it only carries the lifecycle to its children."""
+
+    def _init_streaming_state(self, batch_size: int) -> State:
+        return State(batch_size, module_device(self))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,449 @@
+"""The streaming transformer used by Moshi's main model, its depformer and Mimi.
+
+A `StreamingTransformer` is a stack of pre-norm layers (self-attention, optional test-time-training block, feed-forward).
+Outside streaming it runs a whole sequence `[B, T, C]` from position 0. Inside `streaming(B)` each call continues the
+sequence: the attention layers keep a ring KV cache that stores, next to every key and value, its absolute position.
+Masks are built from those positions, so a chunk of any length is exact, also after the cache has wrapped past the
+attention context, and every batch item can sit at its own position (per-item resets and exec masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .gating import ActivationGating
+from .norms import LayerScale, make_norm
+from .rope import RotaryEmbedding
+from .streaming import State, StreamingContainer, StreamingModule, module_device
+
+POSITIONAL_EMBEDDINGS = ("sin", "rope", "sin_rope", "none")
+
+
+def sin_embedding(positions: torch.Tensor, dim: int, max_period: float, dtype: torch.dtype) -> torch.Tensor:
+    """Sinusoidal embedding `[B, T, dim]` of integer `positions` `[B, T]`: cosines then sines."""
+    half = dim // 2
+    exponents = torch.arange(half, device=positions.device, dtype=torch.float32) / (half - 1)
+    phase = positions.to(torch.float32)[..., None] / (max_period**exponents)
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).to(dtype)
+
+
+def weight_index(step: int, schedule: Sequence[int] | None) -> int:
+    """Which of the per-step weight sets serves time step `step`."""
+    return step if schedule is None else schedule[step]
+
+
+def apply_per_step(modules: nn.ModuleList, x: torch.Tensor, first_step: int, schedule: Sequence[int] | None):
+    """Apply `modules[t]` to time step t of `x` `[B, T, C]`, t counted from `first_step` (one module: all steps)."""
+    if len(modules) == 1:
+        return modules[0](x)
+    outputs = [
+        modules[weight_index(first_step + t, schedule)](x[:, t: t + 1]) for t in range(x.shape[1])
+    ]
+    return torch.cat(outputs, dim=1)
+
+
+def num_weight_sets(weights_per_step: int, schedule: Sequence[int] | None) -> int:
+    """How many distinct weight sets a per-step module holds (1 when weights are shared by all steps)."""
+    if not weights_per_step:
+        return 1
+    if schedule is not None:
+        if len(schedule) != weights_per_step:
+            raise ValueError(f"weights_per_step_schedule has {len(schedule)} entries, expected {weights_per_step}")
+        return max(schedule) + 1
+    return weights_per_step
+
+
+@dataclasses.dataclass
+class AttentionState(State):
+    """Ring KV cache of one attention layer.
+
+    keys, values: `[B, H, capacity, D]`; positions: `[B, capacity]` absolute position of each slot, -1 when empty.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def capacity(self) -> int:
+        return self.positions.shape[1]
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        super().reset(reset_mask)
+        self.positions.masked_fill_(reset_mask[:, None], -1)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
+        if k.shape[2] > self.capacity:
+            k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
+        slots = positions % self.capacity
+        keep = ~self.exec_mask[:, None]
+        new_positions = torch.where(keep, self.positions.gather(1, slots), positions)
+        self.positions.scatter_(1, slots, new_positions)
+        index = slots[:, None, :, None].expand_as(k)
+        keep_kv = keep[:, :, None, None]
+        self.keys.scatter_(2, index, torch.where(keep_kv, self.keys.gather(2, index), k))
+        self.values.scatter_(2, index, torch.where(keep_kv, self.values.gather(2, index), v))
+
+
+class StreamingMultiheadAttention(StreamingModule[AttentionState]):
+    """Multi-head self-attention with RoPE, a sliding causal `context` and a ring KV cache when streaming.
+
+    With `weights_per_step` > 0 (the depformer), time step t uses its own input and output projections.
+    Released checkpoints store the projections stacked (`in_proj_weight`, `out_proj.weight`); they are split on load.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        causal: bool = False,
+        context: int | None = None,
+        rope: RotaryEmbedding | None = None,
+        weights_per_step: int = 0,
+        weights_per_step_schedule: Sequence[int] | None = None,
+        kv_repeat: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if num_heads % kv_repeat:
+            raise ValueError(f"num_heads {num_heads} is not divisible by kv_repeat {kv_repeat}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.causal = causal
+        self.context = context
+        self.rope = rope
+        self.weights_per_step = weights_per_step
+        self.weights_per_step_schedule = weights_per_step_schedule
+        self.kv_repeat = kv_repeat
+        self.head_dim = embed_dim // num_heads
+        kv_dim = self.head_dim * (num_heads // kv_repeat)
+        self.num_weight_sets = num_weight_sets(weights_per_step, weights_per_step_schedule)
+        self.in_projs = nn.ModuleList(
+            nn.Linear(embed_dim, embed_dim + 2 * kv_dim, bias=False, device=device, dtype=dtype)
+            for _ in range(self.num_weight_sets)
+        )
+        self.out_projs = nn.ModuleList(
+            nn.Linear(embed_dim, embed_dim, bias=False, device=device, dtype=dtype)
+            for _ in range(self.num_weight_sets)
+        )
+        self._register_load_state_dict_pre_hook(self._split_stacked_projections)
+
+    def _split_stacked_projections(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+        """Turn released checkpoints' stacked `in_proj_weight` / `out_proj.weight` into per-step tensors."""
+        renames = {
+            "in_proj_weight": "in_projs.{}.weight",
+            "in_proj.weight": "in_projs.{}.weight",
+            "out_proj.weight": "out_projs.{}.weight",
+        }
+        for lora_part in ("lora_A", "lora_B"):
+            renames[f"in_proj.{lora_part}.weight"] = "in_projs.{}." + lora_part + ".weight"
+            renames[f"out_proj.{lora_part}.weight"] = "out_projs.{}." + lora_part + ".weight"
+        for stacked_name, split_name in renames.items():
+            stacked = state_dict.pop(prefix + stacked_name, None)
+            if stacked is None:
+                continue
+            for i, part in enumerate(stacked.unflatten(0, (self.num_weight_sets, -1)).unbind(0)):
+                state_dict[prefix + split_name.format(i)] = part
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads // self.kv_repeat
+
+    def cache_capacity(self) -> int:
+        if self.context is not None:
+            return self.context
+        if self.weights_per_step:
+            return self.weights_per_step
+        raise ValueError("a streaming attention needs a finite `context` (or weights_per_step) to size its KV cache")
+
+    def _init_streaming_state(self, batch_size: int) -> AttentionState:
+        weight = self.in_projs[0].weight if hasattr(self.in_projs[0], "weight") else next(self.parameters())
+        capacity = self.cache_capacity()
+        shape = (batch_size, self.num_kv_heads, capacity, self.head_dim)
+        return AttentionState(
+            batch_size,
+            weight.device,
+            keys=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+            values=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+            positions=torch.full((batch_size, capacity), -1, device=weight.device, dtype=torch.long),
+        )
+
+    def _project_qkv(self, x: torch.Tensor, first_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries `[B, H, T, D]`, keys and values `[B, H_kv, T, D]`."""
+        projected = apply_per_step(self.in_projs, x, first_step, self.weights_per_step_schedule)
+        kv_dim = self.head_dim * self.num_kv_heads
+        q, k, v = projected.split([self.embed_dim, kv_dim, kv_dim], dim=-1)
+        return (
+            q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2),
+            k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2),
+            v.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2),
+        )
+
+    def _visible(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor | None:
+        """Boolean mask `[B, 1, Tq, Tk]`: which keys each query may attend to."""
+        if not self.causal:
+            return (key_positions >= 0)[:, None, None, :]
+        delta = query_positions[:, :, None] - key_positions[:, None, :]
+        visible = (key_positions[:, None, :] >= 0) & (delta >= 0)
+        if self.context is not None:
+            visible &= delta < self.context
+        return visible[:, None]
+
+    def _keys_and_values(
+        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values and key positions to attend over; updates the cache when streaming.
+
+        When the chunk is short enough that writing it cannot evict anything a query still sees, it is written first and
+        the cache alone is attended over; otherwise the cache is read before the write and joined with the chunk.
+        """
+        state = self._streaming_state
+        if state is None:
+            return k, v, positions
+        window = self.context if self.context is not None else state.capacity
+        if k.shape[2] + window - 1 <= state.capacity:
+            state.write(k, v, positions)
+            return state.keys, state.values, state.positions
+        keys = torch.cat([state.keys, k], dim=2)
+        values = torch.cat([state.values, v], dim=2)
+        key_positions = torch.cat([state.positions, positions], dim=1)
+        state.write(k, v, positions)
+        return keys, values, key_positions
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, first_step: int = 0) -> torch.Tensor:
+        """Attend `x` `[B, T, C]` whose first time step sits at position `offsets` `[B]`; returns `[B, T, C]`."""
+        T = x.shape[1]
+        positions = offsets[:, None] + torch.arange(T, device=x.device)
+        q, k, v = self._project_qkv(x, first_step)
+        if self.rope is not None:
+            q, k = self.rope(q, k, positions)
+        keys, values, key_positions = self._keys_and_values(k, v, positions)
+        mask = self._visible(positions, key_positions)
+        if self._streaming_state is not None:
+            mask = mask | ~self._streaming_state.exec_mask[:, None, None, None]
+        if self.kv_repeat > 1:
+            keys = keys.repeat_interleave(self.kv_repeat, dim=1)
+            values = values.repeat_interleave(self.kv_repeat, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = out.transpose(1, 2).flatten(2)
+        return apply_per_step(self.out_projs, out, first_step, self.weights_per_step_schedule)
+
+
+class StreamingTransformerLayer(nn.Module):
+    """Pre-norm layer: `x += attn(norm1(x))`, optional `x = ttt(x)`, then `x += ffn(norm2(x))`.
+
+    The feed-forward is gated (`gating` = `silu`, `gelu`, ...) or plain (`gating="none"`, keys `linear1`/`linear2`).
+    With `weights_per_step` the gated FFN has one weight set per time step, like the attention.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        dim_feedforward: int | list[int] = 2048,
+        causal: bool = False,
+        context: int | None = None,
+        rope: RotaryEmbedding | None = None,
+        norm: str = "layer_norm",
+        layer_scale: float | None = None,
+        gating: str = "none",
+        weights_per_step: int = 0,
+        weights_per_step_schedule: Sequence[int] | None = None,
+        kv_repeat: int = 1,
+        activation=F.gelu,
+        ttt: nn.Module | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.weights_per_step_schedule = weights_per_step_schedule
+        self.self_attn = StreamingMultiheadAttention(
+            d_model, num_heads, causal=causal, context=context, rope=rope, weights_per_step=weights_per_step,
+            weights_per_step_schedule=weights_per_step_schedule, kv_repeat=kv_repeat, **factory,
+        )
+        self.norm1 = make_norm(norm, d_model, **factory)
+        self.norm2 = make_norm(norm, d_model, **factory)
+        self.ttt = ttt
+        if gating == "none":
+            if weights_per_step or isinstance(dim_feedforward, list):
+                raise ValueError("per-step feed-forward weights need a gated FFN (gating != 'none')")
+            self.linear1 = nn.Linear(d_model, dim_feedforward, bias=False, **factory)
+            self.linear2 = nn.Linear(dim_feedforward, d_model, bias=False, **factory)
+            self.activation = activation
+            self.gating = None
+        else:
+            sets = num_weight_sets(weights_per_step, weights_per_step_schedule)
+            widths = dim_feedforward if isinstance(dim_feedforward, list) else [dim_feedforward] * sets
+            if len(widths) != sets:
+                raise ValueError(f"dim_feedforward lists {len(widths)} widths for {sets} weight sets")
+            gates = [ActivationGating(d_model, width, gating, **factory) for width in widths]
+            self.gating = nn.ModuleList(gates) if weights_per_step else gates[0]
+        if layer_scale is None:
+            self.layer_scale_1, self.layer_scale_2 = nn.Identity(), nn.Identity()
+        else:
+            self.layer_scale_1 = LayerScale(d_model, layer_scale, **factory)
+            self.layer_scale_2 = LayerScale(d_model, layer_scale, **factory)
+
+    def _feed_forward(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
+        if self.gating is None:
+            return self.linear2(self.activation(self.linear1(x)))
+        if isinstance(self.gating, nn.ModuleList):
+            return apply_per_step(self.gating, x, first_step, self.weights_per_step_schedule)
+        return self.gating(x)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, first_step: int = 0) -> torch.Tensor:
+        update = self.self_attn(self.norm1(x), offsets, first_step)
+        x = x.to(update) + self.layer_scale_1(update)
+        if self.ttt is not None:
+            x = self.ttt(x)
+        update = self._feed_forward(self.norm2(x), first_step)
+        return x.to(update) + self.layer_scale_2(update)
+
+
+@dataclasses.dataclass
+class TransformerState(State):
+    """Position of every batch item `[B]` and the number of steps taken (selects per-step weights)."""
+
+    offsets: torch.Tensor
+    steps: int = 0
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        super().reset(reset_mask)
+        self.offsets.masked_fill_(reset_mask, 0)
+        self.steps = 0
+
+
+class StreamingTransformer(StreamingModule[TransformerState]):
+    """A stack of `StreamingTransformerLayer` on `[B, T, d_model]`.
+
+    `positional_embedding`: `rope` (rotary in attention), `sin` (added sinusoids), `sin_rope` (both) or `none`.
+    `ttt_blocks` optionally maps layer index -> a test-time-training block placed after that layer's attention.
+    Remaining keyword arguments go to every layer.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        dim_feedforward: int | list[int] = 2048,
+        causal: bool = False,
+        context: int | None = None,
+        positional_embedding: str = "sin",
+        max_period: float = 10_000,
+        positional_scale: float = 1.0,
+        ttt_blocks: dict[int, nn.Module] | None = None,
+        device=None,
+        dtype=None,
+        **layer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        if positional_embedding not in POSITIONAL_EMBEDDINGS:
+            raise ValueError(f"unknown positional_embedding {positional_embedding!r}; expected {POSITIONAL_EMBEDDINGS}")
+        self.d_model = d_model
+        self.positional_embedding = positional_embedding
+        self.max_period = max_period
+        self.positional_scale = positional_scale
+        self.rope = RotaryEmbedding(max_period) if positional_embedding in ("rope", "sin_rope") else None
+        ttt_blocks = ttt_blocks or {}
+        self.layers = nn.ModuleList(
+            StreamingTransformerLayer(
+                d_model, num_heads, dim_feedforward=dim_feedforward, causal=causal, context=context, rope=self.rope,
+                ttt=ttt_blocks.get(i), device=device, dtype=dtype, **layer_kwargs,
+            )
+            for i in range(num_layers)
+        )
+
+    def _init_streaming_state(self, batch_size: int) -> TransformerState:
+        device = module_device(self)
+        return TransformerState(batch_size, device, offsets=torch.zeros(batch_size, device=device, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` `[B, T, d_model]` -> `[B, T, d_model]`, continuing the stream when streaming."""
+        B, T, C = x.shape
+        state = self._streaming_state
+        if state is None:
+            offsets, first_step = torch.zeros(B, device=x.device, dtype=torch.long), 0
+        else:
+            offsets, first_step = state.offsets, state.steps
+        if self.positional_embedding in ("sin", "sin_rope"):
+            positions = offsets[:, None] + torch.arange(T, device=x.device)
+            x = x + self.positional_scale * sin_embedding(positions, C, self.max_period, x.dtype)
+        input_dtype = x.dtype
+        for layer in self.layers:
+            x = layer(x, offsets, first_step)
+        if state is not None:
+            state.offsets.add_(state.exec_mask.long() * T)
+            state.steps += T
+        return x.to(input_dtype)
+
+
+class ProjectedTransformer(StreamingContainer):
+    """A `StreamingTransformer` with optional input/output projections and several outputs.
+
+    With `conv_layout` the inputs and outputs are `[B, C, T]` instead of `[B, T, C]`.
+    """
+
+    def __init__(
+        self,
+        input_dimension: int,
+        output_dimensions: Sequence[int],
+        d_model: int,
+        *,
+        conv_layout: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.conv_layout = conv_layout
+        self.transformer = StreamingTransformer(d_model=d_model, device=device, dtype=dtype, **kwargs)
+        self.input_proj = (
+            None if input_dimension == d_model
+            else nn.Linear(input_dimension, d_model, bias=False, device=device, dtype=dtype)
+        )
+        self.output_projs = nn.ModuleList(
+            nn.Identity() if dim == d_model else nn.Linear(d_model, dim, bias=False, device=device, dtype=dtype)
+            for dim in output_dimensions
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.conv_layout:
+            x = x.transpose(1, 2)
+        if self.input_proj is not None:
+            x = self.input_proj(x)
+        z = self.transformer(x)
+        outputs = [proj(z) for proj in self.output_projs]
+        return [y.transpose(1, 2) for y in outputs] if self.conv_layout else outputs
+
+
+def set_attention_context(model: nn.Module, context: int | None) -> None:
+    """Change the attention context of every attention layer of `model` (outside streaming)."""
+    for module in model.modules():
+        if isinstance(module, StreamingMultiheadAttention):
+            module.context = context
+
+
+__all__ = [
+    "AttentionState",
+    "ProjectedTransformer",
+    "StreamingMultiheadAttention",
+    "StreamingTransformer",
+    "StreamingTransformerLayer",
+    "TransformerState",
+    "set_attention_context",
+    "sin_embedding",
+]
