@@ -19,3 +19,11 @@ def parity_dir() -> Path:
             pytest.fail(f"parity fixtures are required in CI but {PARITY_DIR} is missing")
         pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
     return PARITY_DIR
+
+
+@pytest.fixture(scope="session", params=["lm_moshiko_tiny", "lm_moshiko_tiny_silent_user"])
+def lm_case(request, parity_dir: Path):
+    """Each upstream LM parity case (config, weights, inputs and expected outputs)."""
+    from lm_fixtures import load_case
+
+    return load_case(parity_dir, request.param)

@@ -1,0 +1,110 @@
+"""Streaming transformer: chunked streaming equals the parallel forward, also past the attention context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moshi.models.lm import LMModel
+from moshi.modules.transformer import StreamingMultiheadAttention, StreamingTransformer
+
+CONTEXT = 6
+FRAMES = 40
+
+
+def _chunks(T: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, T)) for i in range(0, T, size)]
+
+
+@pytest.fixture
+def transformer() -> StreamingTransformer:
+    torch.manual_seed(0)
+    return StreamingTransformer(
+        d_model=32, num_heads=4, num_layers=2, dim_feedforward=132, causal=True, context=CONTEXT,
+        positional_embedding="rope", norm="rms_norm_f32", gating="silu",
+    ).eval()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_streaming_chunks_equal_parallel_forward(transformer, chunk):
+    x = torch.randn(2, FRAMES, 32)
+    with torch.no_grad():
+        reference = transformer(x)
+        with transformer.streaming(2):
+            streamed = torch.cat([transformer(x[:, part]) for part in _chunks(FRAMES, chunk)], dim=1)
+    torch.testing.assert_close(streamed, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_lm_forward_text_streaming_chunks_equal_parallel(chunk):
+    torch.manual_seed(1)
+    lm = LMModel(
+        delays=[0] * 5, n_q=4, dep_q=2, card=20, text_card=24, dim=32, num_heads=4, num_layers=2, context=CONTEXT,
+        norm="rms_norm_f32", gating="silu", positional_embedding="rope", depformer_dim=16, depformer_num_heads=2,
+        depformer_num_layers=1, depformer_multi_linear=True, depformer_weights_per_step=True, depformer_pos_emb="none",
+        depformer_gating="silu",
+    ).eval()
+    sequence = torch.randint(0, 20, (2, 5, FRAMES))
+    with torch.no_grad():
+        ref_out, ref_logits = lm.forward_text(sequence)
+        with lm.streaming(2):
+            parts = [lm.forward_text(sequence[:, :, part]) for part in _chunks(FRAMES, chunk)]
+    torch.testing.assert_close(torch.cat([p[0] for p in parts], dim=1), ref_out, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([p[1] for p in parts], dim=2), ref_logits, atol=1e-4, rtol=0)
+
+
+def test_reset_of_one_item_matches_a_fresh_run(transformer):
+    x = torch.randn(2, 15, 32)
+    fresh = torch.randn(1, 10, 32)
+    with torch.no_grad():
+        expected_item1 = transformer(fresh)
+        with transformer.streaming(2):
+            for t in range(15):
+                transformer(x[:, t: t + 1])
+            transformer.reset_streaming(torch.tensor([False, True]))
+            inputs = torch.cat([torch.randn(1, 10, 32), fresh], dim=0)
+            after = torch.cat([transformer(inputs[:, t: t + 1]) for t in range(10)], dim=1)
+        continued = transformer(torch.cat([x[:1], inputs[:1]], dim=1))
+    torch.testing.assert_close(after[1:], expected_item1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(after[:1], continued[:, 15:], atol=1e-4, rtol=0)
+
+
+def test_exec_mask_freezes_the_masked_item(transformer):
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        reference = transformer(x)
+        with transformer.streaming(2):
+            first = transformer(x[:, :4])
+            transformer.set_exec_mask(torch.tensor([True, False]))
+            transformer(torch.randn(2, 3, 32))
+            transformer.set_exec_mask(torch.tensor([True, True]))
+            rest = transformer(x[:, 4:])
+    torch.testing.assert_close(first, reference[:, :4], atol=1e-4, rtol=0)
+    torch.testing.assert_close(rest[1], reference[1, 4:], atol=1e-4, rtol=0)
+
+
+def test_snapshot_and_restore_replays_the_same_outputs(transformer):
+    x = torch.randn(2, 12, 32)
+    with torch.no_grad(), transformer.streaming(2):
+        transformer(x[:, :5])
+        snapshot = transformer.snapshot_streaming()
+        first = transformer(x[:, 5:])
+        transformer.restore_streaming(snapshot)
+        second = transformer(x[:, 5:])
+    assert torch.equal(first, second)
+
+
+def test_stacked_projection_weights_load_into_per_step_projections():
+    attention = StreamingMultiheadAttention(8, 2, causal=True, weights_per_step=3)
+    stacked_in = torch.randn(3 * 24, 8)
+    stacked_out = torch.randn(3 * 8, 8)
+    attention.load_state_dict({"in_proj_weight": stacked_in, "out_proj.weight": stacked_out})
+    for i in range(3):
+        assert torch.equal(attention.in_projs[i].weight, stacked_in[24 * i: 24 * (i + 1)])
+        assert torch.equal(attention.out_projs[i].weight, stacked_out[8 * i: 8 * (i + 1)])
+
+
+def test_streaming_without_context_is_a_clear_error():
+    transformer = StreamingTransformer(d_model=8, num_heads=2, num_layers=1, causal=True)
+    with pytest.raises(ValueError, match="context"):
+        transformer.streaming(1)
