@@ -67,16 +67,12 @@ class LMGenState(State):
     graphed_main: CUDAGraphed
     graphed_depformer: CUDAGraphed
     graphed_forced_depformer: CUDAGraphed
-    on_close: Callable[[], None]
     steps: int = 0
 
     def reset(self, reset_mask: torch.Tensor) -> None:
         super().reset(reset_mask)
         self.offsets.masked_fill_(reset_mask, 0)
         self.steps = 0
-
-    def close(self) -> None:
-        self.on_close()
 
 
 def _write_where(tensor: torch.Tensor, dim: int, index: torch.Tensor, value: torch.Tensor, mask: torch.Tensor):
@@ -137,7 +133,6 @@ class LMGen(StreamingModule[LMGenState]):
         device = lm.device
         ring = self.max_delay + 1
         logits_dtype = lm.text_linear.weight.dtype
-        lm.depformer.streaming_forever(batch_size)
         on_gpu = device.type == "cuda"
         return LMGenState(
             batch_size,
@@ -150,7 +145,6 @@ class LMGen(StreamingModule[LMGenState]):
             graphed_main=CUDAGraphed(lm.forward_text, disable=not on_gpu),
             graphed_depformer=CUDAGraphed(self.depformer_step, disable=not on_gpu),
             graphed_forced_depformer=CUDAGraphed(self._forced_depformer_pass, disable=not on_gpu),
-            on_close=lm.depformer._stop_streaming,
         )
 
     def _check_inputs(self, input_tokens: torch.Tensor, replace: torch.Tensor | None,
@@ -203,16 +197,16 @@ class LMGen(StreamingModule[LMGenState]):
         `forced` `[B, dep_q]` replaces the sampled tokens (teacher forcing); the logits are the model's either way.
         """
         lm = self.lm_model
-        lm.depformer.reset_streaming()
         previous, tokens, logits = text_token, [], []
-        for k in range(lm.dep_q):
-            step_logits = lm.forward_depformer(k, previous[:, None, None], transformer_out)[:, 0, 0]
-            if forced is None:
-                previous = sample_token(step_logits.float(), self.use_sampling, self.temp, self.top_k)
-            else:
-                previous = forced[:, k]
-            tokens.append(previous)
-            logits.append(step_logits)
+        with lm.depformer.streaming(text_token.shape[0]):
+            for k in range(lm.dep_q):
+                step_logits = lm.forward_depformer(k, previous[:, None, None], transformer_out)[:, 0, 0]
+                if forced is None:
+                    previous = sample_token(step_logits.float(), self.use_sampling, self.temp, self.top_k)
+                else:
+                    previous = forced[:, k]
+                tokens.append(previous)
+                logits.append(step_logits)
         return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
 
     def _record(self, text_token: torch.Tensor, audio_tokens: torch.Tensor | None, text_logits: torch.Tensor,

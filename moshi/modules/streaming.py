@@ -91,7 +91,7 @@ class _StreamingSession:
     def __init__(self, module: StreamingModule) -> None:
         self.module = module
 
-    def __enter__(self) -> _StreamingSession:
+    def __enter__(self) -> _StreamingSession:  # noqa: PYI034 (Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
