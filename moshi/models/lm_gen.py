@@ -19,6 +19,7 @@ import torch
 from ..modules.streaming import State, StreamingModule
 from ..utils.compile import CUDAGraphed
 from ..utils.sampling import sample_token
+from .lm_chunks import ChunkWithLogits, step_chunk_with_logits
 
 if TYPE_CHECKING:
     from .lm import LMModel
@@ -307,3 +308,9 @@ class LMGen(StreamingModule[LMGenState]):
         tokens, transformer_out = out
         text_logits, audio_logits = self._ready_logits()
         return StepWithLogits(tokens, text_logits, audio_logits, transformer_out)
+
+    def step_chunk_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor,
+                               *, text_replace_tokens: torch.Tensor | None = None) -> ChunkWithLogits:
+        """C teacher-forced `step_with_logits` calls in one pass: inputs `[B, n_q - dep_q, C]`, `[B, dep_q, C]` and
+        optionally `[B, C]` text; greedy text is found by speculation. See `moshi.models.lm_chunks`."""
+        return step_chunk_with_logits(self, input_tokens, depformer_replace_tokens, text_replace_tokens)

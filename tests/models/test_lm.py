@@ -121,4 +121,4 @@ def test_bfloat16_forward_and_step(parity_dir):
     assert (out.logits[mask].float() - reference).abs().mean() < 0.05 * reference.abs().mean()
     tokens = _greedy_tokens(lm, case.io["user_audio"], 5)
     assert tokens.shape == (case.batch_size, lm.dep_q + 1, 5)
-    assert ((tokens[:, :, 2:] >= 0)).all()
+    assert (tokens[:, :, 2:] >= 0).all()
