@@ -147,10 +147,16 @@ class StreamingModule(nn.Module, Generic[StateT]):
         self._start_streaming(batch_size)
 
     def _start_streaming(self, batch_size: int) -> None:
-        for name, module in self.named_streaming_modules():
+        modules = list(self.named_streaming_modules())
+        for name, module in modules:
             if module._streaming_state is not None:
                 raise RuntimeError(f"{name or type(self).__name__} is already streaming")
-            module._streaming_state = module._init_streaming_state(batch_size)
+        try:
+            for _, module in modules:
+                module._streaming_state = module._init_streaming_state(batch_size)
+        except Exception:
+            self._stop_streaming()
+            raise
 
     def _stop_streaming(self) -> None:
         for _, module in self.named_streaming_modules():

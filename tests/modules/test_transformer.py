@@ -108,3 +108,10 @@ def test_streaming_without_context_is_a_clear_error():
     transformer = StreamingTransformer(d_model=8, num_heads=2, num_layers=1, causal=True)
     with pytest.raises(ValueError, match="context"):
         transformer.streaming(1)
+
+
+def test_failed_start_leaves_nothing_streaming():
+    transformer = StreamingTransformer(d_model=8, num_heads=2, num_layers=1, causal=True)
+    with pytest.raises(ValueError):
+        transformer.streaming(1)
+    assert not any(module.is_streaming for _, module in transformer.named_streaming_modules())
