@@ -19,6 +19,7 @@ from torch import nn
 from ..modules.norms import make_norm
 from ..modules.streaming import StreamingContainer
 from ..modules.transformer import StreamingTransformer
+from ..modules.ttt import TTTConfig
 from .lm_gen import LMGen, StepWithLogits
 from .lm_utils import ScaledEmbedding, delay_streams, init_scaled_normal_, undelay_streams
 
@@ -87,7 +88,7 @@ class LMModel(StreamingContainer):
         extra_heads_dim: int = 6,
         context: int | None = None,
         causal: bool = True,
-        ttt: dict[str, Any] | None = None,
+        ttt: dict[str, Any] | TTTConfig | None = None,
         device=None,
         dtype=None,
         gradient_checkpointing: bool = False,
@@ -122,10 +123,9 @@ class LMModel(StreamingContainer):
         main_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("depformer_")}
         self.transformer = StreamingTransformer(
             d_model=dim, num_heads=num_heads, dim_feedforward=int(hidden_scale * dim), norm=norm, context=context,
-            causal=causal, ttt_blocks=self._build_ttt_blocks(ttt, dim, num_heads, main_kwargs, factory),
+            causal=causal, ttt_blocks=self._ttt_blocks(ttt, dim, num_heads, main_kwargs.get("num_layers", 0), factory),
             **factory, **main_kwargs,
         )
-        self.ttt_config = ttt
         self.out_norm = make_norm(norm, dim, **factory)
 
         num_inputs = 1
@@ -163,31 +163,22 @@ class LMModel(StreamingContainer):
         self.to(**{k: v for k, v in factory.items() if v is not None})
         self._init_weights()
 
-    @staticmethod
-    def _build_ttt_blocks(
-        ttt: dict[str, Any] | None, dim: int, num_heads: int, main_kwargs: dict[str, Any], factory: dict[str, Any]
-    ) -> dict[int, nn.Module]:
-        if not ttt:
+    def _ttt_blocks(self, ttt: dict[str, Any] | TTTConfig | None, dim: int, num_heads: int, num_layers: int,
+                    factory: dict[str, Any]) -> dict[int, nn.Module]:
+        """TTT blocks of the main transformer by layer index, from the `ttt` config (none without one)."""
+        self.ttt_config = ttt if isinstance(ttt, TTTConfig) or ttt is None else TTTConfig.from_dict(ttt)
+        if self.ttt_config is None:
             return {}
-        from ..modules.ttt import TTTBlock, TTTConfig, parse_ttt_layers
-
-        config = TTTConfig.from_dict(ttt)
-        layers = parse_ttt_layers(config.layers, main_kwargs.get("num_layers", 0))
-        return {
-            i: TTTBlock(
-                dim, config.num_heads or num_heads, variant=config.variant, mini_batch_size=config.mini_batch_size,
-                base_lr=config.base_lr, initial_gating_alpha=config.initial_gating_alpha,
-                mlp_expansion=config.mlp_expansion, **factory,
-            )
-            for i in layers
-        }
+        return self.ttt_config.build_blocks(dim, num_heads, num_layers, **factory)
 
     def _init_weights(self) -> None:
         for module in (*self.emb, *self.depformer_emb, self.text_emb, self.depformer_text_emb, self.text_linear,
                        *self.linears):
             init_scaled_normal_(module)
         for layer in self.transformer.layers:
-            layer.apply(init_scaled_normal_)
+            for name, child in layer.named_children():
+                if name != "ttt":
+                    child.apply(init_scaled_normal_)
 
     @property
     def initial_token_id(self) -> int:
