@@ -1,0 +1,1 @@
+"""Small utilities: sampling, CUDA-graph capture of per-step calls."""
