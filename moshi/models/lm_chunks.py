@@ -5,9 +5,10 @@
 main-transformer pass over the C steps (the KV caches and TTT states advance by C) and one parallel depformer pass.
 
 All inputs are known in advance except the greedy text, whose token at step t is an input of step t + 1. It is found by
-speculation (Jacobi iteration): run the chunk with proposed text tokens, replace the proposals by the model's argmax, and
-run again from a snapshot of the streaming state until they agree. Agreement means every step saw exactly the inputs the
-step-by-step greedy pass would have given it, so the result is the same.
+speculation: run the chunk with proposed text tokens from a snapshot of the streaming state, accept the leading steps
+whose text inputs equal the model's own argmax (plus the first corrected token), restore the snapshot, commit the accepted
+steps and continue with the argmax as the next proposal. Accepted steps saw exactly the inputs the step-by-step greedy
+pass gives them, so the result is the same.
 
 Positions are in upstream's delayed layout: step s reads input position s and writes position s + 1 of the token cache.
 """
@@ -81,31 +82,6 @@ def _main_inputs(lm_gen: LMGen, tape: torch.Tensor) -> torch.Tensor:
     return torch.where(use_initial, lm.initial_tokens(tape.shape[0]), tape[:, :, :C])
 
 
-def _speculate_text(lm_gen: LMGen, user, own, text_replace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Run the main transformer over the chunk until the text inputs agree with the model's own greedy text.
-
-    Returns the token tape, transformer_out `[B, C, dim]`, text_logits `[B, 1, C, text_card_out]` and the pass count.
-    """
-    lm = lm_gen.lm_model
-    B, _, C = own.shape
-    text = text_replace if text_replace is not None else torch.full(
-        (B, C), lm.text_padding_token_id, dtype=torch.long, device=own.device)
-    snapshot = None if text_replace is not None else lm_gen.snapshot_streaming()
-    passes = 0
-    while True:
-        tape = _token_tape(lm_gen, user, own, text)
-        transformer_out, text_logits = lm.forward_text(_main_inputs(lm_gen, tape))
-        passes += 1
-        if snapshot is None:
-            return tape, transformer_out, text_logits, passes
-        greedy = text_logits[:, 0].argmax(dim=-1)
-        if torch.equal(greedy[:, :-1], text[:, :-1]):
-            tape[:, 0, C] = greedy[:, -1]
-            return tape, transformer_out, text_logits, passes
-        text = greedy
-        lm_gen.restore_streaming(snapshot)
-
-
 def _depformer_logits(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
     """Teacher-forced depformer logits `[B, dep_q, C, card]` of all steps in one parallel pass."""
     return lm_gen.lm_model.forward_depformer_training(tape[:, :, 1:], transformer_out)
@@ -166,6 +142,84 @@ def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: tor
     lm._check_range(own, lm.card, "depformer_replace_tokens")
 
 
+def _main_pass(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor):
+    """Main transformer over the steps of `own` with the given text tokens: tape, transformer_out, text_logits."""
+    tape = _token_tape(lm_gen, user, own, text)
+    transformer_out, text_logits = lm_gen.lm_model.forward_text(_main_inputs(lm_gen, tape))
+    return tape, transformer_out, text_logits
+
+
+def _finish(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
+            steps_before: int, offsets_before: torch.Tensor, passes: int) -> ChunkWithLogits:
+    """Depformer pass over steps whose main pass is final, then record them and gather the completed frames."""
+    audio_logits = _depformer_logits(lm_gen, tape, transformer_out)
+    tokens, text, audio = _completed_frames(lm_gen, tape, steps_before, offsets_before, text_logits, audio_logits)
+    _record_chunk(lm_gen, tape, text_logits, audio_logits)
+    return ChunkWithLogits(tokens, text, audio, transformer_out, main_passes=passes)
+
+
+def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, passes: int = 1):
+    """Run and record steps whose text tokens are known: one main pass, one parallel depformer pass."""
+    state = lm_gen.streaming_state
+    steps_before, offsets_before = state.steps, state.offsets.clone()
+    tape, transformer_out, text_logits = _main_pass(lm_gen, user, own, text)
+    return _finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, passes)
+
+
+def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
+    """How many leading steps saw correct text inputs: step i + 1 needs `proposed[:, :i + 1] == greedy[:, :i + 1]`."""
+    agree = (proposed[:, :-1] == greedy[:, :-1]).all(dim=0)
+    disagreements = (~agree).nonzero()
+    return int(disagreements[0]) + 1 if len(disagreements) else proposed.shape[1]
+
+
+def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> list[ChunkWithLogits]:
+    """Greedy text by speculation over a sliding window.
+
+    Run the window with proposed text, keep the leading steps whose inputs agree with the model's argmax (plus the first
+    corrected token), restore the streaming state, commit those steps, and propose the argmax for the rest. The window
+    doubles while whole windows are accepted and shrinks to twice the accepted length otherwise.
+    """
+    lm = lm_gen.lm_model
+    B, _, C = own.shape
+    proposal = torch.full((B, C), lm.text_padding_token_id, dtype=torch.long, device=own.device)
+    parts: list[ChunkWithLogits] = []
+    start, window = 0, C
+    while start < C:
+        stop = min(C, start + window)
+        state = lm_gen.streaming_state
+        steps_before, offsets_before = state.steps, state.offsets.clone()
+        snapshot = lm_gen.snapshot_streaming()
+        span = slice(start, stop)
+        tape, transformer_out, text_logits = _main_pass(lm_gen, user[:, :, span], own[:, :, span], proposal[:, span])
+        greedy = text_logits[:, 0].argmax(dim=-1)
+        accepted = _verified_steps(proposal[:, span], greedy)
+        proposal[:, span] = greedy
+        if accepted == stop - start:
+            tape[:, 0, -1] = greedy[:, -1]
+            parts.append(_finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, 1))
+            window *= 2
+        else:
+            lm_gen.restore_streaming(snapshot)
+            kept = slice(start, start + accepted)
+            parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], passes=2))
+            window = max(2, 2 * accepted)
+        start += accepted
+    return parts
+
+
+def _concatenate(parts: list[ChunkWithLogits]) -> ChunkWithLogits:
+    if len(parts) == 1:
+        return parts[0]
+    return ChunkWithLogits(
+        tokens=torch.cat([p.tokens for p in parts], dim=2),
+        text_logits=torch.cat([p.text_logits for p in parts], dim=2),
+        audio_logits=torch.cat([p.audio_logits for p in parts], dim=2),
+        transformer_out=torch.cat([p.transformer_out for p in parts], dim=1),
+        main_passes=sum(p.main_passes for p in parts),
+    )
+
+
 @torch.no_grad()
 def step_chunk_with_logits(
     lm_gen: LMGen,
@@ -176,11 +230,6 @@ def step_chunk_with_logits(
     """C teacher-forced steps at once: `input_tokens` `[B, n_q - dep_q, C]`, `depformer_replace_tokens` `[B, dep_q, C]`
     (step-by-step layout of `step_with_logits`), optional `text_replace_tokens` `[B, C]`; greedy text otherwise."""
     _check_chunk(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
-    state = lm_gen.streaming_state
-    steps_before, offsets_before = state.steps, state.offsets.clone()
-    tape, transformer_out, text_logits, passes = _speculate_text(
-        lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
-    audio_logits = _depformer_logits(lm_gen, tape, transformer_out)
-    tokens, text, audio = _completed_frames(lm_gen, tape, steps_before, offsets_before, text_logits, audio_logits)
-    _record_chunk(lm_gen, tape, text_logits, audio_logits)
-    return ChunkWithLogits(tokens, text, audio, transformer_out, passes)
+    if text_replace_tokens is not None:
+        return _commit(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
+    return _concatenate(_speculate_greedy(lm_gen, input_tokens, depformer_replace_tokens))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..utils.compile import in_cuda_graph
 from .gating import ActivationGating
 from .norms import LayerScale, make_norm
 from .rope import RotaryEmbedding
@@ -64,11 +65,13 @@ class AttentionState(State):
     """Ring KV cache of one attention layer.
 
     keys, values: `[B, H, capacity, D]`; positions: `[B, capacity]` absolute position of each slot, -1 when empty.
+    Slots are filled in order, so only the first `filled` slots can hold anything (reads outside CUDA graphs skip the rest).
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     positions: torch.Tensor
+    filled: int = 0
 
     @property
     def capacity(self) -> int:
@@ -80,6 +83,7 @@ class AttentionState(State):
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
+        self.filled = min(self.capacity, self.filled + k.shape[2])
         if k.shape[2] > self.capacity:
             k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
         slots = positions % self.capacity
@@ -213,12 +217,19 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         window = self.context if self.context is not None else state.capacity
         if k.shape[2] + window - 1 <= state.capacity:
             state.write(k, v, positions)
-            return state.keys, state.values, state.positions
-        keys = torch.cat([state.keys, k], dim=2)
-        values = torch.cat([state.values, v], dim=2)
-        key_positions = torch.cat([state.positions, positions], dim=1)
+            return self._cached(state)
+        cached_keys, cached_values, cached_positions = self._cached(state)
+        keys = torch.cat([cached_keys, k], dim=2)
+        values = torch.cat([cached_values, v], dim=2)
+        key_positions = torch.cat([cached_positions, positions], dim=1)
         state.write(k, v, positions)
         return keys, values, key_positions
+
+    @staticmethod
+    def _cached(state: AttentionState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cache slots worth reading: all of them while recording a CUDA graph (fixed shapes), else the filled ones."""
+        slots = state.capacity if in_cuda_graph() else state.filled
+        return state.keys[:, :, :slots], state.values[:, :, :slots], state.positions[:, :slots]
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, first_step: int = 0) -> torch.Tensor:
         """Attend `x` `[B, T, C]` whose first time step sits at position `offsets` `[B]`; returns `[B, T, C]`."""
