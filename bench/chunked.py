@@ -61,21 +61,20 @@ def measure(lm: LMModel, frames: int, chunk: int, per_step_frames: int) -> dict[
     pad = torch.full((1, users.shape[2]), lm.text_padding_token_id, dtype=torch.long, device=device)
     codes = torch.cat([pad[:, None, :frames], own, torch.full_like(own, lm.zero_token_id)], dim=1)
     results: dict[str, float] = {}
-    stats: dict[str, int] = {}
+    main_steps: list[int] = []
 
     def parallel() -> None:
         lm(codes)
 
     def chunked(text: torch.Tensor | None) -> Callable[[], None]:
         def run() -> None:
-            passes = 0
+            main_steps.clear()
             with lm_gen.streaming(1):
                 for s in range(0, users.shape[2], chunk):
                     part = slice(s, s + chunk)
                     forced = None if text is None else text[:, part]
-                    passes += lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part],
-                                                            text_replace_tokens=forced).main_passes
-            stats["passes"] = passes
+                    out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=forced)
+                    main_steps.append(out.main_steps)
         return run
 
     def per_step() -> None:
@@ -87,8 +86,7 @@ def measure(lm: LMModel, frames: int, chunk: int, per_step_frames: int) -> dict[
         results["parallel forward"] = frames / timed(parallel, device)
         results["chunked, pad text"] = frames / timed(chunked(pad), device)
         results["chunked, greedy text"] = frames / timed(chunked(None), device)
-        chunks = -(-users.shape[2] // chunk)
-        results["greedy speculation acceptance"] = chunks / stats["passes"]
+        results["greedy speculation acceptance"] = users.shape[2] / sum(main_steps)
         results["per-step step_with_logits"] = per_step_frames / timed(per_step, device)
     return results
 

@@ -30,14 +30,15 @@ class ChunkWithLogits:
 
     tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]`, audio_logits `[B, dep_q, F, card]` are aligned
     like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer output of the C steps;
-    `main_passes` counts main-transformer passes over the chunk (1 without speculation).
+    `main_steps` counts the steps the main transformer evaluated, rejected speculation included (C without it), so
+    `C / main_steps` is the speculation acceptance rate.
     """
 
     tokens: torch.Tensor
     text_logits: torch.Tensor
     audio_logits: torch.Tensor
     transformer_out: torch.Tensor
-    main_passes: int
+    main_steps: int
 
 
 def _ring_columns(ring: torch.Tensor, dim: int, start: torch.Tensor, count: int) -> torch.Tensor:
@@ -150,20 +151,21 @@ def _main_pass(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch
 
 
 def _finish(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-            steps_before: int, offsets_before: torch.Tensor, passes: int) -> ChunkWithLogits:
+            steps_before: int, offsets_before: torch.Tensor, main_steps: int) -> ChunkWithLogits:
     """Depformer pass over steps whose main pass is final, then record them and gather the completed frames."""
     audio_logits = _depformer_logits(lm_gen, tape, transformer_out)
     tokens, text, audio = _completed_frames(lm_gen, tape, steps_before, offsets_before, text_logits, audio_logits)
     _record_chunk(lm_gen, tape, text_logits, audio_logits)
-    return ChunkWithLogits(tokens, text, audio, transformer_out, main_passes=passes)
+    return ChunkWithLogits(tokens, text, audio, transformer_out, main_steps)
 
 
-def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, passes: int = 1):
+def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, rejected_steps: int = 0):
     """Run and record steps whose text tokens are known: one main pass, one parallel depformer pass."""
     state = lm_gen.streaming_state
     steps_before, offsets_before = state.steps, state.offsets.clone()
     tape, transformer_out, text_logits = _main_pass(lm_gen, user, own, text)
-    return _finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, passes)
+    main_steps = own.shape[2] + rejected_steps
+    return _finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, main_steps)
 
 
 def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
@@ -197,12 +199,12 @@ def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> l
         proposal[:, span] = greedy
         if accepted == stop - start:
             tape[:, 0, -1] = greedy[:, -1]
-            parts.append(_finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, 1))
+            parts.append(_finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, stop - start))
             window *= 2
         else:
             lm_gen.restore_streaming(snapshot)
             kept = slice(start, start + accepted)
-            parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], passes=2))
+            parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], stop - start))
             window = max(2, 2 * accepted)
         start += accepted
     return parts
@@ -216,7 +218,7 @@ def _concatenate(parts: list[ChunkWithLogits]) -> ChunkWithLogits:
         text_logits=torch.cat([p.text_logits for p in parts], dim=2),
         audio_logits=torch.cat([p.audio_logits for p in parts], dim=2),
         transformer_out=torch.cat([p.transformer_out for p in parts], dim=1),
-        main_passes=sum(p.main_passes for p in parts),
+        main_steps=sum(p.main_steps for p in parts),
     )
 
 
