@@ -1,0 +1,1 @@
+"""Evaluation tools built on the `moshi` package (see `moshi_eval.librilight`)."""

@@ -1,0 +1,317 @@
+"""Finding the sequences to evaluate: LibriLight trees, plain audio files and pre-encoded codes.
+
+A LibriLight tree is `<root>/<speaker>/<book>/<chapter>.flac` with a `<chapter>.json` next to each chapter (LibriLight's
+metadata: `snr`, `book_meta.genre`, `book_meta.meta_genre`, ...). Each book gives one sequence made of its first
+`max_chapters` chapters in sorted order, joined end to end. If one of those chapters cannot be used (no metadata, not
+readable as audio) the whole book is skipped with the reason, so that a sequence is always made of consecutive chapters.
+Anything skipped is listed; with `strict` the first skip is an error instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+AUDIO_SUFFIXES = frozenset({".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
+CODES_SUFFIX = ".safetensors"
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file or directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Chapter:
+    """One audio file of a sequence, with its duration read from the header and its LibriLight metadata (if any)."""
+
+    path: Path
+    num_samples: int
+    sample_rate: int
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSource:
+    """One evaluated sequence: either audio chapters joined in order or one pre-encoded codes file."""
+
+    sequence_id: str
+    chapters: tuple[Chapter, ...] = ()
+    codes_path: Path | None = None
+
+    @property
+    def duration(self) -> float:
+        return sum(chapter.duration for chapter in self.chapters)
+
+    @property
+    def files(self) -> list[str]:
+        if self.codes_path is not None:
+            return [str(self.codes_path)]
+        return [str(chapter.path) for chapter in self.chapters]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """Something left out of the evaluation, and why."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclasses.dataclass
+class Discovery:
+    sequences: list[SequenceSource]
+    skipped: list[Skip]
+
+
+class SkipCollector:
+    """Collects skips; in strict mode the first skip raises DataError instead."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.skipped: list[Skip] = []
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        if self.strict:
+            raise DataError(f"{path}: {reason} (strict mode turns skipped inputs into errors)")
+        self.skipped.append(Skip(str(path), reason))
+
+
+def read_chapter(path: Path, with_metadata: bool) -> Chapter:
+    """Header information of one audio file (and its `.json` metadata when asked); DataError when unusable."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # libsndfile raises its own error types for every unreadable file
+        raise DataError(f"{path}: not a readable audio file ({error})") from error
+    if info.frames <= 0:
+        raise DataError(f"{path}: audio file holds no samples")
+    metadata = read_chapter_metadata(path) if with_metadata else None
+    return Chapter(path=path, num_samples=int(info.frames), sample_rate=int(info.samplerate), metadata=metadata)
+
+
+def read_chapter_metadata(audio_path: Path) -> dict[str, Any]:
+    json_path = audio_path.with_suffix(".json")
+    if not json_path.is_file():
+        raise DataError(f"{audio_path}: missing LibriLight metadata file {json_path.name}")
+    try:
+        metadata = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{json_path}: metadata is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict):
+        raise DataError(f"{json_path}: metadata must be a JSON object")
+    return metadata
+
+
+def chapter_genres(metadata: dict[str, Any] | None) -> set[str]:
+    """LibriVox genres and LibriLight meta-genre of a chapter, lowercase, without LibriVox's leading '*'."""
+    if not metadata:
+        return set()
+    book = metadata.get("book_meta") or {}
+    genres = book.get("genre") or []
+    if isinstance(genres, str):
+        genres = [genres]
+    names = {str(genre).lstrip("*").strip().lower() for genre in genres}
+    if book.get("meta_genre"):
+        names.add(str(book["meta_genre"]).strip().lower())
+    return names
+
+
+def filter_reason(source: SequenceSource, min_snr: float | None, min_duration: float | None,
+                  exclude_genres: Iterable[str]) -> str | None:
+    """Why a sequence fails the filters, or None when it passes."""
+    if min_duration is not None and source.duration < min_duration:
+        return f"shorter than min_duration ({source.duration:.1f} s < {min_duration} s)"
+    if min_snr is not None:
+        for chapter in source.chapters:
+            snr = (chapter.metadata or {}).get("snr")
+            if snr is None:
+                return f"{chapter.path.name} has no 'snr' in its metadata (min_snr is set)"
+            if float(snr) < min_snr:
+                return f"{chapter.path.name} has SNR {float(snr):.2f} < min_snr {min_snr}"
+    excluded = {genre.lstrip("*").strip().lower() for genre in exclude_genres}
+    if excluded:
+        for chapter in source.chapters:
+            hit = chapter_genres(chapter.metadata) & excluded
+            if hit:
+                return f"{chapter.path.name} has excluded genre(s) {', '.join(sorted(hit))}"
+    return None
+
+
+def is_librilight_tree(root: Path) -> bool:
+    """True when audio files sit two directory levels below `root` (`<speaker>/<book>/<chapter>`)."""
+    for speaker in sorted(p for p in root.iterdir() if p.is_dir()):
+        for book in sorted(p for p in speaker.iterdir() if p.is_dir()):
+            if any(p.suffix.lower() in AUDIO_SUFFIXES for p in book.iterdir()):
+                return True
+    return False
+
+
+def discover_librilight(root: Path, max_chapters: int, skips: SkipCollector) -> list[SequenceSource]:
+    """One sequence per `<speaker>/<book>` directory: its first `max_chapters` chapters, sorted by name."""
+    sequences = []
+    speakers = sorted(p for p in root.iterdir() if p.is_dir())
+    for stray in sorted(p for p in root.iterdir() if p.is_file()):
+        skips.skip(stray, "ignored: file at the top of a LibriLight tree (expected <speaker>/<book>/<chapter>)")
+    for speaker in speakers:
+        books = sorted(p for p in speaker.iterdir() if p.is_dir())
+        if not books:
+            skips.skip(speaker, "empty speaker directory (no book directories)")
+        for book in books:
+            source = discover_book(root, book, max_chapters, skips)
+            if source is not None:
+                sequences.append(source)
+    return sequences
+
+
+def discover_book(root: Path, book: Path, max_chapters: int, skips: SkipCollector) -> SequenceSource | None:
+    entries = sorted(book.iterdir())
+    audio = [p for p in entries if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+    for other in entries:
+        if other.is_dir() or (other.suffix.lower() not in AUDIO_SUFFIXES and other.suffix.lower() != ".json"):
+            skips.skip(other, "ignored: not an audio file")
+    if not audio:
+        skips.skip(book, "empty book directory (no audio files)")
+        return None
+    chapters = []
+    for path in audio[:max_chapters]:
+        try:
+            chapters.append(read_chapter(path, with_metadata=True))
+        except DataError as error:
+            skips.skip(book, f"book skipped: {error}")
+            return None
+    return SequenceSource(sequence_id=book.relative_to(root).as_posix(), chapters=tuple(chapters))
+
+
+def discover_audio_files(paths: list[Path], base: Path | None, skips: SkipCollector) -> list[SequenceSource]:
+    """Each audio file is its own sequence; its id is its path relative to `base` (or its name)."""
+    sequences = []
+    for path in paths:
+        if path.suffix.lower() not in AUDIO_SUFFIXES:
+            skips.skip(path, "ignored: not an audio file")
+            continue
+        try:
+            chapter = read_chapter(path, with_metadata=False)
+        except DataError as error:
+            skips.skip(path, str(error))
+            continue
+        sequence_id = path.relative_to(base).as_posix() if base is not None else path.name
+        sequences.append(SequenceSource(sequence_id=sequence_id, chapters=(chapter,)))
+    return sequences
+
+
+def expand_file_list(entries: list[str]) -> list[Path]:
+    """Paths given on the command line; a `.txt`/`.lst` entry is read as a list of paths, one per line."""
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.suffix.lower() in LIST_SUFFIXES:
+            if not path.is_file():
+                raise DataError(f"{path}: list file not found")
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            paths.extend((path.parent / line) if not Path(line).is_absolute() else Path(line)
+                         for line in lines if line and not line.startswith("#"))
+        else:
+            paths.append(path)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return paths
+
+
+def discover_codes(entries: list[str]) -> list[SequenceSource]:
+    """Pre-encoded sequences: `*.safetensors` files (or directories of them), one sequence per file."""
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(path.rglob(f"*{CODES_SUFFIX}"))
+            if not found:
+                raise DataError(f"{path}: no {CODES_SUFFIX} files in this directory")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix != CODES_SUFFIX:
+                raise DataError(f"{path}: codes files must be {CODES_SUFFIX} files holding a 'codes' tensor [K, T]")
+            files.append(path)
+        else:
+            raise DataError(f"{path}: codes file or directory not found")
+    seen: dict[str, Path] = {}
+    sequences = []
+    for path in files:
+        sequence_id = path.stem
+        if sequence_id in seen:
+            sequence_id = path.as_posix()
+        seen[sequence_id] = path
+        sequences.append(SequenceSource(sequence_id=sequence_id, codes_path=path))
+    return sequences
+
+
+def select_sequences(sequences: list[SequenceSource], num_sequences: int | None, seed: int) -> list[SequenceSource]:
+    """All sequences sorted by id, or a seeded random subset of `num_sequences` of them (also sorted by id)."""
+    ordered = sorted(sequences, key=lambda source: source.sequence_id)
+    if num_sequences is None or num_sequences >= len(ordered):
+        return ordered
+    chosen = random.Random(seed).sample(range(len(ordered)), num_sequences)
+    return [ordered[i] for i in sorted(chosen)]
+
+
+def discover_sequences(
+    *,
+    audio_dir: str | None = None,
+    audio_files: list[str] | None = None,
+    codes: list[str] | None = None,
+    layout: str = "auto",
+    max_chapters: int = 3,
+    num_sequences: int | None = None,
+    min_snr: float | None = None,
+    min_duration: float | None = None,
+    exclude_genres: Iterable[str] = (),
+    seed: int = 0,
+    strict: bool = False,
+) -> Discovery:
+    """Everything the inputs describe, filtered and selected; DataError when nothing usable is found."""
+    given = [name for name, value in (("audio_dir", audio_dir), ("audio_files", audio_files), ("codes", codes))
+             if value]
+    if len(given) != 1:
+        raise DataError(f"give exactly one of audio_dir, audio_files or codes (got {', '.join(given) or 'none'})")
+    skips = SkipCollector(strict)
+    if codes:
+        sequences = discover_codes(codes)
+        described = ", ".join(codes)
+    elif audio_files:
+        sequences = discover_audio_files(expand_file_list(audio_files), None, skips)
+        described = ", ".join(audio_files)
+    else:
+        root = Path(audio_dir)  # type: ignore[arg-type]
+        if not root.is_dir():
+            raise DataError(f"{root}: audio directory not found")
+        use_tree = layout == "librilight" or (layout == "auto" and is_librilight_tree(root))
+        if use_tree:
+            sequences = discover_librilight(root, max_chapters, skips)
+        else:
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+            sequences = discover_audio_files(files, root, skips)
+        described = str(root)
+    kept = []
+    for source in sequences:
+        reason = filter_reason(source, min_snr, min_duration, exclude_genres) if source.chapters else None
+        if reason is None:
+            kept.append(source)
+        else:
+            skips.skipped.append(Skip(source.sequence_id, f"filtered out: {reason}"))
+    if not kept:
+        details = "; ".join(f"{s.path}: {s.reason}" for s in skips.skipped[:5])
+        raise DataError(f"no usable sequences found in {described}" + (f" ({details})" if details else ""))
+    return Discovery(sequences=select_sequences(kept, num_sequences, seed), skipped=skips.skipped)

@@ -1,0 +1,269 @@
+"""The evaluation pipeline: discover, resume, encode, score, gather, report.
+
+`evaluate_librilight(lm, mimi, config)` is the Python entry point; the command line and the demo call it too.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .codes_cache import CodesCache, default_cache_dir
+from .config import LibriLightConfig, normalize_config_mapping
+from .data import DataError, SequenceSource, Skip, discover_sequences
+from .distributed import DistributedContext, init_distributed
+from .encoding import MimiSequenceEncoder
+from .fingerprint import digest
+from .models import model_identity
+from .prepare import ItemPreparer, ModelShape, source_identity
+from .results import LibriLightResult, SequenceLosses
+from .sanity import WorseThanUniformWarning
+from .scoring import ScoredSequence, ScoringItem, StepScorer
+from .store import SequenceStore, store_dir_for
+
+DEFAULT_FRAME_RATE = 12.5
+SequenceHook = Callable[[SequenceLosses], None]
+
+
+def evaluate_librilight(
+    lm: Any,
+    mimi: Any | None = None,
+    config: LibriLightConfig | None = None,
+    *,
+    model_source: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_sequence: SequenceHook | None = None,
+    **overrides: Any,
+) -> LibriLightResult:
+    """Score `lm` on the configured sequences and return the results (also written to `config.output` if set).
+
+    `overrides` are `LibriLightConfig` fields, e.g. `evaluate_librilight(lm, mimi, audio_dir="...", batch_size=4)`.
+    `on_sequence` is called with each sequence's losses as soon as it is finished (and saved for resuming).
+    Under torchrun, every rank gets the full result and rank 0 writes the files.
+    """
+    config = (config or LibriLightConfig()).replace(**overrides)
+    run = LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence)
+    return run.execute()
+
+
+def evaluate_librilight_long_context(model: Any, mimi: Any | None,
+                                     config: Mapping[str, Any] | LibriLightConfig | None = None) -> dict[str, Any]:
+    """`librilight_loss_8k/16k/24k`, `librilight_slope`, `librilight_samples` (and the rest of `to_dict()`) for code
+    written against the older `PaperMetricsEvaluator.evaluate_librilight_long_context`; `config` may use its keys."""
+    if config is None or isinstance(config, LibriLightConfig):
+        parsed = config or LibriLightConfig()
+    else:
+        parsed = LibriLightConfig(**normalize_config_mapping(config, source="config"))
+    return evaluate_librilight(model, mimi, parsed, progress=False).to_dict()
+
+
+def resolve_user_stream(requested: str | None, shape: ModelShape) -> str:
+    """`silence` by default when the model has a user stream; a model without one only takes `zero`."""
+    if shape.num_user == 0:
+        return "zero"
+    return requested or "silence"
+
+
+class LibriLightRun:
+    """One evaluation: holds the inputs, what is finished, what was skipped and the timings."""
+
+    def __init__(self, lm: Any, mimi: Any | None, config: LibriLightConfig, context: DistributedContext,
+                 model_source: dict[str, Any] | None, progress: bool, on_sequence: SequenceHook | None) -> None:
+        self.lm = lm
+        self.mimi = mimi
+        self.config = config
+        self.context = context
+        self.progress = progress and context.is_main
+        self.on_sequence = on_sequence
+        self.shape = ModelShape.of(lm)
+        self.user_stream = resolve_user_stream(config.user_stream, self.shape)
+        self.codebook_weights = config.resolved_codebook_weights(self.shape.dep_q)
+        self.identity = model_identity(lm, model_source)
+        self.finished: dict[str, SequenceLosses] = {}
+        self.discovery_skips: list[Skip] = []
+        self.sequence_skips: list[Skip] = []
+        self.timing: dict[str, float] = {"encode_seconds": 0.0, "score_seconds": 0.0}
+        self.scored_frames = 0
+        self.resumed = 0
+        self.sources: list[SequenceSource] = []
+        self.store: SequenceStore | None = None
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(f"[librilight] {message}", file=sys.stderr, flush=True)
+
+    def execute(self) -> LibriLightResult:
+        started = time.perf_counter()
+        config = self.config
+        discovery = discover_sequences(
+            audio_dir=config.audio_dir, audio_files=config.audio_files, codes=config.codes, layout=config.layout,
+            max_chapters=config.max_chapters, num_sequences=config.num_sequences, min_snr=config.min_snr,
+            min_duration=config.min_duration, exclude_genres=config.exclude_genres, seed=config.seed,
+            strict=config.strict)
+        self.sources = discovery.sequences
+        self.discovery_skips = list(discovery.skipped)
+        self.log(f"{len(self.sources)} sequence(s) selected, {len(self.discovery_skips)} input(s) skipped")
+        encoder = self.make_encoder()
+        if config.output and config.resume:
+            self.store = SequenceStore(store_dir_for(config.output), self.run_key(encoder))
+        todo = self.resume(self.context.shard(self.sources))
+        items = self.prepare(todo, encoder)
+        self.score(items)
+        self.gather()
+        self.timing["total_seconds"] = time.perf_counter() - started
+        result = self.result(complete=True)
+        if self.context.is_main:
+            self.report(result)
+        self.context.barrier()
+        return result
+
+    def needs_mimi(self) -> bool:
+        audio = any(source.codes_path is None for source in self.sources)
+        return audio or (self.user_stream == "silence")
+
+    def make_encoder(self) -> MimiSequenceEncoder | None:
+        if self.mimi is None:
+            if any(source.codes_path is None for source in self.sources):
+                raise ValueError("audio input needs a Mimi model to encode it (pass mimi, or pre-encoded codes)")
+            return None
+        if not self.needs_mimi():
+            return None
+        cache = None
+        if self.config.use_cache:
+            cache = CodesCache(self.config.cache_dir or default_cache_dir())
+        num_codebooks = max(self.shape.dep_q, self.shape.num_user)
+        return MimiSequenceEncoder(self.mimi, num_codebooks, cache, self.config.encode_chunk_frames)
+
+    def run_key(self, encoder: MimiSequenceEncoder | None) -> str:
+        """Everything that changes the per-frame losses of a sequence."""
+        config = self.config
+        sampling = {"seed": config.seed, "temp_text": config.temp_text, "top_k_text": config.top_k_text}
+        return digest({
+            "model": self.identity["fingerprint"], "dtype": self.identity["dtype"],
+            "text_policy": config.text_policy, "sampling": sampling if config.text_policy == "sample" else None,
+            "user_stream": self.user_stream, "max_sequence_length": config.max_sequence_length,
+            "mimi": encoder.mimi_fingerprint if encoder is not None else None,
+        }, length=32)
+
+    def resume(self, sources: list[SequenceSource]) -> list[SequenceSource]:
+        """Load finished sequences from the store; return the sources still to score."""
+        if self.store is None:
+            return sources
+        todo = []
+        for source in sources:
+            record = self.store.load(self.record_key(self.store, source))
+            if record is None:
+                todo.append(source)
+            else:
+                self.finished[source.sequence_id] = record
+        self.resumed = len(sources) - len(todo)
+        if self.resumed:
+            self.log(f"resuming: {self.resumed} finished sequence(s) loaded from {self.store.directory}")
+        return todo
+
+    def record_key(self, store: SequenceStore, source: SequenceSource) -> str:
+        return store.key_for(source.sequence_id, source_identity(source))
+
+    def prepare(self, sources: list[SequenceSource], encoder: MimiSequenceEncoder | None) -> list[ScoringItem]:
+        """Codes for every source to score; sources that fail are skipped (errors in strict mode)."""
+        started = time.perf_counter()
+        preparer = ItemPreparer(self.shape, self.user_stream, self.config.max_sequence_length, encoder)
+        items = []
+        for source in self.progress_bar(sources, desc="encoding", unit="seq"):
+            try:
+                own, user = preparer.own_and_user(source)
+            except DataError as error:
+                if self.config.strict:
+                    raise
+                self.sequence_skips.append(Skip(source.sequence_id, f"sequence skipped: {error}"))
+                self.log(f"skipping {source.sequence_id}: {error}")
+                continue
+            items.append(ScoringItem(source.sequence_id, own, user))
+        preparer.add_user_streams(items)
+        self.timing["encode_seconds"] = time.perf_counter() - started
+        if encoder is not None and encoder.cache is not None:
+            self.timing["codes_cache_hits"] = encoder.cache.hits
+            self.timing["codes_cache_misses"] = encoder.cache.misses
+        return items
+
+    def score(self, items: list[ScoringItem]) -> None:
+        if not items:
+            return
+        started = time.perf_counter()
+        files = {source.sequence_id: source.files for source in self.sources}
+        by_id = {source.sequence_id: source for source in self.sources}
+        bar = self.progress_bar(None, desc="scoring", unit="frame", total=sum(item.num_frames for item in items))
+
+        def finished(scored: ScoredSequence) -> None:
+            sequence = SequenceLosses(scored.sequence_id, scored.codebook_losses, files[scored.sequence_id])
+            self.finished[sequence.sequence_id] = sequence
+            self.scored_frames += sequence.num_frames
+            if self.store is not None:
+                self.store.save(self.record_key(self.store, by_id[sequence.sequence_id]), sequence)
+            if self.config.output and self.context.is_main:
+                self.result(complete=False).write_json(self.config.output)
+            if self.on_sequence is not None:
+                self.on_sequence(sequence)
+
+        scorer = StepScorer(self.lm, text_policy=self.config.text_policy, seed=self.config.seed,
+                            temp_text=self.config.temp_text, top_k_text=self.config.top_k_text)
+        try:
+            scorer.run(items, self.config.batch_size, finished, on_frames=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.timing["score_seconds"] = time.perf_counter() - started
+
+    def gather(self) -> None:
+        """Collect every rank's finished sequences and skips (identical on all ranks afterwards)."""
+        if not self.context.enabled:
+            return
+        parts = self.context.all_gather((self.finished, self.sequence_skips, self.scored_frames, self.resumed,
+                                         self.timing))
+        self.finished = {key: value for part in parts for key, value in part[0].items()}
+        self.sequence_skips = [skip for part in parts for skip in part[1]]
+        self.scored_frames = sum(part[2] for part in parts)
+        self.resumed = sum(part[3] for part in parts)
+        for name in ("encode_seconds", "score_seconds"):
+            self.timing[name] = max(part[4][name] for part in parts)
+        for name in ("codes_cache_hits", "codes_cache_misses"):
+            if any(name in part[4] for part in parts):
+                self.timing[name] = sum(part[4].get(name, 0) for part in parts)
+
+    def result(self, complete: bool) -> LibriLightResult:
+        order = [source.sequence_id for source in self.sources if source.sequence_id in self.finished]
+        timing = dict(self.timing)
+        timing["scored_frames"] = self.scored_frames
+        timing["resumed_sequences"] = self.resumed
+        timing["world_size"] = self.context.world_size
+        if self.timing.get("score_seconds"):
+            timing["frames_per_second"] = self.scored_frames / self.timing["score_seconds"]
+        config = self.config.to_dict() | {"user_stream": self.user_stream}
+        return LibriLightResult(
+            sequences=[self.finished[sequence_id] for sequence_id in order], card=self.shape.card,
+            frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)), positions=list(self.config.positions),
+            window=self.config.window, bin_size=self.config.bin_size, codebook_weights=self.codebook_weights,
+            config=config, model=self.identity, timing=timing, skipped=[s.to_dict() for s in self.discovery_skips + self.sequence_skips],
+            complete=complete)
+
+    def report(self, result: LibriLightResult) -> None:
+        data = result.write_json(self.config.output) if self.config.output else result.to_dict()
+        for flag in data["flags"]:
+            warnings.warn(flag, WorseThanUniformWarning, stacklevel=3)
+        if self.config.output:
+            self.log(f"results written to {self.config.output}")
+        if self.config.plot:
+            from .plot import plot_result
+
+            plot_result(data, self.config.plot)
+            self.log(f"plot written to {self.config.plot}")
+
+    def progress_bar(self, iterable: Any, **kwargs: Any) -> Any:
+        if not self.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)

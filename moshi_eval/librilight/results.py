@@ -1,0 +1,169 @@
+"""`LibriLightResult`: the per-sequence losses of a run and everything reported from them, as a JSON-ready dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .config import position_key
+from .sanity import above_uniform_flags, uniform_loss
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class SequenceLosses:
+    """One scored sequence: per-frame, per-codebook cross-entropy `[T, dep_q]` (NaN where undefined)."""
+
+    sequence_id: str
+    codebook_losses: np.ndarray
+    files: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.codebook_losses.shape[0])
+
+    def frame_losses(self, weights: list[float] | None = None) -> np.ndarray:
+        return metrics.frame_losses(self.codebook_losses, weights)
+
+
+@dataclasses.dataclass
+class LibriLightResult:
+    """Results of a LibriLight evaluation; `to_dict()` gives the reported metrics (see docs/librilight.md)."""
+
+    sequences: list[SequenceLosses]
+    card: int
+    frame_rate: float
+    positions: list[int] = dataclasses.field(default_factory=lambda: [8000, 16000, 24000])
+    window: int = 1000
+    bin_size: int = 100
+    codebook_weights: list[float] | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    complete: bool = True
+
+    def per_frame(self) -> list[np.ndarray]:
+        return [sequence.frame_losses(self.codebook_weights) for sequence in self.sequences]
+
+    def loss_at(self, position: int) -> float | None:
+        """Mean per-frame loss over the window ending at `position`, averaged over the sequences reaching it."""
+        return metrics.window_loss(self.per_frame(), position, self.window)[0]
+
+    @property
+    def slope(self) -> float | None:
+        return metrics.least_squares_slope(metrics.mean_curve(self.per_frame())[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        per_frame = self.per_frame()
+        curve, counts = metrics.mean_curve(per_frame)
+        headline: dict[str, Any] = {}
+        windows: dict[str, Any] = {}
+        for position in self.positions:
+            key = position_key(position)
+            loss, reaching = metrics.window_loss(per_frame, position, self.window)
+            headline[f"librilight_loss_{key}"] = loss
+            windows[key] = {
+                "position": position,
+                "start": position - self.window,
+                "num_sequences": reaching,
+                "loss": loss,
+                "codebooks": metrics.codebook_window_losses(
+                    [s.codebook_losses for s in self.sequences], position, self.window),
+                "minutes": position / self.frame_rate / 60.0,
+            }
+        headline["librilight_slope"] = metrics.least_squares_slope(curve)
+        headline["librilight_samples"] = int(sum(np.isfinite(losses).sum() for losses in per_frame))
+        return json_safe({
+            **headline,
+            "librilight_mean_loss": metrics.nanmean_or_none(np.concatenate(per_frame)) if per_frame else None,
+            "num_sequences": len(self.sequences),
+            "complete": self.complete,
+            "windows": windows,
+            "curve": self.curve_dict(curve, counts),
+            "flags": above_uniform_flags(
+                {f"librilight_loss_{position_key(p)}": headline[f"librilight_loss_{position_key(p)}"]
+                 for p in self.positions}, self.card),
+            "uniform_loss": uniform_loss(self.card),
+            "card": self.card,
+            "frame_rate": self.frame_rate,
+            "window": self.window,
+            "positions": list(self.positions),
+            "codebook_weights": self.codebook_weights,
+            "sequences": [self.sequence_summary(s, f) for s, f in zip(self.sequences, per_frame)],
+            "skipped": self.skipped,
+            "config": self.config,
+            "model": self.model,
+            "timing": self.timing,
+            "format_version": FORMAT_VERSION,
+        })
+
+    def curve_dict(self, curve: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+        codebook_curves = []
+        if self.sequences:
+            for codebook in range(self.sequences[0].codebook_losses.shape[1]):
+                mean, _ = metrics.mean_curve([s.codebook_losses[:, codebook] for s in self.sequences])
+                codebook_curves.append(metrics.binned(mean, self.bin_size).tolist())
+        starts = list(range(0, len(curve), self.bin_size))
+        return {
+            "bin_size": self.bin_size,
+            "start": starts,
+            "loss": metrics.binned(curve, self.bin_size).tolist(),
+            "num_sequences": [int(counts[start]) for start in starts],
+            "codebooks": codebook_curves,
+        }
+
+    def sequence_summary(self, sequence: SequenceLosses, per_frame: np.ndarray) -> dict[str, Any]:
+        reached = {position_key(p): metrics.nanmean_or_none(per_frame[p - self.window: p])
+                   for p in self.positions if len(per_frame) >= p}
+        return {
+            "id": sequence.sequence_id,
+            "files": sequence.files,
+            "num_frames": sequence.num_frames,
+            "minutes": sequence.num_frames / self.frame_rate / 60.0,
+            "mean_loss": metrics.nanmean_or_none(per_frame),
+            "slope": metrics.least_squares_slope(per_frame),
+            "window_losses": reached,
+        }
+
+    def write_json(self, path: str | Path) -> dict[str, Any]:
+        data = self.to_dict()
+        write_json_atomic(path, data)
+        return data
+
+
+def json_safe(value: Any) -> Any:
+    """Floats that are NaN or infinite become None (JSON has no NaN); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same directory and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2, allow_nan=False)
+            stream.write("\n")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

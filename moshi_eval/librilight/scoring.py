@@ -1,0 +1,254 @@
+"""Exact teacher-forced scoring of audio sequences in one streaming pass with `LMGen.step_with_logits`.
+
+The sequence's audio is the model's own stream. At step s the own-stream codebook k is forced to frame
+`s - delays[1 + k]` (0 outside the sequence), the user stream gets frame `s - 1` (the zero token outside), and the text
+token follows the text policy. `step_with_logits` returns, `max_delay` steps later, the logits of every codebook of frame
+`f = s - max_delay`; their cross-entropy against the true codes is the loss. Codebook k of the last `delays[1 + k]` frames
+has no defined prediction (it would need frames after the end) and is stored as NaN, as `LMModel.forward` masks it.
+
+Several sequences share one batch: each slot of the batch takes the next sequence as soon as its previous one ends (the
+slot alone is reset with `reset_streaming(mask)`), and a slot with nothing left stops executing (`set_exec_mask`), so
+nothing an item does touches the others. Only per-frame, per-codebook losses are kept: float32, on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .sanity import NonFiniteLossError
+
+
+@dataclasses.dataclass
+class ScoringItem:
+    """A sequence to score: own-stream codes `[dep_q, T]` and optional user-stream codes `[n_q - dep_q, T]`."""
+
+    sequence_id: str
+    own: torch.Tensor
+    user: torch.Tensor | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.own.shape[-1])
+
+
+@dataclasses.dataclass
+class ScoredSequence:
+    """Per-frame, per-codebook cross-entropy `[T, dep_q]` (float32, NaN where the frame's codebook is undefined)."""
+
+    sequence_id: str
+    codebook_losses: np.ndarray
+
+
+SequenceCallback = Callable[[ScoredSequence], None]
+ProgressCallback = Callable[[int], None]
+
+
+@dataclasses.dataclass
+class _Slot:
+    item: ScoringItem
+    step: int = 0
+
+
+class StepScorer:
+    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time."""
+
+    def __init__(self, lm: Any, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
+                 top_k_text: int = 25, check_every: int = 250) -> None:
+        self.lm = lm
+        self.text_policy = text_policy
+        self.seed = seed
+        self.temp_text = temp_text
+        self.top_k_text = top_k_text
+        self.check_every = check_every
+        self.dep_q = int(lm.dep_q)
+        self.num_user = int(lm.n_q) - self.dep_q
+        self.max_delay = int(max(lm.delays))
+        self.own_delays = [int(d) for d in lm.delays[1: 1 + self.dep_q]]
+        self.zero_token = int(lm.zero_token_id)
+
+    def make_lm_gen(self) -> Any:
+        from moshi.models.lm import LMGen
+
+        if not hasattr(LMGen, "step_with_logits"):
+            raise RuntimeError("this moshi install has no LMGen.step_with_logits; install the fork that provides it")
+        kwargs: dict[str, Any] = {"use_sampling": self.text_policy == "sample", "temp_text": self.temp_text,
+                                  "top_k_text": self.top_k_text}
+        if "support_out_of_sync" in inspect.signature(LMGen.__init__).parameters:
+            kwargs["support_out_of_sync"] = True
+        return LMGen(self.lm, **kwargs)
+
+    def check_item(self, item: ScoringItem) -> None:
+        if item.own.dim() != 2 or item.own.shape[0] != self.dep_q:
+            raise ValueError(f"{item.sequence_id}: own codes must be [{self.dep_q}, T], got {list(item.own.shape)}")
+        if item.num_frames < 1:
+            raise ValueError(f"{item.sequence_id}: no frames to score")
+        if item.user is not None and tuple(item.user.shape) != (self.num_user, item.num_frames):
+            raise ValueError(f"{item.sequence_id}: user codes must be [{self.num_user}, {item.num_frames}], "
+                             f"got {list(item.user.shape)}")
+
+    @torch.no_grad()
+    def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
+            on_frames: ProgressCallback | None = None) -> None:
+        """Score every item; `on_sequence` gets each result as soon as its sequence is done."""
+        if not items:
+            return
+        for item in items:
+            self.check_item(item)
+        queue = sorted(items, key=lambda item: -item.num_frames)
+        batch_size = max(1, min(batch_size, len(queue)))
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            if self.text_policy == "sample":
+                torch.manual_seed(self.seed)
+            lm_gen = self.make_lm_gen()
+            with lm_gen.streaming(batch_size):
+                _BatchRun(self, lm_gen, batch_size, max(item.num_frames for item in queue)).run(
+                    queue, on_sequence, on_frames)
+        finally:
+            self.lm.train(was_training)
+
+
+class _BatchRun:
+    """The device buffers and the slot bookkeeping of one `StepScorer.run`."""
+
+    def __init__(self, scorer: StepScorer, lm_gen: Any, batch_size: int, max_frames: int) -> None:
+        self.scorer = scorer
+        self.lm_gen = lm_gen
+        self.batch_size = batch_size
+        self.max_frames = max_frames
+        device = scorer.lm.device
+        self.device = device
+        self.pad = scorer.max_delay + 1
+        width = max_frames + 2 * self.pad
+        self.own = torch.zeros(batch_size, scorer.dep_q, width, dtype=torch.long, device=device)
+        self.user = torch.full((batch_size, max(scorer.num_user, 1), width), scorer.zero_token, dtype=torch.long,
+                               device=device)
+        self.losses = torch.zeros(batch_size, max_frames, scorer.dep_q, dtype=torch.float32, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.active = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.active_cpu = [False] * batch_size
+        self.nonfinite = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.misaligned = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.own_delays = torch.tensor(scorer.own_delays, dtype=torch.long, device=device)
+        self.rows = torch.arange(batch_size, device=device)
+        self.slots: list[_Slot | None] = [None] * batch_size
+        self.text_replace = None
+        if scorer.text_policy == "pad":
+            pad_id = int(scorer.lm.text_padding_token_id)
+            self.text_replace = torch.full((batch_size,), pad_id, dtype=torch.long, device=device)
+
+    def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
+        pending = list(queue)
+        total_steps = 0
+        while True:
+            self.fill_free_slots(pending)
+            if not any(self.slots):
+                break
+            self.step()
+            total_steps += 1
+            if on_frames is not None:
+                on_frames(self.frames_scored_by_last_step())
+            if total_steps % self.scorer.check_every == 0:
+                self.raise_on_bad_values()
+            for index, slot in enumerate(self.slots):
+                if slot is not None and slot.step == slot.item.num_frames + self.scorer.max_delay:
+                    on_sequence(self.finish(index, slot))
+
+    def frames_scored_by_last_step(self) -> int:
+        """Number of slots whose last step produced the loss of one of their frames."""
+        max_delay = self.scorer.max_delay
+        return sum(1 for slot in self.slots if slot is not None and 0 <= slot.step - 1 - max_delay < slot.item.num_frames)
+
+    def fill_free_slots(self, pending: list[ScoringItem]) -> None:
+        """Put the next sequences into free slots, reset those slots, and mask out slots left empty."""
+        reset = [False] * self.batch_size
+        for index in range(self.batch_size):
+            if self.slots[index] is None and pending:
+                self.load(index, pending.pop(0))
+                reset[index] = True
+        if any(reset):
+            self.lm_gen.reset_streaming(torch.tensor(reset, device=self.device))
+        active = [slot is not None for slot in self.slots]
+        if any(reset) or active != self.active_cpu:
+            self.active_cpu = active
+            self.active.copy_(torch.tensor(active, device=self.device))
+            self.lm_gen.set_exec_mask(self.active.clone())
+
+    def load(self, index: int, item: ScoringItem) -> None:
+        frames = item.num_frames
+        self.own[index].zero_()
+        self.own[index, :, self.pad: self.pad + frames] = item.own.to(self.device)
+        self.user[index].fill_(self.scorer.zero_token)
+        if item.user is not None and self.scorer.num_user > 0:
+            self.user[index, :, self.pad: self.pad + frames] = item.user.to(self.device)
+        self.lengths[index] = frames
+        self.steps[index] = 0
+        self.nonfinite[index] = False
+        self.misaligned[index] = False
+        self.slots[index] = _Slot(item)
+
+    def step(self) -> None:
+        scorer = self.scorer
+        own_index = (self.pad + self.steps[:, None] - self.own_delays[None, :])[:, :, None]
+        forced = self.own.gather(2, own_index)
+        user_index = (self.pad + self.steps - 1)[:, None, None].expand(-1, self.user.shape[1], 1)
+        user_tokens = self.user.gather(2, user_index)[:, : scorer.num_user]
+        kwargs = {} if self.text_replace is None else {"text_replace_tokens": self.text_replace}
+        out = self.lm_gen.step_with_logits(user_tokens, forced, **kwargs)
+        if out is not None:
+            self.record(out)
+        elif any(slot is not None and slot.step >= scorer.max_delay for slot in self.slots):
+            raise RuntimeError("step_with_logits returned None for a batch item past its first max_delay steps; "
+                               "this LMGen does not support per-item resets (support_out_of_sync)")
+        self.steps += self.active.long()
+        for slot in self.slots:
+            if slot is not None:
+                slot.step += 1
+
+    def record(self, out: Any) -> None:
+        """Store the cross-entropy of frame `step - max_delay` for each scoring slot."""
+        frame = self.steps - self.scorer.max_delay
+        scoring = self.active & (frame >= 0) & (frame < self.lengths)
+        logits = out.audio_logits[:, :, 0].float()
+        target_index = (self.pad + frame)[:, None, None].expand(-1, self.scorer.dep_q, 1)
+        targets = self.own.gather(2, target_index)
+        losses = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets)[..., 0]
+        defined = scoring[:, None] & (frame[:, None] + self.own_delays[None, :] < self.lengths[:, None])
+        self.nonfinite |= (defined & ~torch.isfinite(losses)).any(dim=1)
+        self.misaligned |= (defined & (out.tokens[:, 1: 1 + self.scorer.dep_q, 0] != targets[..., 0])).any(dim=1)
+        at = frame.clamp(0, self.max_frames - 1)
+        kept = self.losses[self.rows, at]
+        self.losses[self.rows, at] = torch.where(scoring[:, None], losses, kept)
+
+    def raise_on_bad_values(self) -> None:
+        if bool(self.misaligned.any()):
+            index = int(self.misaligned.nonzero()[0, 0])
+            item = self.slots[index].item  # type: ignore[union-attr]
+            raise RuntimeError(f"{item.sequence_id}: step_with_logits returned tokens that differ from the forced "
+                               "audio; its output alignment does not match the teacher forcing")
+        if bool(self.nonfinite.any()):
+            index = int(self.nonfinite.nonzero()[0, 0])
+            item = self.slots[index].item  # type: ignore[union-attr]
+            done = self.losses[index, : item.num_frames].cpu().numpy()
+            scored = max(0, self.slots[index].step - self.scorer.max_delay)  # type: ignore[union-attr]
+            bad = np.argwhere(~np.isfinite(done[:scored]))
+            frame, codebook = (int(bad[0, 0]), int(bad[0, 1])) if len(bad) else (-1, -1)
+            raise NonFiniteLossError(item.sequence_id, frame, codebook)
+
+    def finish(self, index: int, slot: _Slot) -> ScoredSequence:
+        self.raise_on_bad_values()
+        frames = slot.item.num_frames
+        losses = self.losses[index, :frames].cpu().numpy().astype(np.float32, copy=True)
+        for codebook, delay in enumerate(self.scorer.own_delays):
+            if delay > 0:
+                losses[frames - delay:, codebook] = np.nan
+        self.slots[index] = None
+        return ScoredSequence(slot.item.sequence_id, losses)

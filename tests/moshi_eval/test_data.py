@@ -1,0 +1,79 @@
+"""Discovery of sequences: LibriLight trees with filters and seeded selection, plain audio files, codes files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from librilight_helpers import chapter_metadata, tone, write_chapter, write_codes
+
+from moshi_eval.librilight.data import DataError, discover_sequences
+from moshi_eval.librilight.prepare import ModelShape, load_codes_file
+
+
+def write_books(root, specs):
+    """specs: (speaker, book, seconds per chapter, snr, genres)."""
+    for speaker, book, seconds, snr, genres in specs:
+        for chapter in range(2):
+            write_chapter(root / speaker / book, f"{chapter:02d}", tone(seconds, 16000, 200.0, 0), 16000,
+                          chapter_metadata(snr=snr, genres=genres))
+
+
+SPECS = [("1", "a", 1.0, 20.0, ("Fiction",)), ("1", "b", 0.5, 20.0, ("Fiction",)),
+         ("2", "c", 1.0, 3.0, ("Fiction",)), ("3", "d", 1.0, 20.0, ("*Poetry",)), ("3", "e", 1.0, 15.0, ("History",))]
+
+
+def ids(discovery):
+    return [source.sequence_id for source in discovery.sequences]
+
+
+def test_filters_and_listed_reasons(tmp_path):
+    write_books(tmp_path, SPECS)
+    assert ids(discover_sequences(audio_dir=str(tmp_path))) == ["1/a", "1/b", "2/c", "3/d", "3/e"]
+    found = discover_sequences(audio_dir=str(tmp_path), min_snr=10, min_duration=1.5, exclude_genres=["poetry"])
+    assert ids(found) == ["1/a", "3/e"]
+    reasons = {skip.path: skip.reason for skip in found.skipped}
+    assert "min_duration" in reasons["1/b"] and "SNR" in reasons["2/c"] and "poetry" in reasons["3/d"]
+    assert discover_sequences(audio_dir=str(tmp_path), max_chapters=1).sequences[0].duration == pytest.approx(1.0)
+    assert discover_sequences(audio_dir=str(tmp_path)).sequences[0].duration == pytest.approx(2.0)
+
+
+def test_seeded_selection_is_deterministic(tmp_path):
+    write_books(tmp_path, SPECS)
+    first = ids(discover_sequences(audio_dir=str(tmp_path), num_sequences=3, seed=5))
+    assert first == ids(discover_sequences(audio_dir=str(tmp_path), num_sequences=3, seed=5))
+    assert len(first) == 3 and first == sorted(first)
+    others = {tuple(ids(discover_sequences(audio_dir=str(tmp_path), num_sequences=3, seed=s))) for s in range(8)}
+    assert len(others) > 1
+
+
+def test_plain_audio_files_and_lists(tmp_path):
+    for name in ("x", "y"):
+        write_chapter(tmp_path / "plain", name, tone(0.5, 24000, 300.0, 1), 24000, None)
+    assert ids(discover_sequences(audio_dir=str(tmp_path / "plain"))) == ["x.flac", "y.flac"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("plain/y.flac\n# comment\nplain/x.flac\n")
+    assert ids(discover_sequences(audio_files=[str(listing)])) == ["x.flac", "y.flac"]
+    with pytest.raises(DataError, match="not found"):
+        discover_sequences(audio_files=[str(tmp_path / "nope.wav")])
+    with pytest.raises(DataError, match="exactly one"):
+        discover_sequences(audio_dir=str(tmp_path), codes=[str(tmp_path)])
+
+
+def test_codes_files_are_checked(tmp_path):
+    shape = ModelShape(dep_q=8, n_q=16, card=40, zero_token_id=-1)
+    own = write_codes(tmp_path, "own", torch.randint(0, 40, (8, 30)))
+    both = write_codes(tmp_path, "both", torch.cat([torch.randint(0, 40, (8, 30)), torch.full((8, 30), -1)]))
+    assert ids(discover_sequences(codes=[str(tmp_path)])) == ["both", "own"]
+    own_codes, user = load_codes_file(own, shape, max_frames=20)
+    assert own_codes.shape == (8, 20) and user is None
+    assert load_codes_file(both, shape, max_frames=100)[1].shape == (8, 30)
+    bad_shape = write_codes(tmp_path / "bad", "k12", torch.zeros(12, 5, dtype=torch.long))
+    with pytest.raises(DataError, match="12 codebooks"):
+        load_codes_file(bad_shape, shape, 100)
+    bad_range = write_codes(tmp_path / "bad", "range", torch.full((8, 5), 40))
+    with pytest.raises(DataError, match=r"\[0, 40\)"):
+        load_codes_file(bad_range, shape, 100)
+    not_codes = tmp_path / "codes.txt"
+    not_codes.write_text("x")
+    with pytest.raises(DataError, match="safetensors"):
+        discover_sequences(codes=[str(not_codes)])
