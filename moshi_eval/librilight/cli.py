@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    SCORING_MODES,
     TEXT_POLICIES,
     USER_STREAMS,
     LibriLightConfig,
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--batch-size", type=int, help="sequences scored together (default 1)")
     scoring.add_argument("--max-sequence-length", type=int, help="frames scored per sequence at most (default 50000)")
     scoring.add_argument("--text-policy", choices=TEXT_POLICIES, help="text token: model's argmax, sampled, or padding")
+    scoring.add_argument("--mode", choices=SCORING_MODES,
+                         help="step: one step_with_logits call per frame (the reference, default); chunked: "
+                              "--chunk-size frames per call, same results (greedy by speculation)")
+    scoring.add_argument("--chunk-size", type=int, help="frames per call in chunked mode (default 64)")
     scoring.add_argument("--user-stream", choices=USER_STREAMS, help="user stream: Mimi silence (default) or zero")
     scoring.add_argument("--temp-text", type=float, help="temperature of the `sample` text policy")
     scoring.add_argument("--top-k-text", type=int, help="top-k of the `sample` text policy")

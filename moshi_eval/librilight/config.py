@@ -15,6 +15,7 @@ from typing import Any
 
 TEXT_POLICIES = ("greedy", "sample", "pad")
 USER_STREAMS = ("silence", "zero")
+SCORING_MODES = ("step", "chunked")
 DEFAULT_POSITIONS = (8000, 16000, 24000)
 
 LEGACY_KEYS = {
@@ -58,6 +59,8 @@ class LibriLightConfig:
     batch_size: int = 1
     max_sequence_length: int = 50000
     text_policy: str = "greedy"
+    mode: str = "step"
+    chunk_size: int = 64
     user_stream: str | None = None
     temp_text: float = 0.7
     top_k_text: int = 25
@@ -82,9 +85,14 @@ class LibriLightConfig:
             raise ValueError(f"layout must be 'auto', 'librilight' or 'files', got {self.layout!r}")
         if self.text_policy not in TEXT_POLICIES:
             raise ValueError(f"text_policy must be one of {TEXT_POLICIES}, got {self.text_policy!r}")
+        if self.mode not in SCORING_MODES:
+            raise ValueError(f"mode must be one of {SCORING_MODES}, got {self.mode!r}")
+        if self.mode == "chunked" and self.text_policy == "sample":
+            raise ValueError("mode 'chunked' supports the text policies 'greedy' and 'pad'; use mode 'step' to sample")
         if self.user_stream is not None and self.user_stream not in USER_STREAMS:
             raise ValueError(f"user_stream must be one of {USER_STREAMS}, got {self.user_stream!r}")
-        for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "encode_chunk_frames"):
+        for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "encode_chunk_frames",
+                     "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.num_sequences is not None and self.num_sequences < 1:
@@ -183,7 +191,8 @@ def coerce_field_types(values: dict[str, Any], source: str) -> dict[str, Any]:
         out["codebook_weights"] = parse_float_list(out["codebook_weights"])
     if isinstance(out.get("exclude_genres"), Sequence):
         out["exclude_genres"] = [str(genre) for genre in out["exclude_genres"]]
-    for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "num_sequences", "seed"):
+    for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "num_sequences", "seed",
+                 "chunk_size"):
         if out.get(name) is not None:
             try:
                 out[name] = int(out[name])

@@ -21,7 +21,7 @@ from .models import model_identity
 from .prepare import ItemPreparer, ModelShape, source_identity
 from .results import LibriLightResult, SequenceLosses
 from .sanity import WorseThanUniformWarning
-from .scoring import ScoredSequence, ScoringItem, StepScorer
+from .scoring import ChunkedScorer, ScoredSequence, ScoringItem, StepScorer
 from .store import SequenceStore, store_dir_for
 
 DEFAULT_FRAME_RATE = 12.5
@@ -208,14 +208,22 @@ class LibriLightRun:
             if self.on_sequence is not None:
                 self.on_sequence(sequence)
 
-        scorer = StepScorer(self.lm, text_policy=self.config.text_policy, seed=self.config.seed,
-                            temp_text=self.config.temp_text, top_k_text=self.config.top_k_text)
+        scorer = self.make_scorer()
         try:
             scorer.run(items, self.config.batch_size, finished, on_frames=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
             self.timing["score_seconds"] = time.perf_counter() - started
+            if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
+                self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
+
+    def make_scorer(self) -> StepScorer | ChunkedScorer:
+        config = self.config
+        if config.mode == "chunked":
+            return ChunkedScorer(self.lm, text_policy=config.text_policy, chunk_size=config.chunk_size)
+        return StepScorer(self.lm, text_policy=config.text_policy, seed=config.seed, temp_text=config.temp_text,
+                          top_k_text=config.top_k_text)
 
     def gather(self) -> None:
         """Collect every rank's finished sequences and skips (identical on all ranks afterwards)."""

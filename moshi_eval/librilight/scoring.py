@@ -252,3 +252,107 @@ class _BatchRun:
                 losses[frames - delay:, codebook] = np.nan
         self.slots[index] = None
         return ScoredSequence(slot.item.sequence_id, losses)
+
+
+class ChunkedScorer:
+    """Scores sequences `chunk_size` steps per call with `LMGen.step_chunk_with_logits`; same results as `StepScorer`.
+
+    Sequences run in batches of `batch_size` from their first frame together; a sequence shorter than the longest of its
+    batch keeps running on padding whose outputs are never read (each item only sees its own past). Text policies
+    `greedy` (speculation) and `pad`. `acceptance_rate` is the share of main-transformer steps that were kept.
+    """
+
+    def __init__(self, lm: Any, text_policy: str = "greedy", chunk_size: int = 64) -> None:
+        if text_policy not in ("greedy", "pad"):
+            raise ValueError(f"chunked scoring supports the text policies 'greedy' and 'pad', not {text_policy!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.lm = lm
+        self.text_policy = text_policy
+        self.chunk_size = chunk_size
+        self.step_scorer = StepScorer(lm, text_policy=text_policy)
+        self.kept_steps = 0
+        self.main_steps = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.kept_steps / self.main_steps if self.main_steps else None
+
+    @torch.no_grad()
+    def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
+            on_frames: ProgressCallback | None = None) -> None:
+        """Score every item; `on_sequence` gets each result when its batch is done."""
+        for item in items:
+            self.step_scorer.check_item(item)
+        queue = sorted(items, key=lambda item: -item.num_frames)
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            from moshi.models.lm import LMGen
+
+            lm_gen = LMGen(self.lm, use_sampling=False)
+            for start in range(0, len(queue), max(1, batch_size)):
+                batch = queue[start: start + max(1, batch_size)]
+                with lm_gen.streaming(len(batch)):
+                    losses = self._score_batch(lm_gen, batch, on_frames)
+                for item, item_losses in zip(batch, losses):
+                    on_sequence(ScoredSequence(item.sequence_id, item_losses))
+        finally:
+            self.lm.train(was_training)
+
+    def _step_inputs(self, batch: Sequence[ScoringItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-step user tokens `[B, n_user, S]`, forced own tokens `[B, dep_q, S]` and targets `[B, dep_q, T]`."""
+        scorer, device = self.step_scorer, self.lm.device
+        frames = batch[0].num_frames
+        steps = frames + scorer.max_delay
+        users = torch.full((len(batch), scorer.num_user, steps), scorer.zero_token, dtype=torch.long)
+        owns = torch.zeros(len(batch), scorer.dep_q, steps, dtype=torch.long)
+        targets = torch.zeros(len(batch), scorer.dep_q, frames, dtype=torch.long)
+        for b, item in enumerate(batch):
+            length = item.num_frames
+            targets[b, :, :length] = item.own
+            if item.user is not None and scorer.num_user > 0:
+                users[b, :, 1: length + 1] = item.user
+            for k, delay in enumerate(scorer.own_delays):
+                owns[b, k, delay: delay + length] = item.own[k]
+        return users.to(device), owns.to(device), targets.to(device)
+
+    def _score_batch(self, lm_gen: Any, batch: Sequence[ScoringItem],
+                     on_frames: ProgressCallback | None) -> list[np.ndarray]:
+        users, owns, targets = self._step_inputs(batch)
+        frames = targets.shape[2]
+        losses = torch.zeros(len(batch), frames, self.step_scorer.dep_q, dtype=torch.float32)
+        pad = torch.full((len(batch), users.shape[2]), int(self.lm.text_padding_token_id), dtype=torch.long,
+                         device=users.device)
+        done = 0
+        for start in range(0, users.shape[2], self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            text = pad[:, part] if self.text_policy == "pad" else None
+            out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=text)
+            self.kept_steps += out.transformer_out.shape[1]
+            self.main_steps += out.main_steps
+            count = out.audio_logits.shape[2]
+            if count == 0:
+                continue
+            logits = out.audio_logits.float()
+            target = targets[:, :, done: done + count]
+            chunk_losses = torch.logsumexp(logits, dim=-1) - logits.gather(-1, target[..., None])[..., 0]
+            losses[:, done: done + count] = chunk_losses.transpose(1, 2).cpu()
+            done += count
+            if on_frames is not None:
+                on_frames(sum(min(item.num_frames, done) - min(item.num_frames, done - count) for item in batch))
+        return [self._finalize(item, losses[b]) for b, item in enumerate(batch)]
+
+    def _finalize(self, item: ScoringItem, losses: torch.Tensor) -> np.ndarray:
+        """The item's own frames, NaN where a codebook's frame is undefined; a non-finite loss is an error."""
+        length = item.num_frames
+        result = losses[:length].numpy().astype(np.float32, copy=True)
+        defined = np.ones_like(result, dtype=bool)
+        for codebook, delay in enumerate(self.step_scorer.own_delays):
+            if delay > 0:
+                defined[length - delay:, codebook] = False
+        bad = np.argwhere(defined & ~np.isfinite(result))
+        if len(bad):
+            raise NonFiniteLossError(item.sequence_id, int(bad[0, 0]), int(bad[0, 1]))
+        result[~defined] = np.nan
+        return result
