@@ -12,6 +12,11 @@ The saving is one main-transformer step per frame, so the ratio depends on the m
 model keeps moshiko's structure with a weights split close to moshiko 7B's (about 13 : 1 here, 10 : 1 for 7B).
 
 Memory: peak resident memory of a child process scoring 2k and 20k frames with a small TTT model (goal: flat).
+
+Chunked: frames/s of `LMGen.step_chunk_with_logits` (`--mode chunked`) against per-step `step_with_logits` and a plain
+parallel `LMModel.forward` over the same teacher-forced frames, the compute bound (goal: chunked >= 0.8x the parallel
+forward). Text policy `pad` is fully parallel; `greedy` goes through speculation, whose acceptance rate is printed (with
+random weights the text is chaotic, the worst case for speculation).
 """
 
 from __future__ import annotations
@@ -148,6 +153,64 @@ def memory(frame_counts: list[int]) -> None:
           f"({growth / results[0]['peak_mib'] * 100:+.1f}%)   (goal: flat)")
 
 
+def per_step_inputs(lm: LMModel, own: torch.Tensor, max_delay: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step user tokens (no input) `[1, n_user, S]` and teacher-forced own tokens `[1, dep_q, S]`, S = T + delay."""
+    frames = own.shape[-1]
+    users = torch.full((1, lm.n_q - lm.dep_q, frames + max_delay), lm.zero_token_id, dtype=torch.long)
+    owns = torch.zeros(1, lm.dep_q, frames + max_delay, dtype=torch.long)
+    for k in range(lm.dep_q):
+        delay = lm.delays[1 + k]
+        owns[0, k, delay: delay + frames] = own[k]
+    return users, owns
+
+
+@torch.no_grad()
+def chunked_scoring(lm: LMModel, own: torch.Tensor, chunk: int, text_policy: str) -> tuple[float, float]:
+    """Seconds to score `own` `[dep_q, T]` in chunks, and the speculation acceptance rate."""
+    lm_gen = LMGen(lm, use_sampling=False)
+    users, owns = per_step_inputs(lm, own, lm_gen.max_delay)
+    pad = torch.full((1, users.shape[2]), lm.text_padding_token_id, dtype=torch.long)
+    kept = evaluated = 0
+    started = time.perf_counter()
+    with lm_gen.streaming(1):
+        for start in range(0, users.shape[2], chunk):
+            part = slice(start, start + chunk)
+            text = pad[:, part] if text_policy == "pad" else None
+            out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=text)
+            kept, evaluated = kept + out.transformer_out.shape[1], evaluated + out.main_steps
+    return time.perf_counter() - started, kept / evaluated
+
+
+@torch.no_grad()
+def parallel_forward(lm: LMModel, own: torch.Tensor) -> float:
+    """Seconds for one `LMModel.forward` over the whole sequence (padding text, no user input)."""
+    frames = own.shape[-1]
+    codes = torch.cat([torch.full((1, frames), lm.text_padding_token_id), own,
+                       torch.full((lm.n_q - lm.dep_q, frames), lm.zero_token_id)])[None]
+    started = time.perf_counter()
+    lm(codes)
+    return time.perf_counter() - started
+
+
+def chunked(frames: int, chunk: int, per_step_frames: int) -> None:
+    torch.manual_seed(0)
+    lm = LMModel(**SPEED_CONFIG).eval()
+    own = random_item(lm, frames, seed=4).own
+    parallel_forward(lm, own[:, :8])
+    forward_fps = frames / parallel_forward(lm, own)
+    pad_seconds, _ = chunked_scoring(lm, own, chunk, "pad")
+    greedy_seconds, acceptance = chunked_scoring(lm, own, chunk, "greedy")
+    step_fps = per_step_frames / one_pass(lm, random_item(lm, per_step_frames, seed=5))
+    pad_fps, greedy_fps = frames / pad_seconds, frames / greedy_seconds
+    print(f"chunked ({frames} frames, chunk {chunk}, {torch.get_num_threads()} thread(s)):")
+    print(f"  parallel LMModel.forward           {forward_fps:8.1f} frames/s   (compute bound)")
+    print(f"  chunked, pad text                  {pad_fps:8.1f} frames/s   {pad_fps / forward_fps:.2f}x forward "
+          "(goal >= 0.8x)")
+    print(f"  chunked, greedy text               {greedy_fps:8.1f} frames/s   {greedy_fps / forward_fps:.2f}x forward, "
+          f"speculation acceptance {acceptance:.2f}")
+    print(f"  per-step step_with_logits          {step_fps:8.1f} frames/s   (chunked pad is {pad_fps / step_fps:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=250, help="frames per speed round")
@@ -156,6 +219,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the speed part")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--chunk-frames", type=int, default=512, help="frames of the chunked comparison")
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--per-step-frames", type=int, default=32, help="frames timed per step for the comparison")
+    parser.add_argument("--skip-chunked", action="store_true")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
@@ -165,6 +232,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.skip_speed:
         speed(args.frames, args.rounds)
+    if not args.skip_chunked:
+        chunked(args.chunk_frames, args.chunk_size, args.per_step_frames)
     if not args.skip_memory:
         memory(args.memory_frames)
 

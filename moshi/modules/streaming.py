@@ -49,6 +49,14 @@ class State:
     def close(self) -> None:
         """Called once when streaming stops."""
 
+    def checkpoint(self, span: int) -> Any:
+        """What `rollback` needs to undo the next `span` steps; a full copy unless a subclass knows better."""
+        return clone_state_value(self)
+
+    def rollback(self, checkpoint: Any) -> None:
+        """Return, in place, to the state `checkpoint(span)` was taken in (at most `span` steps ago)."""
+        copy_state_value_(self, checkpoint)
+
 
 StateT = TypeVar("StateT", bound=State)
 
@@ -210,6 +218,22 @@ class StreamingModule(nn.Module, Generic[StateT]):
             raise ValueError(f"snapshot does not match the streaming modules: {sorted(live.keys() ^ snapshot.keys())}")
         for name, state in live.items():
             copy_state_value_(state, snapshot[name])
+
+
+    def checkpoint_streaming(self, span: int) -> dict[str, Any]:
+        """A checkpoint of the whole streaming state from which `rollback_streaming` undoes up to `span` steps.
+
+        Cheaper than `snapshot_streaming` when states only keep what the next `span` steps would overwrite.
+        """
+        return {name: state.checkpoint(span) for name, state in self.get_streaming_state().items()}
+
+    def rollback_streaming(self, checkpoint: dict[str, Any]) -> None:
+        """Undo the steps taken since `checkpoint_streaming`, in place."""
+        live = self.get_streaming_state()
+        if live.keys() != checkpoint.keys():
+            raise ValueError(f"checkpoint does not match the streaming modules: {sorted(live.keys() ^ checkpoint.keys())}")
+        for name, state in live.items():
+            state.rollback(checkpoint[name])
 
 
 class StreamingContainer(StreamingModule[State]):

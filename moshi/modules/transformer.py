@@ -61,6 +61,18 @@ def num_weight_sets(weights_per_step: int, schedule: Sequence[int] | None) -> in
 
 
 @dataclasses.dataclass
+class AttentionCheckpoint:
+    """The cache slots `[B, n]` a speculative pass may overwrite, their keys and values, and the position table."""
+
+    slots: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    exec_mask: torch.Tensor
+    filled: int
+
+
+@dataclasses.dataclass
 class AttentionState(State):
     """Ring KV cache of one attention layer.
 
@@ -80,6 +92,23 @@ class AttentionState(State):
     def reset(self, reset_mask: torch.Tensor) -> None:
         super().reset(reset_mask)
         self.positions.masked_fill_(reset_mask[:, None], -1)
+
+    def checkpoint(self, span: int) -> AttentionCheckpoint:
+        """Keep only the slots the next `span` positions will overwrite (plus the small position table)."""
+        next_position = self.positions.max(dim=1).values + 1
+        slots = (next_position[:, None] + torch.arange(min(span, self.capacity), device=self.positions.device))
+        slots = slots % self.capacity
+        index = slots[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
+        return AttentionCheckpoint(slots, self.keys.gather(2, index), self.values.gather(2, index),
+                                   self.positions.clone(), self.exec_mask.clone(), self.filled)
+
+    def rollback(self, checkpoint: AttentionCheckpoint) -> None:
+        index = checkpoint.slots[:, None, :, None].expand_as(checkpoint.keys)
+        self.keys.scatter_(2, index, checkpoint.keys)
+        self.values.scatter_(2, index, checkpoint.values)
+        self.positions.copy_(checkpoint.positions)
+        self.exec_mask.copy_(checkpoint.exec_mask)
+        self.filled = checkpoint.filled
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""

@@ -115,3 +115,17 @@ def test_failed_start_leaves_nothing_streaming():
     with pytest.raises(ValueError):
         transformer.streaming(1)
     assert not any(module.is_streaming for _, module in transformer.named_streaming_modules())
+
+
+@pytest.mark.parametrize("span", [3, 5, 9])
+def test_checkpoint_rollback_after_the_cache_wrapped(transformer, span):
+    x = torch.randn(2, 30, 32)
+    with torch.no_grad():
+        reference = transformer(x)
+        with transformer.streaming(2):
+            transformer(x[:, :17])
+            checkpoint = transformer.checkpoint_streaming(span)
+            transformer(torch.randn(2, span, 32))
+            transformer.rollback_streaming(checkpoint)
+            streamed = transformer(x[:, 17:])
+    torch.testing.assert_close(streamed, reference[:, 17:], atol=1e-4, rtol=0)
