@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,12 @@ def run_compare(argv: list[str]) -> int:
     return 0
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"[librilight] warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         return run_compare(argv[1:])
