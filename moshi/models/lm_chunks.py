@@ -76,11 +76,11 @@ def _token_tape(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torc
 
 def _main_inputs(lm_gen: LMGen, tape: torch.Tensor) -> torch.Tensor:
     """Input columns `[B, K, C]` of the chunk's steps, with initial tokens before each stream's delay."""
-    state, lm = lm_gen.streaming_state, lm_gen.lm_model
+    state = lm_gen.streaming_state
     C = tape.shape[2] - 1
     positions = state.offsets[:, None, None] + torch.arange(C, device=tape.device)
     use_initial = positions <= lm_gen.delays_cuda[:, None]
-    return torch.where(use_initial, lm.initial_tokens(tape.shape[0]), tape[:, :, :C])
+    return torch.where(use_initial, state.initial_tokens, tape[:, :, :C])
 
 
 def _depformer_logits(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:

@@ -55,13 +55,16 @@ class StepWithLogits(Mapping):
 
 @dataclasses.dataclass
 class LMGenState(State):
-    """Token cache `[B, K, max_delay + 2]` in the delayed layout, per-item offsets `[B]`, steps since start or reset.
+    """Token cache `[B, K, max_delay + 2]` in the delayed layout, the tokens fed before the first frame `[B, K, 1]`,
+    per-item offsets `[B]`, and the steps taken since the start or the last reset (of any item, as upstream: after a
+    reset, `step` returns None for `max_delay` steps unless `support_out_of_sync`).
 
     The logits rings `[B, max_delay + 1, text_card_out]` and `[B, dep_q, max_delay + 1, card]` keep the logits of the
     last steps so that `step_with_logits` can return them aligned with the tokens.
     """
 
     cache: torch.Tensor
+    initial_tokens: torch.Tensor
     offsets: torch.Tensor
     text_logits_ring: torch.Tensor
     audio_logits_ring: torch.Tensor
@@ -140,6 +143,7 @@ class LMGen(StreamingModule[LMGenState]):
             device,
             cache=torch.full((batch_size, lm.num_codebooks, self.max_delay + 2), lm.ungenerated_token_id,
                              dtype=torch.long, device=device),
+            initial_tokens=lm.initial_tokens(batch_size),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
             text_logits_ring=torch.zeros(batch_size, ring, lm.text_card_out, dtype=logits_dtype, device=device),
             audio_logits_ring=torch.zeros(batch_size, lm.dep_q, ring, lm.card, dtype=logits_dtype, device=device),
@@ -157,8 +161,9 @@ class LMGen(StreamingModule[LMGenState]):
         if input_tokens.shape[1] < self.num_user_streams:
             raise ValueError(f"input_tokens has {input_tokens.shape[1]} user streams, the model needs "
                              f"{self.num_user_streams}")
-        user = input_tokens[:, :self.num_user_streams].to(state.device)
+        user = input_tokens[:, :self.num_user_streams]
         lm._check_range(user, lm.card, "input_tokens (user audio)")
+        user = user.to(state.device)
         if replace is not None:
             if tuple(replace.shape) != (state.batch_size, lm.dep_q, 1):
                 raise ValueError(f"depformer_replace_tokens must be [B={state.batch_size}, dep_q={lm.dep_q}, 1], "
@@ -178,7 +183,7 @@ class LMGen(StreamingModule[LMGenState]):
         read_at = (state.offsets % width)[:, None, None].expand(-1, lm.num_codebooks, 1)
         column = state.cache.gather(2, read_at)
         use_initial = (state.offsets[:, None, None] <= self.delays_cuda[:, None]) | ~state.exec_mask[:, None, None]
-        column = torch.where(use_initial, lm.initial_tokens(state.batch_size), column)
+        column = torch.where(use_initial, state.initial_tokens, column)
         if self.check and bool((column == lm.ungenerated_token_id).any()):
             raise RuntimeError(f"feeding a token that was never generated at offsets {state.offsets.tolist()}")
         return column
