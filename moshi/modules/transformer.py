@@ -112,7 +112,8 @@ class AttentionState(State):
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
-        self.filled = min(self.capacity, self.filled + k.shape[2])
+        # A recorded CUDA graph replays writes without running this line again: count the cache as full from then on.
+        self.filled = self.capacity if in_cuda_graph() else min(self.capacity, self.filled + k.shape[2])
         if k.shape[2] > self.capacity:
             k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
         slots = positions % self.capacity
