@@ -175,22 +175,49 @@ def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
     return int(disagreements[0]) + 1 if len(disagreements) else proposed.shape[1]
 
 
+@dataclasses.dataclass
+class SpeculationWindow:
+    """How many steps the next greedy speculation pass covers; kept in the `LMGen` state across calls.
+
+    The window doubles after each pass accepted whole and shrinks to the accepted length after a partial one. A pass
+    rejected from its second step on (unpredictable text) drops to single steps, which are always accepted, for a back-off
+    that doubles with each such rejection before a longer window is tried again.
+    """
+
+    length: int = 1 << 30
+    hold: int = 0
+    misses: int = 0
+
+    def update(self, accepted: int, tried: int) -> None:
+        if accepted == tried:
+            if self.hold:
+                self.hold -= 1
+                return
+            self.length = max(self.length, 2 * tried)
+            if tried > 1:
+                self.misses = 0
+        elif accepted == 1:
+            self.misses += 1
+            self.length, self.hold = 1, 2 ** min(self.misses, 8)
+        else:
+            self.length, self.misses = accepted, 0
+
+
 def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> list[ChunkWithLogits]:
-    """Greedy text by speculation over a sliding window.
+    """Greedy text by speculation over a sliding window (sized by the state's `SpeculationWindow`).
 
     Run the window with proposed text, keep the leading steps whose inputs agree with the model's argmax (plus the first
-    corrected token), roll the streaming state back, commit those steps, and propose the argmax for the rest. The window
-    doubles while whole windows are accepted and shrinks to the accepted length otherwise (a window of one step is
-    always accepted, so unpredictable text costs about two evaluated steps per step, never more than three).
+    corrected token), roll the streaming state back, commit those steps, and propose the argmax for the rest. A window
+    accepted whole is kept as it is, without a second pass.
     """
     lm = lm_gen.lm_model
     B, _, C = own.shape
     proposal = torch.full((B, C), lm.text_padding_token_id, dtype=torch.long, device=own.device)
     parts: list[ChunkWithLogits] = []
-    start, window = 0, C
+    start = 0
     while start < C:
-        stop = min(C, start + window)
         state = lm_gen.streaming_state
+        stop = min(C, start + state.speculation.length)
         steps_before, offsets_before = state.steps, state.offsets.clone()
         checkpoint = lm_gen.checkpoint_streaming(stop - start)
         span = slice(start, stop)
@@ -201,12 +228,11 @@ def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> l
         if accepted == stop - start:
             tape[:, 0, -1] = greedy[:, -1]
             parts.append(_finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, stop - start))
-            window *= 2
         else:
             lm_gen.rollback_streaming(checkpoint)
             kept = slice(start, start + accepted)
             parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], stop - start))
-            window = accepted
+        state.speculation.update(accepted, stop - start)
         start += accepted
     return parts
 

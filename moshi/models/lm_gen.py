@@ -19,7 +19,7 @@ import torch
 from ..modules.streaming import State, StreamingModule
 from ..utils.compile import CUDAGraphed
 from ..utils.sampling import sample_token
-from .lm_chunks import ChunkWithLogits, step_chunk_with_logits
+from .lm_chunks import ChunkWithLogits, SpeculationWindow, step_chunk_with_logits
 
 if TYPE_CHECKING:
     from .lm import LMModel
@@ -72,6 +72,7 @@ class LMGenState(State):
     graphed_depformer: CUDAGraphed
     graphed_forced_depformer: CUDAGraphed
     steps: int = 0
+    speculation: SpeculationWindow = dataclasses.field(default_factory=SpeculationWindow)
 
     def reset(self, reset_mask: torch.Tensor) -> None:
         super().reset(reset_mask)

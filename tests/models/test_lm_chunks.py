@@ -86,3 +86,22 @@ def test_chunk_input_errors(lm_case):
         lm_gen.set_exec_mask(torch.tensor([True, False]))
         with pytest.raises(ValueError, match="exec mask"):
             lm_gen.step_chunk_with_logits(users, owns, text_replace_tokens=torch.zeros(B, 4, dtype=torch.long))
+
+
+def test_speculation_window_backs_off_on_unpredictable_text_and_grows_on_success():
+    from moshi.models.lm_chunks import SpeculationWindow
+
+    window = SpeculationWindow(length=8)
+    window.update(accepted=8, tried=8)
+    assert window.length == 16
+    window.update(accepted=5, tried=16)
+    assert window.length == 5
+    window.update(accepted=1, tried=5)
+    assert (window.length, window.hold) == (1, 2)
+    for _ in range(2):
+        window.update(accepted=1, tried=1)
+        assert window.length == 1
+    window.update(accepted=1, tried=1)
+    assert window.length == 2
+    window.update(accepted=1, tried=2)
+    assert (window.length, window.hold) == (1, 4)
