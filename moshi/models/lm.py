@@ -258,12 +258,16 @@ class LMModel(StreamingContainer):
             x = x + emb(sequence[:, self.audio_offset + k])
         return x
 
-    def forward_text(self, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_text(
+        self, sequence: torch.Tensor, sum_condition: None = None, cross_attention_src: None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Main transformer on delayed input tokens `[B, K, S]`.
 
         Returns the normalised transformer output `[B, S, dim]` and the text logits `[B, 1, S, text_card_out]`.
-        Continues the stream when streaming.
+        Continues the stream when streaming. The conditioning arguments of upstream's signature must stay None.
         """
+        if sum_condition is not None or cross_attention_src is not None:
+            raise NotImplementedError("LMModel.forward_text: conditioning is not supported by this fork")
         if sequence.shape[1] != self.num_codebooks:
             raise ValueError(f"expected {self.num_codebooks} streams, got sequence of shape {list(sequence.shape)}")
         transformer_out = self.out_norm(self.transformer(self.embed(sequence)))

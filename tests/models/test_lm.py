@@ -122,3 +122,27 @@ def test_bfloat16_forward_and_step(parity_dir):
     tokens = _greedy_tokens(lm, case.io["user_audio"], 5)
     assert tokens.shape == (case.batch_size, lm.dep_q + 1, 5)
     assert (tokens[:, :, 2:] >= 0).all()
+
+
+def test_hooks_see_every_step(parity_dir):
+    case = load_case(parity_dir, "lm_moshiko_tiny")
+    seen = {"text_logits": [], "text": [], "audio": []}
+    lm = case.model()
+    lm_gen = LMGen(lm, use_sampling=False, on_text_logits_hook=seen["text_logits"].append,
+                   on_text_hook=seen["text"].append, on_audio_hook=seen["audio"].append)
+    with lm_gen.streaming(2):
+        outputs = [lm_gen.step(user_input(case.io["user_audio"], step)) for step in range(4)]
+    assert [t.shape for t in seen["text_logits"]] == [(2, 1, 1, lm.text_card)] * 4
+    assert [t.shape for t in seen["text"]] == [(2,)] * 4
+    assert [t.shape for t in seen["audio"]] == [(2, lm.dep_q)] * 4
+    assert torch.equal(outputs[1][:, 0, 0], seen["text"][0])
+
+
+def test_conditioning_and_guidance_are_refused(lm_case):
+    lm = lm_case.model()
+    with pytest.raises(NotImplementedError, match="guidance"):
+        LMGen(lm, cfg_coef=2.0)
+    with pytest.raises(NotImplementedError, match="conditioning"):
+        lm.forward_text(torch.zeros(1, 17, 1, dtype=torch.long), sum_condition=torch.zeros(1))
+    with pytest.raises(NotImplementedError, match="cross-attention"):
+        LMModel(**lm_case.config, cross_attention=True)
