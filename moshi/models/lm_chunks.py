@@ -141,6 +141,8 @@ def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: tor
         raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
     lm._check_range(user, lm.card, "input_tokens (user audio)")
     lm._check_range(own, lm.card, "depformer_replace_tokens")
+    if text is not None:
+        lm._check_range(text, lm.text_card, "text_replace_tokens")
 
 
 def _main_pass(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor):

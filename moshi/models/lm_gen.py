@@ -149,7 +149,7 @@ class LMGen(StreamingModule[LMGenState]):
             text_logits_ring=torch.zeros(batch_size, ring, lm.text_card_out, dtype=logits_dtype, device=device),
             audio_logits_ring=torch.zeros(batch_size, lm.dep_q, ring, lm.card, dtype=logits_dtype, device=device),
             graphed_main=CUDAGraphed(lm.forward_text, disable=not on_gpu),
-            graphed_depformer=CUDAGraphed(self.depformer_step, disable=not on_gpu),
+            graphed_depformer=CUDAGraphed(self._sampled_depformer_pass, disable=not on_gpu),
             graphed_forced_depformer=CUDAGraphed(self._forced_depformer_pass, disable=not on_gpu),
         )
 
@@ -170,8 +170,10 @@ class LMGen(StreamingModule[LMGenState]):
                 raise ValueError(f"depformer_replace_tokens must be [B={state.batch_size}, dep_q={lm.dep_q}, 1], "
                                  f"got {list(replace.shape)}")
             lm._check_range(replace, lm.card, "depformer_replace_tokens")
-        if text_replace is not None and tuple(text_replace.shape) != (state.batch_size,):
-            raise ValueError(f"text_replace_tokens must be [B={state.batch_size}], got {list(text_replace.shape)}")
+        if text_replace is not None:
+            if tuple(text_replace.shape) != (state.batch_size,):
+                raise ValueError(f"text_replace_tokens must be [B={state.batch_size}], got {list(text_replace.shape)}")
+            lm._check_range(text_replace, lm.text_card, "text_replace_tokens")
         return user
 
     def _model_input(self, user_tokens: torch.Tensor) -> torch.Tensor:
@@ -189,8 +191,11 @@ class LMGen(StreamingModule[LMGenState]):
             raise RuntimeError(f"feeding a token that was never generated at offsets {state.offsets.tolist()}")
         return column
 
-    def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the own audio tokens of one step, codebook by codebook: tokens `[B, dep_q]`, logits `[B, dep_q, card]`."""
+    def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        """Sample the own audio tokens `[B, dep_q]` of one step, codebook by codebook (upstream's signature)."""
+        return self._depformer_pass(text_token, transformer_out, None)[0]
+
+    def _sampled_depformer_pass(self, text_token: torch.Tensor, transformer_out: torch.Tensor):
         return self._depformer_pass(text_token, transformer_out, None)
 
     def _forced_depformer_pass(self, text_token: torch.Tensor, transformer_out: torch.Tensor, forced: torch.Tensor):

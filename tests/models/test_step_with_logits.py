@@ -113,3 +113,16 @@ def test_reset_of_one_item_midway_matches_a_fresh_run(parity_dir):
 def test_fixture_meta_names_the_mean(parity_dir):
     meta = json.loads((parity_dir / "lm_moshiko_tiny" / "meta.json").read_text())
     assert "teacher_forced.ce_mean" in meta
+
+
+def test_forced_text_is_used_and_validated(parity_dir):
+    case = load_case(parity_dir, "lm_moshiko_tiny")
+    lm = case.model()
+    lm_gen = LMGen(lm, use_sampling=False)
+    pad = torch.full((2,), lm.text_padding_token_id)
+    with lm_gen.streaming(2):
+        outputs = [lm_gen.step_with_logits(user_input(case.io["user_audio"], s), text_replace_tokens=pad)
+                   for s in range(4)]
+        assert all((o.tokens[:, 0] == lm.text_padding_token_id).all() for o in outputs[1:])
+        with pytest.raises(ValueError, match="text_replace_tokens: token"):
+            lm_gen.step_with_logits(user_input(case.io["user_audio"], 4), text_replace_tokens=pad + lm.text_card)
