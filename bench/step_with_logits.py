@@ -63,8 +63,8 @@ def main() -> None:
         lm_gen = LMGen(lm, use_sampling=False)
         times = {"step": [], "step_with_logits": []}
         for _ in range(args.rounds):
-            for method in times:
-                times[method].append(time_steps(lm_gen, method, args.batch_size, warmup=5, steps=args.steps))
+            for method, values in times.items():
+                values.append(time_steps(lm_gen, method, args.batch_size, warmup=5, steps=args.steps))
     best = {method: min(values) for method, values in times.items()}
     label = "7B bf16 " + torch.cuda.get_device_name() if args.seven_b else "CPU dim 512 x 8 layers, depformer 256"
     print(f"model: {label}, batch {args.batch_size}")
