@@ -47,6 +47,7 @@ SPEED_CONFIG = {
     "depformer_multi_linear": True, "depformer_context": 8, "depformer_pos_emb": "none",
     "depformer_weights_per_step": True, "delays": DELAYS,
 }
+SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
 MEMORY_CONFIG = {
     "dim": 32, "text_card": 32, "existing_text_padding_id": 3, "n_q": 4, "dep_q": 2, "card": 64, "num_heads": 2,
     "num_layers": 1, "hidden_scale": 2, "causal": True, "context": 250, "gating": "silu", "norm": "rms_norm_f32",
@@ -156,8 +157,9 @@ def memory(frame_counts: list[int]) -> None:
 def per_step_inputs(lm: LMModel, own: torch.Tensor, max_delay: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-step user tokens (no input) `[1, n_user, S]` and teacher-forced own tokens `[1, dep_q, S]`, S = T + delay."""
     frames = own.shape[-1]
-    users = torch.full((1, lm.n_q - lm.dep_q, frames + max_delay), lm.zero_token_id, dtype=torch.long)
-    owns = torch.zeros(1, lm.dep_q, frames + max_delay, dtype=torch.long)
+    users = torch.full((1, lm.n_q - lm.dep_q, frames + max_delay), lm.zero_token_id, dtype=torch.long,
+                       device=own.device)
+    owns = torch.zeros(1, lm.dep_q, frames + max_delay, dtype=torch.long, device=own.device)
     for k in range(lm.dep_q):
         delay = lm.delays[1 + k]
         owns[0, k, delay: delay + frames] = own[k]
@@ -169,8 +171,9 @@ def chunked_scoring(lm: LMModel, own: torch.Tensor, chunk: int, text_policy: str
     """Seconds to score `own` `[dep_q, T]` in chunks, and the speculation acceptance rate."""
     lm_gen = LMGen(lm, use_sampling=False)
     users, owns = per_step_inputs(lm, own, lm_gen.max_delay)
-    pad = torch.full((1, users.shape[2]), lm.text_padding_token_id, dtype=torch.long)
+    pad = torch.full((1, users.shape[2]), lm.text_padding_token_id, dtype=torch.long, device=own.device)
     kept = evaluated = 0
+    synchronize(own.device)
     started = time.perf_counter()
     with lm_gen.streaming(1):
         for start in range(0, users.shape[2], chunk):
@@ -178,6 +181,7 @@ def chunked_scoring(lm: LMModel, own: torch.Tensor, chunk: int, text_policy: str
             text = pad[:, part] if text_policy == "pad" else None
             out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=text)
             kept, evaluated = kept + out.transformer_out.shape[1], evaluated + out.main_steps
+    synchronize(own.device)
     return time.perf_counter() - started, kept / evaluated
 
 
@@ -185,29 +189,47 @@ def chunked_scoring(lm: LMModel, own: torch.Tensor, chunk: int, text_policy: str
 def parallel_forward(lm: LMModel, own: torch.Tensor) -> float:
     """Seconds for one `LMModel.forward` over the whole sequence (padding text, no user input)."""
     frames = own.shape[-1]
-    codes = torch.cat([torch.full((1, frames), lm.text_padding_token_id), own,
-                       torch.full((lm.n_q - lm.dep_q, frames), lm.zero_token_id)])[None]
+    codes = torch.cat([torch.full((1, frames), lm.text_padding_token_id, device=own.device), own,
+                       torch.full((lm.n_q - lm.dep_q, frames), lm.zero_token_id, device=own.device)])[None]
+    synchronize(own.device)
     started = time.perf_counter()
     lm(codes)
+    synchronize(own.device)
     return time.perf_counter() - started
 
 
-def chunked(frames: int, chunk: int, per_step_frames: int) -> None:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def chunked(frames: int, chunk: int, per_step_frames: int, seven_b: bool, forward_frames: int) -> None:
+    """Chunked against per-step and the parallel forward; `seven_b`: 7B config, random bf16 weights, on the GPU.
+
+    The parallel forward attends over all its frames at once (memory quadratic in length), so it runs on the first
+    `forward_frames` frames only; its frames/s is the compute bound per frame.
+    """
     torch.manual_seed(0)
-    lm = LMModel(**SPEED_CONFIG).eval()
-    own = random_item(lm, frames, seed=4).own
+    if seven_b:
+        lm = LMModel(**json.loads(SEVEN_B_CONFIG.read_text()), device="cuda", dtype=torch.bfloat16).eval()
+    else:
+        lm = LMModel(**SPEED_CONFIG).eval()
+    own = random_item(lm, frames, seed=4).own.to(lm.device)
+    forward_part = own[:, : min(frames, forward_frames)]
     parallel_forward(lm, own[:, :8])
-    forward_fps = frames / parallel_forward(lm, own)
+    forward_fps = forward_part.shape[1] / parallel_forward(lm, forward_part)
     pad_seconds, _ = chunked_scoring(lm, own, chunk, "pad")
     greedy_seconds, acceptance = chunked_scoring(lm, own, chunk, "greedy")
     step_fps = per_step_frames / one_pass(lm, random_item(lm, per_step_frames, seed=5))
     pad_fps, greedy_fps = frames / pad_seconds, frames / greedy_seconds
-    print(f"chunked ({frames} frames, chunk {chunk}, {torch.get_num_threads()} thread(s)):")
-    print(f"  parallel LMModel.forward           {forward_fps:8.1f} frames/s   (compute bound)")
+    model = "7B bf16, random weights" if seven_b else f"dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']}"
+    print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {torch.get_num_threads()} thread(s)):")
+    print(f"  parallel LMModel.forward           {forward_fps:8.1f} frames/s   (compute bound, {forward_part.shape[1]} "
+          "frames)")
     print(f"  chunked, pad text                  {pad_fps:8.1f} frames/s   {pad_fps / forward_fps:.2f}x forward "
-          "(goal >= 0.8x)")
+          f"(goal >= 0.8x), {pad_seconds:.1f} s in all")
     print(f"  chunked, greedy text               {greedy_fps:8.1f} frames/s   {greedy_fps / forward_fps:.2f}x forward, "
-          f"speculation acceptance {acceptance:.2f}")
+          f"speculation acceptance {acceptance:.2f}, {greedy_seconds:.1f} s in all")
     print(f"  per-step step_with_logits          {step_fps:8.1f} frames/s   (chunked pad is {pad_fps / step_fps:.1f}x)")
 
 
@@ -223,6 +245,10 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--per-step-frames", type=int, default=32, help="frames timed per step for the comparison")
     parser.add_argument("--skip-chunked", action="store_true")
+    parser.add_argument("--7b", dest="seven_b", action="store_true",
+                        help="chunked part on the GPU with the 7B config (e.g. --chunk-frames 24000 --skip-speed "
+                             "--skip-memory): the < 60 s goal for 24k frames")
+    parser.add_argument("--forward-frames", type=int, default=4096, help="frames of the parallel forward")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
@@ -233,7 +259,7 @@ def main() -> None:
     if not args.skip_speed:
         speed(args.frames, args.rounds)
     if not args.skip_chunked:
-        chunked(args.chunk_frames, args.chunk_size, args.per_step_frames)
+        chunked(args.chunk_frames, args.chunk_size, args.per_step_frames, args.seven_b, args.forward_frames)
     if not args.skip_memory:
         memory(args.memory_frames)
 
