@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from moshi.models.lm import LMGen, LMModel
+from moshi.models.lm_chunks import teacher_forced_step_inputs
 from moshi_eval.librilight.scoring import ScoringItem, StepScorer
 
 DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
@@ -72,17 +73,6 @@ def one_pass(lm: LMModel, item: ScoringItem) -> float:
     return time.perf_counter() - started
 
 
-def forced_inputs(lm: LMModel, item: ScoringItem, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    frames = item.num_frames
-    user = torch.full((1, lm.n_q - lm.dep_q, 1), lm.zero_token_id, dtype=torch.long)
-    forced = torch.zeros(1, lm.dep_q, 1, dtype=torch.long)
-    for k in range(lm.dep_q):
-        frame = step - lm.delays[1 + k]
-        if 0 <= frame < frames:
-            forced[0, k, 0] = item.own[k, frame]
-    return user, forced
-
-
 @torch.no_grad()
 def two_pass(lm: LMModel, logits_lm: LMModel, item: ScoringItem) -> float:
     """Seconds for the old approach: `step` to advance the state, plus a second per-frame pass for the logits."""
@@ -90,10 +80,11 @@ def two_pass(lm: LMModel, logits_lm: LMModel, item: ScoringItem) -> float:
     second = LMGen(logits_lm, use_sampling=False)
     max_delay = advance.max_delay
     losses = []
+    users, owns = teacher_forced_step_inputs(lm, item.own[None])
     started = time.perf_counter()
     with advance.streaming(1), second.streaming(1):
         for step in range(item.num_frames + max_delay):
-            user, forced = forced_inputs(lm, item, step)
+            user, forced = users[:, :, step: step + 1], owns[:, :, step: step + 1]
             advance.step(user, forced)
             out = second.step_with_logits(user, forced)
             if out is not None:
@@ -154,23 +145,11 @@ def memory(frame_counts: list[int]) -> None:
           f"({growth / results[0]['peak_mib'] * 100:+.1f}%)   (goal: flat)")
 
 
-def per_step_inputs(lm: LMModel, own: torch.Tensor, max_delay: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step user tokens (no input) `[1, n_user, S]` and teacher-forced own tokens `[1, dep_q, S]`, S = T + delay."""
-    frames = own.shape[-1]
-    users = torch.full((1, lm.n_q - lm.dep_q, frames + max_delay), lm.zero_token_id, dtype=torch.long,
-                       device=own.device)
-    owns = torch.zeros(1, lm.dep_q, frames + max_delay, dtype=torch.long, device=own.device)
-    for k in range(lm.dep_q):
-        delay = lm.delays[1 + k]
-        owns[0, k, delay: delay + frames] = own[k]
-    return users, owns
-
-
 @torch.no_grad()
 def chunked_scoring(lm: LMModel, own: torch.Tensor, chunk: int, text_policy: str) -> tuple[float, float]:
     """Seconds to score `own` `[dep_q, T]` in chunks, and the speculation acceptance rate."""
     lm_gen = LMGen(lm, use_sampling=False)
-    users, owns = per_step_inputs(lm, own, lm_gen.max_delay)
+    users, owns = teacher_forced_step_inputs(lm, own[None])
     pad = torch.full((1, users.shape[2]), lm.text_padding_token_id, dtype=torch.long, device=own.device)
     kept = evaluated = 0
     synchronize(own.device)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from .lm import LMModel
     from .lm_gen import LMGen
 
 
@@ -39,6 +40,26 @@ class ChunkWithLogits:
     audio_logits: torch.Tensor
     transformer_out: torch.Tensor
     main_steps: int
+
+
+def teacher_forced_step_inputs(
+    lm: LMModel, own: torch.Tensor, user: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step inputs that teacher-force the own audio `own` `[B, dep_q, T]` (and optional user audio `[B, n_user, T]`).
+
+    Returns user tokens `[B, n_q - dep_q, S]` and own tokens `[B, dep_q, S]` for the S = T + max_delay steps of the pass,
+    in the layout `step_with_logits` and `step_chunk_with_logits` take: step s gets codebook k of frame
+    `s - delays[1 + k]` (0 outside the sequence) and user frame `s - 1` (the zero token outside).
+    """
+    B, K, T = own.shape
+    steps = T + max(lm.delays)
+    owns = own.new_zeros(B, K, steps)
+    for k, delay in enumerate(lm.delays[1: 1 + K]):
+        owns[:, k, delay: delay + T] = own[:, k]
+    users = own.new_full((B, lm.n_q - lm.dep_q, steps), lm.zero_token_id)
+    if user is not None:
+        users[:, :, 1: T + 1] = user
+    return users, owns
 
 
 def _ring_columns(ring: torch.Tensor, dim: int, start: torch.Tensor, count: int) -> torch.Tensor:

@@ -55,6 +55,15 @@ class _Slot:
     step: int = 0
 
 
+def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
+    """`[length, dep_q]` True where codebook k's frame has no prediction: its last `own_delays[k]` frames."""
+    undefined = np.zeros((length, len(own_delays)), dtype=bool)
+    for codebook, delay in enumerate(own_delays):
+        if delay > 0:
+            undefined[length - delay:, codebook] = True
+    return undefined
+
+
 class StepScorer:
     """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time."""
 
@@ -247,9 +256,7 @@ class _BatchRun:
         self.raise_on_bad_values()
         frames = slot.item.num_frames
         losses = self.losses[index, :frames].cpu().numpy().astype(np.float32, copy=True)
-        for codebook, delay in enumerate(self.scorer.own_delays):
-            if delay > 0:
-                losses[frames - delay:, codebook] = np.nan
+        losses[undefined_predictions(frames, self.scorer.own_delays)] = np.nan
         self.slots[index] = None
         return ScoredSequence(slot.item.sequence_id, losses)
 
@@ -302,20 +309,19 @@ class ChunkedScorer:
 
     def _step_inputs(self, batch: Sequence[ScoringItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-step user tokens `[B, n_user, S]`, forced own tokens `[B, dep_q, S]` and targets `[B, dep_q, T]`."""
-        scorer, device = self.step_scorer, self.lm.device
+        from moshi.models.lm_chunks import teacher_forced_step_inputs
+
+        scorer = self.step_scorer
         frames = batch[0].num_frames
-        steps = frames + scorer.max_delay
-        users = torch.full((len(batch), scorer.num_user, steps), scorer.zero_token, dtype=torch.long)
-        owns = torch.zeros(len(batch), scorer.dep_q, steps, dtype=torch.long)
         targets = torch.zeros(len(batch), scorer.dep_q, frames, dtype=torch.long)
+        user = torch.full((len(batch), scorer.num_user, frames), scorer.zero_token, dtype=torch.long)
         for b, item in enumerate(batch):
-            length = item.num_frames
-            targets[b, :, :length] = item.own
+            targets[b, :, : item.num_frames] = item.own
             if item.user is not None and scorer.num_user > 0:
-                users[b, :, 1: length + 1] = item.user
-            for k, delay in enumerate(scorer.own_delays):
-                owns[b, k, delay: delay + length] = item.own[k]
-        return users.to(device), owns.to(device), targets.to(device)
+                user[b, :, : item.num_frames] = item.user
+        targets, user = targets.to(self.lm.device), user.to(self.lm.device)
+        users, owns = teacher_forced_step_inputs(self.lm, targets, user)
+        return users, owns, targets
 
     def _score_batch(self, lm_gen: Any, batch: Sequence[ScoringItem],
                      on_frames: ProgressCallback | None) -> list[np.ndarray]:
@@ -347,10 +353,7 @@ class ChunkedScorer:
         """The item's own frames, NaN where a codebook's frame is undefined; a non-finite loss is an error."""
         length = item.num_frames
         result = losses[:length].numpy().astype(np.float32, copy=True)
-        defined = np.ones_like(result, dtype=bool)
-        for codebook, delay in enumerate(self.step_scorer.own_delays):
-            if delay > 0:
-                defined[length - delay:, codebook] = False
+        defined = ~undefined_predictions(length, self.step_scorer.own_delays)
         bad = np.argwhere(defined & ~np.isfinite(result))
         if len(bad):
             raise NonFiniteLossError(item.sequence_id, int(bad[0, 0]), int(bad[0, 1]))

@@ -105,3 +105,14 @@ def test_speculation_window_backs_off_on_unpredictable_text_and_grows_on_success
     assert window.length == 2
     window.update(accepted=1, tried=2)
     assert (window.length, window.hold) == (1, 4)
+
+
+def test_teacher_forced_step_inputs_follow_the_fixture_layout(lm_case):
+    from moshi.models.lm_chunks import teacher_forced_step_inputs
+
+    lm = lm_case.model()
+    own, user = lm_case.io["own_audio"], lm_case.io["user_audio"]
+    users, owns = teacher_forced_step_inputs(lm, own, user)
+    expected_users, expected_owns = _step_inputs(lm, own, user, lm_case.num_frames + max(lm.delays))
+    assert torch.equal(users, expected_users)
+    assert torch.equal(owns, expected_owns)
