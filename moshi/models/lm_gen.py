@@ -11,6 +11,7 @@ the depformer, so the returned audio logits score the given tokens: no second fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +150,8 @@ class LMGen(StreamingModule[LMGenState]):
             text_logits_ring=torch.zeros(batch_size, ring, lm.text_card_out, dtype=logits_dtype, device=device),
             audio_logits_ring=torch.zeros(batch_size, lm.dep_q, ring, lm.card, dtype=logits_dtype, device=device),
             graphed_main=CUDAGraphed(lm.forward_text, disable=not on_gpu),
-            graphed_depformer=CUDAGraphed(self._sampled_depformer_pass, disable=not on_gpu),
-            graphed_forced_depformer=CUDAGraphed(self._forced_depformer_pass, disable=not on_gpu),
+            graphed_depformer=CUDAGraphed(functools.partial(self._depformer_pass, forced=None), disable=not on_gpu),
+            graphed_forced_depformer=CUDAGraphed(self._depformer_pass, disable=not on_gpu),
         )
 
     def _check_inputs(self, input_tokens: torch.Tensor, replace: torch.Tensor | None,
@@ -194,12 +195,6 @@ class LMGen(StreamingModule[LMGenState]):
     def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
         """Sample the own audio tokens `[B, dep_q]` of one step, codebook by codebook (upstream's signature)."""
         return self._depformer_pass(text_token, transformer_out, None)[0]
-
-    def _sampled_depformer_pass(self, text_token: torch.Tensor, transformer_out: torch.Tensor):
-        return self._depformer_pass(text_token, transformer_out, None)
-
-    def _forced_depformer_pass(self, text_token: torch.Tensor, transformer_out: torch.Tensor, forced: torch.Tensor):
-        return self._depformer_pass(text_token, transformer_out, forced)
 
     def _depformer_pass(
         self, text_token: torch.Tensor, transformer_out: torch.Tensor, forced: torch.Tensor | None
