@@ -19,6 +19,7 @@ from .encoding import MimiSequenceEncoder
 from .fingerprint import digest
 from .models import model_identity
 from .prepare import ItemPreparer, ModelShape, source_identity
+from .rank_report import RankReport
 from .results import LibriLightResult, SequenceLosses
 from .sanity import WorseThanUniformWarning
 from .scoring import ChunkedScorer, ScoredSequence, ScoringItem, StepScorer
@@ -229,17 +230,17 @@ class LibriLightRun:
         """Collect every rank's finished sequences and skips (identical on all ranks afterwards)."""
         if not self.context.enabled:
             return
-        parts = self.context.all_gather((self.finished, self.sequence_skips, self.scored_frames, self.resumed,
-                                         self.timing))
-        self.finished = {key: value for part in parts for key, value in part[0].items()}
-        self.sequence_skips = [skip for part in parts for skip in part[1]]
-        self.scored_frames = sum(part[2] for part in parts)
-        self.resumed = sum(part[3] for part in parts)
+        mine = RankReport(self.finished, self.sequence_skips, self.scored_frames, self.resumed, self.timing)
+        parts = [RankReport.from_bytes(part) for part in self.context.all_gather_bytes(mine.to_bytes())]
+        self.finished = {key: value for part in parts for key, value in part.finished.items()}
+        self.sequence_skips = [skip for part in parts for skip in part.skips]
+        self.scored_frames = sum(part.scored_frames for part in parts)
+        self.resumed = sum(part.resumed for part in parts)
         for name in ("encode_seconds", "score_seconds"):
-            self.timing[name] = max(part[4][name] for part in parts)
+            self.timing[name] = max(part.timing[name] for part in parts)
         for name in ("codes_cache_hits", "codes_cache_misses"):
-            if any(name in part[4] for part in parts):
-                self.timing[name] = sum(part[4].get(name, 0) for part in parts)
+            if any(name in part.timing for part in parts):
+                self.timing[name] = sum(part.timing.get(name, 0) for part in parts)
 
     def result(self, complete: bool) -> LibriLightResult:
         order = [source.sequence_id for source in self.sources if source.sequence_id in self.finished]

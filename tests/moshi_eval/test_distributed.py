@@ -1,4 +1,7 @@
-"""Acceptance 6: `torchrun` with two CPU (gloo) processes gives the same results as one process."""
+"""Acceptance 6: `torchrun` with two CPU processes gives the same results as one process.
+
+The ranks exchange their results through torchrun's store (no gloo process group: see `distributed.py`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import torch
 from librilight_helpers import REPO_ROOT, assert_results_close, comparable, random_codes, subprocess_env, write_codes
 
 
-def test_two_gloo_ranks_equal_one_process(parity_dir, tmp_path):
+def test_two_torchrun_cpu_ranks_equal_one_process(parity_dir, tmp_path):
     case_dir = parity_dir / "lm_moshiko_tiny"
     card = json.loads((case_dir / "config.json").read_text())["card"]
     generator = torch.Generator().manual_seed(11)
