@@ -67,11 +67,13 @@ def replace_tokens(own_audio: torch.Tensor, delays: list[int], step: int) -> tor
 
 
 def teacher_forced_pass(lm_gen: LMGen, own_audio: torch.Tensor, user_audio: torch.Tensor) -> list:
-    """Run `step_with_logits` over T + max_delay steps with teacher forcing; returns the non-None outputs."""
+    """Run `step_with_logits` over T + max_delay steps with teacher forcing (inputs moved to the model's device);
+    returns the non-None outputs."""
     outputs = []
-    delays = lm_gen.lm_model.delays
+    delays, device = lm_gen.lm_model.delays, lm_gen.lm_model.device
     for step in range(own_audio.shape[2] + lm_gen.max_delay):
-        out = lm_gen.step_with_logits(user_input(user_audio, step), replace_tokens(own_audio, delays, step))
+        user, forced = user_input(user_audio, step).to(device), replace_tokens(own_audio, delays, step).to(device)
+        out = lm_gen.step_with_logits(user, forced)
         if out is not None:
             outputs.append(out)
     return outputs

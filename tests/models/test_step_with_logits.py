@@ -31,6 +31,30 @@ def test_teacher_forced_logits_match_upstream(lm_case):
     torch.testing.assert_close(ce[mask], io["teacher_forced.ce_per_token"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_forced_logits_match_upstream_on_cuda_with_graphs(lm_case, monkeypatch):
+    """The same parity on a GPU, float32 without TF32, with the main and depformer passes captured as CUDA graphs."""
+    monkeypatch.delenv("NO_CUDA_GRAPH", raising=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    lm = lm_case.model().cuda()
+    io = lm_case.io
+    lm_gen = LMGen(lm, use_sampling=False)
+    with lm_gen.streaming(lm_case.batch_size):
+        outputs = teacher_forced_pass(lm_gen, io["own_audio"], io["user_audio"])
+        state = lm_gen.streaming_state
+        assert state.graphed_main.is_captured and state.graphed_forced_depformer.is_captured
+    audio_logits = torch.cat([o.audio_logits for o in outputs], dim=2).cpu()
+    text_logits = torch.cat([o.text_logits for o in outputs], dim=2).cpu()
+    tokens = torch.cat([o.tokens for o in outputs], dim=2).cpu()
+    mask = io["teacher_forced.mask"]
+    torch.testing.assert_close(audio_logits[mask], io["teacher_forced.logits"][mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(text_logits, io["teacher_forced.text_logits"], atol=1e-4, rtol=0)
+    assert torch.equal(tokens[:, 1:], io["own_audio"])
+    ce = F.cross_entropy(audio_logits.permute(0, 3, 1, 2), tokens[:, 1:], reduction="none")
+    assert abs(ce[mask].mean().item() - lm_case.meta["teacher_forced.ce_mean"]) <= 1e-4
+
+
 def test_mapping_access(lm_case):
     lm = lm_case.model()
     lm_gen = LMGen(lm, use_sampling=False)
