@@ -106,7 +106,8 @@ def _copy_into_static(static: Any, value: Any, where: str) -> None:
             _copy_into_static(static_item, item, f"{where}[{index}]")
     elif isinstance(static, dict):
         if not isinstance(value, dict) or value.keys() != static.keys():
-            raise ValueError(f"CUDA-graphed argument {where} changed keys since the capture")
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(f"CUDA-graphed argument {where} was captured with keys {sorted(static)}, got {got}")
         for key, static_item in static.items():
             _copy_into_static(static_item, value[key], f"{where}[{key!r}]")
     elif isinstance(value, torch.Tensor) or not (value is static or value == static):

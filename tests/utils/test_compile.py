@@ -73,3 +73,10 @@ def test_gpu_capture_replays_with_new_inputs() -> None:
     graphed.reset()
     out = graphed((torch.ones(5, device=device), [torch.ones(5, device=device)]))
     torch.testing.assert_close(out, torch.full((5,), 3.0, device=device))
+
+
+def test_changed_keyword_names_are_reported() -> None:
+    from moshi.utils.compile import _copy_into_static
+
+    with pytest.raises(ValueError, match=r"kwargs was captured with keys \[\], got \['scale'\]"):
+        _copy_into_static({}, {"scale": 3.0}, "kwargs")
