@@ -191,6 +191,24 @@ def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Te
     return _finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, main_steps)
 
 
+def _single_step(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> ChunkWithLogits:
+    """One greedy step through `LMGen`'s per-step path (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
+    a window of one step is always accepted, so it needs no speculation."""
+    state, lm = lm_gen.streaming_state, lm_gen.lm_model
+    transformer_out = lm_gen._advance(user, own, None, keep_logits=True, hooks=False)
+    if state.steps > lm_gen.max_delay:
+        text_logits, audio_logits = lm_gen._ready_logits()
+        return ChunkWithLogits(lm_gen._ready_tokens(), text_logits, audio_logits, transformer_out, main_steps=1)
+    B = own.shape[0]
+    return ChunkWithLogits(
+        tokens=own.new_empty(B, lm.dep_q + 1, 0),
+        text_logits=transformer_out.new_empty(B, 1, 0, lm.text_card_out, dtype=state.text_logits_ring.dtype),
+        audio_logits=transformer_out.new_empty(B, lm.dep_q, 0, lm.card, dtype=state.audio_logits_ring.dtype),
+        transformer_out=transformer_out,
+        main_steps=1,
+    )
+
+
 def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
     """How many leading steps saw correct text inputs: step i + 1 needs `proposed[:, :i + 1] == greedy[:, :i + 1]`."""
     agree = (proposed[:, :-1] == greedy[:, :-1]).all(dim=0)
@@ -231,7 +249,7 @@ def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> l
 
     Run the window with proposed text, keep the leading steps whose inputs agree with the model's argmax (plus the first
     corrected token), roll the streaming state back, commit those steps, and propose the argmax for the rest. A window
-    accepted whole is kept as it is, without a second pass.
+    accepted whole is kept as it is, without a second pass; a window of one step takes the per-step path.
     """
     lm = lm_gen.lm_model
     B, _, C = own.shape
@@ -241,6 +259,11 @@ def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> l
     while start < C:
         state = lm_gen.streaming_state
         stop = min(C, start + state.speculation.length)
+        if stop - start == 1:
+            parts.append(_single_step(lm_gen, user[:, :, start: stop], own[:, :, start: stop]))
+            state.speculation.update(1, 1)
+            start = stop
+            continue
         steps_before, offsets_before = state.steps, state.offsets.clone()
         checkpoint = lm_gen.checkpoint_streaming(stop - start)
         span = slice(start, stop)

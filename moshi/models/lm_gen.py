@@ -266,13 +266,22 @@ class LMGen(StreamingModule[LMGenState]):
         """The one step path shared by `step` and `step_with_logits`; returns (tokens, transformer_out) or None."""
         state = self.streaming_state
         user_tokens = self._check_inputs(input_tokens, depformer_replace_tokens, text_replace_tokens)
+        transformer_out = self._advance(user_tokens, depformer_replace_tokens, text_replace_tokens, keep_logits)
+        if state.steps <= self.max_delay and not self.support_out_of_sync:
+            return None
+        return self._ready_tokens(), transformer_out
+
+    def _advance(self, user_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None,
+                 text_replace_tokens: torch.Tensor | None, keep_logits: bool, hooks: bool = True) -> torch.Tensor:
+        """Run one checked step (CUDA-graphed on a GPU) and record it; returns its transformer_out `[B, 1, dim]`."""
+        state = self.streaming_state
         transformer_out, text_logits = state.graphed_main(self._model_input(user_tokens))
-        if self.on_text_logits_hook is not None:
+        if hooks and self.on_text_logits_hook is not None:
             self.on_text_logits_hook(text_logits)
         text_token = sample_token(text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text)[:, 0, 0]
         if text_replace_tokens is not None:
             text_token = text_replace_tokens.to(text_token)
-        if self.on_text_hook is not None:
+        if hooks and self.on_text_hook is not None:
             self.on_text_hook(text_token)
         audio_logits = None
         if depformer_replace_tokens is None:
@@ -282,12 +291,10 @@ class LMGen(StreamingModule[LMGenState]):
             audio_tokens, audio_logits = state.graphed_forced_depformer(text_token, transformer_out, forced)
         else:
             audio_tokens = depformer_replace_tokens[:, :, 0].to(text_token)
-        if self.on_audio_hook is not None:
+        if hooks and self.on_audio_hook is not None:
             self.on_audio_hook(audio_tokens)
         self._record(text_token, audio_tokens, text_logits, audio_logits)
-        if state.steps <= self.max_delay and not self.support_out_of_sync:
-            return None
-        return self._ready_tokens(), transformer_out
+        return transformer_out
 
     def step(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
              *, text_replace_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
