@@ -63,6 +63,24 @@ def test_step_with_logits_equals_forward(ttt_model):
     torch.testing.assert_close(audio_logits[mask], reference.logits[mask], atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphed_steps_equal_cpu_steps_with_ttt(ttt_model, monkeypatch):
+    """Per-step TTT updates (a mini-batch completing every 16 steps) stay exact when steps replay CUDA graphs."""
+    monkeypatch.delenv("NO_CUDA_GRAPH", raising=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    own, user = _sequence(ttt_model)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        lm_gen = LMGen(ttt_model.to(device), use_sampling=False)
+        with lm_gen.streaming(2):
+            outputs = teacher_forced_pass(lm_gen, own, user)
+            if device == "cuda":
+                assert lm_gen.streaming_state.graphed_main.is_captured
+        runs[device] = torch.cat([o.audio_logits for o in outputs], dim=2).cpu()
+    ttt_model.to("cpu")
+    torch.testing.assert_close(runs["cuda"], runs["cpu"], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_chunks_equal_per_step_with_ttt(ttt_model, chunk):
     lm = ttt_model
