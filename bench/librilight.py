@@ -2,6 +2,7 @@
 
     python bench/librilight.py                      # CPU: speed on a moshiko-structured model, memory at 2k/20k frames
     python bench/librilight.py --frames 400 --skip-memory
+    python bench/librilight.py --7b --skip-memory --chunk-frames 24000 --chunk-size 1024   # GPU, 7B random weights
 
 Speed: both score the same teacher-forced frames of one sequence. The one-pass evaluation is what
 `moshi_eval.librilight` runs (`LMGen.step_with_logits`: one main-transformer step and dep_q depformer steps per frame).
@@ -80,7 +81,7 @@ def two_pass(lm: LMModel, logits_lm: LMModel, item: ScoringItem) -> float:
     second = LMGen(logits_lm, use_sampling=False)
     max_delay = advance.max_delay
     losses = []
-    users, owns = teacher_forced_step_inputs(lm, item.own[None])
+    users, owns = teacher_forced_step_inputs(lm, item.own[None].to(lm.device))
     started = time.perf_counter()
     with advance.streaming(1), second.streaming(1):
         for step in range(item.num_frames + max_delay):
@@ -90,12 +91,20 @@ def two_pass(lm: LMModel, logits_lm: LMModel, item: ScoringItem) -> float:
             if out is not None:
                 losses.append(F.cross_entropy(out.audio_logits[0, :, 0].float(), out.tokens[0, 1:, 0],
                                               reduction="none"))
+    synchronize(lm.device)
     return time.perf_counter() - started
 
 
-def speed(frames: int, rounds: int) -> None:
+def build_lm(seven_b: bool, config: dict) -> LMModel:
+    """The 7B config with random bf16 weights on the GPU, or `config` on the CPU."""
     torch.manual_seed(0)
-    lm = LMModel(**SPEED_CONFIG).eval()
+    if seven_b:
+        return LMModel(**json.loads(SEVEN_B_CONFIG.read_text()), device="cuda", dtype=torch.bfloat16).eval()
+    return LMModel(**config).eval()
+
+
+def speed(frames: int, rounds: int, seven_b: bool) -> None:
+    lm = build_lm(seven_b, SPEED_CONFIG)
     logits_lm = copy.deepcopy(lm)
     item = random_item(lm, frames, seed=1)
     one_pass(lm, random_item(lm, 8, seed=2))
@@ -104,9 +113,10 @@ def speed(frames: int, rounds: int) -> None:
         one.append(one_pass(lm, item))
         two.append(two_pass(lm, logits_lm, item))
     one_fps, two_fps = frames / statistics.median(one), frames / statistics.median(two)
-    print(f"speed ({frames} frames, median of {rounds} alternating rounds, {torch.get_num_threads()} thread(s), "
-          f"dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']} layers, depformer "
-          f"{SPEED_CONFIG['depformer_dim']} x {SPEED_CONFIG['depformer_num_layers']}):")
+    model = (f"7B bf16 on {torch.cuda.get_device_name()}" if seven_b else
+             f"{torch.get_num_threads()} thread(s), dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']} layers, "
+             f"depformer {SPEED_CONFIG['depformer_dim']} x {SPEED_CONFIG['depformer_num_layers']}")
+    print(f"speed ({frames} frames, median of {rounds} alternating rounds, {model}):")
     print(f"  one-pass (step_with_logits)        {one_fps:8.1f} frames/s")
     print(f"  two-pass (step + second forward)   {two_fps:8.1f} frames/s")
     print(f"  ratio one-pass / two-pass          {one_fps / two_fps:8.2f}x   (goal >= 1.8x)")
@@ -182,34 +192,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def chunked(frames: int, chunk: int, per_step_frames: int, seven_b: bool, forward_frames: int) -> None:
+def chunked(frames: int, chunk: int, per_step_frames: int, seven_b: bool, forward_frames: int,
+            greedy_frames: int) -> None:
     """Chunked against per-step and the parallel forward; `seven_b`: 7B config, random bf16 weights, on the GPU.
 
     The parallel forward attends over all its frames at once (memory quadratic in length), so it runs on the first
-    `forward_frames` frames only; its frames/s is the compute bound per frame.
+    `forward_frames` frames only; its frames/s is the compute bound per frame. Greedy text runs on the first
+    `greedy_frames` frames (with random weights its speculation is the worst case, close to per-step speed). A pass over
+    two chunks warms up first (allocator, kernel selection for the chunk's shapes).
     """
-    torch.manual_seed(0)
-    if seven_b:
-        lm = LMModel(**json.loads(SEVEN_B_CONFIG.read_text()), device="cuda", dtype=torch.bfloat16).eval()
-    else:
-        lm = LMModel(**SPEED_CONFIG).eval()
+    lm = build_lm(seven_b, SPEED_CONFIG)
     own = random_item(lm, frames, seed=4).own.to(lm.device)
     forward_part = own[:, : min(frames, forward_frames)]
-    parallel_forward(lm, own[:, :8])
-    forward_fps = forward_part.shape[1] / parallel_forward(lm, forward_part)
-    pad_seconds, _ = chunked_scoring(lm, own, chunk, "pad")
-    greedy_seconds, acceptance = chunked_scoring(lm, own, chunk, "greedy")
-    step_fps = per_step_frames / one_pass(lm, random_item(lm, per_step_frames, seed=5))
-    pad_fps, greedy_fps = frames / pad_seconds, frames / greedy_seconds
     model = "7B bf16, random weights" if seven_b else f"dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']}"
-    print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {torch.get_num_threads()} thread(s)):")
+    print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {torch.get_num_threads()} thread(s)):",
+          flush=True)
+    parallel_forward(lm, forward_part)
+    forward_fps = forward_part.shape[1] / min(parallel_forward(lm, forward_part) for _ in range(2))
     print(f"  parallel LMModel.forward           {forward_fps:8.1f} frames/s   (compute bound, {forward_part.shape[1]} "
-          "frames)")
+          "frames)", flush=True)
+    chunked_scoring(lm, own[:, : 2 * chunk], chunk, "pad")
+    pad_seconds, _ = chunked_scoring(lm, own, chunk, "pad")
+    pad_fps = frames / pad_seconds
     print(f"  chunked, pad text                  {pad_fps:8.1f} frames/s   {pad_fps / forward_fps:.2f}x forward "
-          f"(goal >= 0.8x), {pad_seconds:.1f} s in all")
+          f"(goal >= 0.8x), {pad_seconds:.1f} s in all", flush=True)
+    step_fps = per_step_frames / one_pass(lm, random_item(lm, per_step_frames, seed=5))
+    print(f"  per-step step_with_logits          {step_fps:8.1f} frames/s   (chunked pad is {pad_fps / step_fps:.1f}x)",
+          flush=True)
+    greedy_part = own[:, : min(frames, greedy_frames)]
+    greedy_seconds, acceptance = chunked_scoring(lm, greedy_part, chunk, "greedy")
+    greedy_fps = greedy_part.shape[1] / greedy_seconds
     print(f"  chunked, greedy text               {greedy_fps:8.1f} frames/s   {greedy_fps / forward_fps:.2f}x forward, "
-          f"speculation acceptance {acceptance:.2f}, {greedy_seconds:.1f} s in all")
-    print(f"  per-step step_with_logits          {step_fps:8.1f} frames/s   (chunked pad is {pad_fps / step_fps:.1f}x)")
+          f"speculation acceptance {acceptance:.2f}, {greedy_seconds:.1f} s for {greedy_part.shape[1]} frames",
+          flush=True)
 
 
 def main() -> None:
@@ -225,9 +240,10 @@ def main() -> None:
     parser.add_argument("--per-step-frames", type=int, default=32, help="frames timed per step for the comparison")
     parser.add_argument("--skip-chunked", action="store_true")
     parser.add_argument("--7b", dest="seven_b", action="store_true",
-                        help="chunked part on the GPU with the 7B config (e.g. --chunk-frames 24000 --skip-speed "
-                             "--skip-memory): the < 60 s goal for 24k frames")
+                        help="speed and chunked parts on the GPU with the 7B config, random bf16 weights (e.g. "
+                             "--chunk-frames 24000 --chunk-size 1024 --skip-memory): the < 60 s goal for 24k frames")
     parser.add_argument("--forward-frames", type=int, default=4096, help="frames of the parallel forward")
+    parser.add_argument("--greedy-frames", type=int, default=4096, help="frames of the greedy-text chunked run")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
@@ -236,9 +252,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     if not args.skip_speed:
-        speed(args.frames, args.rounds)
+        speed(args.frames, args.rounds, args.seven_b)
     if not args.skip_chunked:
-        chunked(args.chunk_frames, args.chunk_size, args.per_step_frames, args.seven_b, args.forward_frames)
+        chunked(args.chunk_frames, args.chunk_size, args.per_step_frames, args.seven_b, args.forward_frames,
+                args.greedy_frames)
     if not args.skip_memory:
         memory(args.memory_frames)
 

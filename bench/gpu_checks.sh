@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one short run (about 3 minutes on an H200), each under its own time limit:
+# CUDA-graph tests, step_with_logits / step at 7B, TTT cost, LibriLight one-pass vs two-pass and chunked scoring of
+# 24k frames at 7B.
+#     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+LOGS=${OUT:-/tmp/moshi_gpu_checks}
+mkdir -p "$LOGS"
+
+check() {  # check NAME SECONDS COMMAND...
+    local name=$1 seconds=$2
+    shift 2
+    echo "=== $name (limit ${seconds}s)"
+    local started=$SECONDS
+    timeout "$seconds" "$@" 2>&1 | tee "$LOGS/$name.log"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started))s"
+}
+
+check env 30 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
+check cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
+    tests/utils/test_compile.py tests/models/test_step_with_logits.py tests/models/test_lm_ttt.py
+check step_with_logits_7b 120 "$PY" bench/step_with_logits.py --7b
+check ttt_cuda 60 "$PY" bench/ttt.py --device cuda --dtype bfloat16
+check librilight_7b 300 "$PY" bench/librilight.py --7b --skip-memory --chunk-frames 24000 --chunk-size 1024 \
+    --greedy-frames 1024
