@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--mode", choices=SCORING_MODES,
                          help="step: one step_with_logits call per frame (the reference, default); chunked: "
                               "--chunk-size frames per call, same results (greedy by speculation)")
-    scoring.add_argument("--chunk-size", type=int, help="frames per call in chunked mode (default 64)")
+    scoring.add_argument("--chunk-size", type=int, help="frames per call in chunked mode (default 1024)")
     scoring.add_argument("--user-stream", choices=USER_STREAMS, help="user stream: Mimi silence (default) or zero")
     scoring.add_argument("--temp-text", type=float, help="temperature of the `sample` text policy")
     scoring.add_argument("--top-k-text", type=int, help="top-k of the `sample` text policy")

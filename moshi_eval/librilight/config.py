@@ -60,7 +60,7 @@ class LibriLightConfig:
     max_sequence_length: int = 50000
     text_policy: str = "greedy"
     mode: str = "step"
-    chunk_size: int = 64
+    chunk_size: int = 1024
     user_stream: str | None = None
     temp_text: float = 0.7
     top_k_text: int = 25
