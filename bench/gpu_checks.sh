@@ -3,6 +3,7 @@
 # CUDA-graph tests, step_with_logits / step at 7B, TTT cost, LibriLight one-pass vs two-pass and chunked scoring of
 # 24k frames at 7B.
 #     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
+# The CUDA tests and the 7B config read the fixtures in ../shared/parity, as the CPU tests do.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
