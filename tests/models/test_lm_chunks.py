@@ -59,31 +59,29 @@ def test_chunks_equal_per_step(lm_case, policy):
             assert all(o.main_steps == o.transformer_out.shape[1] for o in outputs)
 
 
+def _counted(function, calls: dict[str, int], name: str):
+    def counted(*args):
+        calls[name] += 1
+        return function(*args)
+
+    return counted
+
+
 def test_greedy_chunks_mix_speculation_passes_and_single_steps(lm_case, monkeypatch):
     """Random weights make the text unpredictable: the window falls back to single (per-step path) steps and grows again,
     and the result still equals the per-step pass (checked above); here both paths are seen to run."""
     from moshi.models import lm_chunks
 
-    calls = {"single": 0, "speculated": 0}
-    single, main_pass = lm_chunks._single_step, lm_chunks._main_pass
-
-    def counted_single(*args):
-        calls["single"] += 1
-        return single(*args)
-
-    def counted_main_pass(*args):
-        calls["speculated"] += 1
-        return main_pass(*args)
-
-    monkeypatch.setattr(lm_chunks, "_single_step", counted_single)
-    monkeypatch.setattr(lm_chunks, "_main_pass", counted_main_pass)
+    calls = {"_single_step": 0, "_main_pass": 0}
+    for name in calls:
+        monkeypatch.setattr(lm_chunks, name, _counted(getattr(lm_chunks, name), calls, name))
     lm = lm_case.model()
     lm_gen = LMGen(lm, use_sampling=False)
     num_steps = lm_case.num_frames + lm_gen.max_delay
     users, owns = _step_inputs(lm, lm_case.io["own_audio"], lm_case.io["user_audio"], num_steps)
     expected = _per_step(lm_gen, users, owns, None)
     got, _ = _chunked(lm_gen, users, owns, None, 64)
-    assert calls["single"] > 0 and calls["speculated"] > 0
+    assert calls["_single_step"] > 0 and calls["_main_pass"] > 0
     assert torch.equal(got[0], expected[0])
     torch.testing.assert_close(got[2], expected[2], atol=1e-4, rtol=0)
 
