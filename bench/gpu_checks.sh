@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one short run (about 3 minutes on an H200), each under its own time limit:
-# CUDA-graph tests, step_with_logits / step at 7B, TTT cost, LibriLight one-pass vs two-pass and chunked scoring of
+# CUDA-graph tests, step_with_logits / step at 7B, TTT cost, Mimi encoding speed, LibriLight one-pass vs two-pass and chunked scoring of
 # 24k frames at 7B.
 #     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
 # The CUDA tests and the 7B config read the fixtures in ../shared/parity, as the CPU tests do.
@@ -25,5 +25,6 @@ check cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
     tests/utils/test_compile.py tests/models/test_step_with_logits.py tests/models/test_lm_ttt.py
 check step_with_logits_7b 120 "$PY" bench/step_with_logits.py --7b
 check ttt_cuda 60 "$PY" bench/ttt.py --device cuda --dtype bfloat16
+check mimi_cuda 60 "$PY" -m bench.mimi --device cuda
 check librilight_7b 300 "$PY" bench/librilight.py --7b --skip-memory --chunk-frames 24000 --chunk-size 1024 \
     --greedy-frames 1024

@@ -1,10 +1,10 @@
-"""Mimi encoding speed on CPU: real-time factor of batch and streaming encoding, measured side by side.
+"""Mimi encoding speed: real-time factor of batch and streaming encoding, measured side by side (CPU, or `--device cuda`).
 
 Builds the full-size Mimi (the released config) with random weights and encodes the same random audio (default 10 s)
 in one call and in 1920-sample frames (or `--frames-per-call` frames) inside `streaming(1)`.
 RTF = compute time / audio duration (below 1 is faster than real time).
 
-    python -m bench.mimi [--seconds 10] [--config mimi_config.json] [--threads N] [--frames-per-call 1]
+    python -m bench.mimi [--seconds 10] [--config mimi_config.json] [--threads N] [--frames-per-call 1] [--device cuda]
 
 (from the repository root; `python bench/mimi.py` works once the package is installed).
 """
@@ -46,6 +46,8 @@ def randomize_codebooks(model: MimiModel, seed: int) -> None:
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     result = fn()
+    if result.is_cuda:
+        torch.cuda.synchronize(result.device)
     return time.perf_counter() - start, result
 
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--codebooks", type=int, default=8, help="number of codebooks to encode")
     parser.add_argument("--frames-per-call", type=int, default=1, help="frames per streaming call (1 = 1920 samples)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,9 +77,10 @@ def main() -> None:
     model = MimiModel.from_config(load_config(args.config))
     randomize_codebooks(model, seed=0)
     model.set_num_codebooks(args.codebooks)
+    model.to(args.device)
     per_call = args.frames_per_call
     frames = per_call * max(1, round(args.seconds * model.frame_rate / per_call))
-    wav = 0.1 * torch.randn(1, model.channels, frames * model.frame_size)
+    wav = (0.1 * torch.randn(1, model.channels, frames * model.frame_size)).to(args.device)
     duration = wav.shape[-1] / model.sample_rate
 
     with torch.inference_mode():
@@ -85,7 +89,8 @@ def main() -> None:
         streaming_s, streaming_codes = timed(lambda: encode_streaming(model, wav, per_call))
     same = torch.equal(batch_codes, streaming_codes)
 
-    print(f"Mimi encode, full config, random weights, CPU ({torch.get_num_threads()} threads), "
+    device = torch.cuda.get_device_name(args.device) if wav.is_cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"Mimi encode, full config, random weights, {device}, "
           f"{duration:.1f} s of audio, {args.codebooks} codebooks")
     for label, seconds in (("batch    ", batch_s), ("streaming", streaming_s)):
         print(f"  {label} : {seconds:7.2f} s   RTF {seconds / duration:.3f}   ({duration / seconds:6.1f}x real time)")
