@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one short run (about 3 minutes on an H200), each under its own time limit:
-# CUDA-graph tests, step_with_logits / step at 7B, TTT cost, Mimi encoding speed, LibriLight one-pass vs two-pass and chunked scoring of
-# 24k frames at 7B.
+# CUDA-graph tests, step_with_logits / step at 7B, TTT cost, Mimi encoding speed, LibriLight one-pass vs two-pass and
+# chunked scoring of 24k frames at 7B.
 #     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
 # The CUDA tests and the 7B config read the fixtures in ../shared/parity, as the CPU tests do.
 set -u -o pipefail
