@@ -12,22 +12,34 @@ from torch.nn import functional as F
 from moshi.models.lm import LMGen
 
 
+def _concatenated(outputs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Audio logits, text logits and tokens of a teacher-forced pass, along time, on the CPU."""
+    return tuple(torch.cat([getattr(o, name) for o in outputs], dim=2).cpu()
+                 for name in ("audio_logits", "text_logits", "tokens"))
+
+
+def _assert_logits_match_fixture(lm_case, audio_logits, text_logits, tokens, ce_mean_atol: float) -> torch.Tensor:
+    """The checks shared by the CPU and CUDA parity tests; returns the per-token cross-entropy `[B, dep_q, T]`."""
+    io = lm_case.io
+    mask = io["teacher_forced.mask"]
+    torch.testing.assert_close(audio_logits[mask], io["teacher_forced.logits"][mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(text_logits, io["teacher_forced.text_logits"], atol=1e-4, rtol=0)
+    assert torch.equal(tokens[:, 1:], io["own_audio"])
+    ce = F.cross_entropy(audio_logits.permute(0, 3, 1, 2), tokens[:, 1:], reduction="none")
+    assert abs(ce[mask].mean().item() - lm_case.meta["teacher_forced.ce_mean"]) <= ce_mean_atol
+    return ce
+
+
 def test_teacher_forced_logits_match_upstream(lm_case):
     lm = lm_case.model()
     io = lm_case.io
     with LMGen(lm, use_sampling=False).streaming(lm_case.batch_size) as session:
         outputs = teacher_forced_pass(session.module, io["own_audio"], io["user_audio"])
     assert len(outputs) == lm_case.num_frames
-    audio_logits = torch.cat([o.audio_logits for o in outputs], dim=2)
-    text_logits = torch.cat([o.text_logits for o in outputs], dim=2)
-    tokens = torch.cat([o.tokens for o in outputs], dim=2)
-    mask = io["teacher_forced.mask"]
-    torch.testing.assert_close(audio_logits[mask], io["teacher_forced.logits"][mask], atol=1e-4, rtol=0)
-    torch.testing.assert_close(text_logits, io["teacher_forced.text_logits"], atol=1e-4, rtol=0)
+    audio_logits, text_logits, tokens = _concatenated(outputs)
+    ce = _assert_logits_match_fixture(lm_case, audio_logits, text_logits, tokens, ce_mean_atol=1e-5)
     assert torch.equal(tokens[:, :1], io["teacher_forced.text_pred"])
-    assert torch.equal(tokens[:, 1:], io["own_audio"])
-    ce = F.cross_entropy(audio_logits.permute(0, 3, 1, 2), tokens[:, 1:], reduction="none")
-    assert abs(ce[mask].mean().item() - lm_case.meta["teacher_forced.ce_mean"]) <= 1e-5
+    mask = io["teacher_forced.mask"]
     torch.testing.assert_close(ce[mask], io["teacher_forced.ce_per_token"], atol=1e-4, rtol=0)
 
 
@@ -37,22 +49,13 @@ def test_teacher_forced_logits_match_upstream_on_cuda_with_graphs(lm_case, monke
     monkeypatch.delenv("NO_CUDA_GRAPH", raising=False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    lm = lm_case.model().cuda()
     io = lm_case.io
-    lm_gen = LMGen(lm, use_sampling=False)
+    lm_gen = LMGen(lm_case.model().cuda(), use_sampling=False)
     with lm_gen.streaming(lm_case.batch_size):
         outputs = teacher_forced_pass(lm_gen, io["own_audio"], io["user_audio"])
         state = lm_gen.streaming_state
         assert state.graphed_main.is_captured and state.graphed_forced_depformer.is_captured
-    audio_logits = torch.cat([o.audio_logits for o in outputs], dim=2).cpu()
-    text_logits = torch.cat([o.text_logits for o in outputs], dim=2).cpu()
-    tokens = torch.cat([o.tokens for o in outputs], dim=2).cpu()
-    mask = io["teacher_forced.mask"]
-    torch.testing.assert_close(audio_logits[mask], io["teacher_forced.logits"][mask], atol=1e-4, rtol=0)
-    torch.testing.assert_close(text_logits, io["teacher_forced.text_logits"], atol=1e-4, rtol=0)
-    assert torch.equal(tokens[:, 1:], io["own_audio"])
-    ce = F.cross_entropy(audio_logits.permute(0, 3, 1, 2), tokens[:, 1:], reduction="none")
-    assert abs(ce[mask].mean().item() - lm_case.meta["teacher_forced.ce_mean"]) <= 1e-4
+    _assert_logits_match_fixture(lm_case, *_concatenated(outputs), ce_mean_atol=1e-4)
 
 
 def test_mapping_access(lm_case):
