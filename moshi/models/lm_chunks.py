@@ -194,19 +194,11 @@ def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Te
 def _single_step(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> ChunkWithLogits:
     """One greedy step through `LMGen`'s per-step path (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
     a window of one step is always accepted, so it needs no speculation."""
-    state, lm = lm_gen.streaming_state, lm_gen.lm_model
     transformer_out = lm_gen._advance(user, own, None, keep_logits=True, hooks=False)
-    if state.steps > lm_gen.max_delay:
-        text_logits, audio_logits = lm_gen._ready_logits()
-        return ChunkWithLogits(lm_gen._ready_tokens(), text_logits, audio_logits, transformer_out, main_steps=1)
-    B = own.shape[0]
-    return ChunkWithLogits(
-        tokens=own.new_empty(B, lm.dep_q + 1, 0),
-        text_logits=transformer_out.new_empty(B, 1, 0, lm.text_card_out, dtype=state.text_logits_ring.dtype),
-        audio_logits=transformer_out.new_empty(B, lm.dep_q, 0, lm.card, dtype=state.audio_logits_ring.dtype),
-        transformer_out=transformer_out,
-        main_steps=1,
-    )
+    frames = 1 if lm_gen.streaming_state.steps > lm_gen.max_delay else 0
+    text_logits, audio_logits = lm_gen._ready_logits()
+    return ChunkWithLogits(lm_gen._ready_tokens()[:, :, :frames], text_logits[:, :, :frames],
+                           audio_logits[:, :, :frames], transformer_out, main_steps=1)
 
 
 def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
