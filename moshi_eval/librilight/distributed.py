@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,8 +32,8 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    store: Any = None
-    rounds: Any = dataclasses.field(default_factory=itertools.count, compare=False, repr=False)
+    store: torch.distributed.Store | None = None
+    rounds: Iterator[int] = dataclasses.field(default_factory=itertools.count, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
