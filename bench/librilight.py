@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from moshi.models.lm import LMGen, LMModel
-from moshi.models.lm_chunks import teacher_forced_step_inputs
+from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi_eval.librilight.scoring import ScoringItem, StepScorer
 
 DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]

@@ -18,7 +18,7 @@ from torch import nn
 
 from moshi.modules.rope import RotaryEmbedding
 from moshi.modules.transformer import StreamingMultiheadAttention
-from moshi.modules.ttt import TTTLayer
+from moshi.modules.ttt import TTTConfig, TTTLayer
 
 Step = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,7 +44,7 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
         "attention": (attention, attention_step(attention, args.batch, device))
     }
     for variant in ("linear", "mlp"):
-        layer = TTTLayer(args.dim, args.heads, variant=variant, mini_batch_size=args.mini_batch_size, **factory)
+        layer = TTTLayer(args.dim, args.heads, TTTConfig(variant=variant, mini_batch_size=args.mini_batch_size), **factory)
         modules[f"ttt-{variant}"] = (layer, layer)
     return modules
 

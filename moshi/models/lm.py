@@ -4,23 +4,31 @@ Streams (`K = 1 + n_q`): stream 0 is text, streams 1..dep_q are the model's own 
 depformer), the rest are the user's audio codebooks (input only). Stream k is delayed by `delays[k]` frames.
 
 - `LMModel.forward(codes [B, K, T])` scores a whole sequence in parallel (teacher forcing).
-- `LMGen` (in `lm_gen.py`, re-exported here) runs the model step by step in streaming.
+- `LMGen` runs the model step by step in streaming. Each step feeds the user's audio tokens of one frame, runs the
+  main transformer once and the depformer once per own audio codebook; because streams are delayed, it returns the
+  tokens of frame `step - max_delay` (None before). `LMGen.step_with_logits` is `step` plus the logits behind the
+  returned tokens, from the very same streaming state (KV caches, TTT fast weights); with `depformer_replace_tokens` it
+  teacher-forces the own audio while the depformer still runs, so no second forward pass is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..modules.norms import make_norm
-from ..modules.streaming import StreamingContainer
+from ..modules.streaming import State, StreamingContainer, StreamingModule
 from ..modules.transformer import StreamingTransformer
-from ..modules.ttt import TTTConfig
-from .lm_gen import LMGen, StepWithLogits
+from ..modules.ttt import TTTBlock, TTTConfig
+from ..utils.compile import CUDAGraphed
+from ..utils.sampling import sample_token
+from .lm_chunks import ChunkWithLogits, SpeculationWindow, step_chunk_with_logits
+from .lm_ring import DelayRing, ReadyFrames
 from .lm_utils import ScaledEmbedding, delay_streams, init_scaled_normal_, undelay_streams
 
 UNSUPPORTED_OPTIONS = {
@@ -121,10 +129,12 @@ class LMModel(StreamingContainer):
         self.text_emb = embedding(text_card + 1, dim)
         self.text_linear = nn.Linear(dim, self.text_card_out, bias=bias_proj, **factory)
         main_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("depformer_")}
+        self.ttt_config = ttt if ttt is None or isinstance(ttt, TTTConfig) else TTTConfig.from_dict(ttt)
+        ttt_blocks = {} if self.ttt_config is None else self.ttt_config.build_blocks(
+            dim, num_heads, main_kwargs.get("num_layers", 0), **factory)
         self.transformer = StreamingTransformer(
             d_model=dim, num_heads=num_heads, dim_feedforward=int(hidden_scale * dim), norm=norm, context=context,
-            causal=causal, ttt_blocks=self._ttt_blocks(ttt, dim, num_heads, main_kwargs.get("num_layers", 0), factory),
-            **factory, **main_kwargs,
+            causal=causal, ttt_blocks=ttt_blocks, **factory, **main_kwargs,
         )
         self.out_norm = make_norm(norm, dim, **factory)
 
@@ -163,21 +173,13 @@ class LMModel(StreamingContainer):
         self.to(**{k: v for k, v in factory.items() if v is not None})
         self._init_weights()
 
-    def _ttt_blocks(self, ttt: dict[str, Any] | TTTConfig | None, dim: int, num_heads: int, num_layers: int,
-                    factory: dict[str, Any]) -> dict[int, nn.Module]:
-        """TTT blocks of the main transformer by layer index, from the `ttt` config (none without one)."""
-        self.ttt_config = ttt if isinstance(ttt, TTTConfig) or ttt is None else TTTConfig.from_dict(ttt)
-        if self.ttt_config is None:
-            return {}
-        return self.ttt_config.build_blocks(dim, num_heads, num_layers, **factory)
-
     def _init_weights(self) -> None:
         for module in (*self.emb, *self.depformer_emb, self.text_emb, self.depformer_text_emb, self.text_linear,
                        *self.linears):
             init_scaled_normal_(module)
         for layer in self.transformer.layers:
-            for name, child in layer.named_children():
-                if name != "ttt":
+            for child in layer.children():
+                if not isinstance(child, TTTBlock):
                     child.apply(init_scaled_normal_)
 
     @property
@@ -241,10 +243,11 @@ class LMModel(StreamingContainer):
         if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
             raise ValueError(f"{what} must be [B, {self.num_codebooks}, T] (text + {self.n_q} audio streams), "
                              f"got shape {list(codes.shape)}")
-        self._check_range(codes[:, :1], self.text_card, f"{what} text stream")
-        self._check_range(codes[:, 1:], self.card, f"{what} audio streams")
+        self.check_token_range(codes[:, :1], self.text_card, f"{what} text stream")
+        self.check_token_range(codes[:, 1:], self.card, f"{what} audio streams")
 
-    def _check_range(self, tokens: torch.Tensor, card: int, what: str) -> None:
+    def check_token_range(self, tokens: torch.Tensor, card: int, what: str) -> None:
+        """Raise a ValueError naming `what` and the value when a token is outside `[0, card)` and not "no input"."""
         bad = (tokens < self.zero_token_id) | (tokens >= card)
         if bool(bad.any()):
             value = int(tokens[bad][0])
@@ -331,4 +334,257 @@ class LMModel(StreamingContainer):
         return LMOutput(logits, mask, text_logits, text_mask)
 
 
-__all__ = ["LMGen", "LMModel", "LMOutput", "StepWithLogits"]
+@dataclasses.dataclass
+class StepWithLogits(Mapping):
+    """What `LMGen.step_with_logits` returns; all fields refer to the same frame.
+
+    tokens `[B, dep_q + 1, 1]`: text token then own audio tokens (as `LMGen.step` returns them).
+    text_logits `[B, 1, 1, text_card_out]`: logits the text token was drawn from.
+    audio_logits `[B, dep_q, 1, card]`: logits each audio token was drawn (or forced) from.
+    transformer_out `[B, 1, dim]`: main transformer output of this step.
+    Also readable as a mapping (`out["audio_logits"]`).
+    """
+
+    tokens: torch.Tensor
+    text_logits: torch.Tensor
+    audio_logits: torch.Tensor
+    transformer_out: torch.Tensor
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+@dataclasses.dataclass
+class LMGenState(State):
+    """The delayed token ring (tokens, logits and per-item positions, see `moshi.models.lm_ring`), the CUDA-graphed
+    passes, the chunked scorer's speculation window, and the steps taken since the start or the last reset (of any
+    item, as upstream: after a reset, `step` returns None for `max_delay` steps unless `support_out_of_sync`)."""
+
+    ring: DelayRing
+    graphed_main: CUDAGraphed
+    graphed_depformer: CUDAGraphed
+    graphed_forced_depformer: CUDAGraphed
+    steps: int = 0
+    speculation: SpeculationWindow = dataclasses.field(default_factory=SpeculationWindow)
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        super().reset(reset_mask)
+        self.ring.reset(reset_mask)
+        self.steps = 0
+
+
+class LMGen(StreamingModule[LMGenState]):
+    """Streaming generation; constructor arguments follow upstream moshi.
+
+    `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text.
+    `check` validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`,
+    the text tokens `[B]` and the audio tokens `[B, dep_q]` of every step. With `support_out_of_sync`, steps never return
+    None; items whose frame is not ready yet get `ungenerated_token_id`.
+    """
+
+    def __init__(
+        self,
+        lm_model: LMModel,
+        use_sampling: bool = True,
+        temp: float = 0.8,
+        temp_text: float = 0.7,
+        top_k: int = 250,
+        top_k_text: int = 25,
+        cfg_coef: float = 1.0,
+        check: bool = False,
+        on_text_hook: Callable[[torch.Tensor], None] | None = None,
+        on_text_logits_hook: Callable[[torch.Tensor], None] | None = None,
+        on_audio_hook: Callable[[torch.Tensor], None] | None = None,
+        support_out_of_sync: bool = False,
+        **unsupported: Any,
+    ) -> None:
+        if lm_model.training:
+            raise RuntimeError("LMGen needs the model in eval mode: call lm_model.eval() first")
+        if cfg_coef != 1.0 or any(v is not None and v is not False for v in unsupported.values()):
+            raise NotImplementedError(
+                f"classifier-free guidance and conditioning are not supported (cfg_coef={cfg_coef}, "
+                f"{sorted(unsupported)})")
+        super().__init__()
+        self.lm_model = lm_model
+        self.use_sampling = use_sampling
+        self.temp, self.temp_text = temp, temp_text
+        self.top_k, self.top_k_text = top_k, top_k_text
+        self.check = check
+        self.on_text_hook = on_text_hook
+        self.on_text_logits_hook = on_text_logits_hook
+        self.on_audio_hook = on_audio_hook
+        self.support_out_of_sync = support_out_of_sync
+        self.max_delay = max(lm_model.delays)
+
+    @property
+    def num_user_streams(self) -> int:
+        return self.lm_model.n_q - self.lm_model.dep_q
+
+    @property
+    def has_hooks(self) -> bool:
+        return any(hook is not None for hook in (self.on_text_hook, self.on_text_logits_hook, self.on_audio_hook))
+
+    def _init_streaming_state(self, batch_size: int) -> LMGenState:
+        lm = self.lm_model
+        on_gpu = lm.device.type == "cuda"
+        ring = DelayRing.empty(lm.initial_tokens(batch_size), lm.delays[: lm.num_codebooks], lm.dep_q,
+                               lm.text_card_out, lm.card, lm.text_linear.weight.dtype, lm.ungenerated_token_id)
+        return LMGenState(
+            batch_size,
+            lm.device,
+            ring=ring,
+            graphed_main=CUDAGraphed(lm.forward_text, disable=not on_gpu),
+            graphed_depformer=CUDAGraphed(functools.partial(self._depformer_pass, forced=None), disable=not on_gpu),
+            graphed_forced_depformer=CUDAGraphed(self._depformer_pass, disable=not on_gpu),
+        )
+
+    def check_step_inputs(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
+                          text_replace_tokens: torch.Tensor | None = None, steps: int = 1) -> torch.Tensor:
+        """Validate the inputs of `steps` steps and return the user tokens `[B, n_q - dep_q, steps]` on the model's
+        device.
+
+        input_tokens `[B, >= n_q - dep_q, steps]` (extra streams are ignored, as upstream); depformer_replace_tokens
+        `[B, dep_q, steps]`; text_replace_tokens `[B, steps]`. Shapes and token ranges raise a ValueError naming them.
+        """
+        state, lm = self.streaming_state, self.lm_model
+        B, needed = state.batch_size, self.num_user_streams
+        if input_tokens.dim() != 3 or input_tokens.shape[0] != B or input_tokens.shape[2] != steps:
+            raise ValueError(f"input_tokens must be [B={B}, {needed}, {steps}], got {list(input_tokens.shape)}")
+        if input_tokens.shape[1] < needed:
+            raise ValueError(f"input_tokens has {input_tokens.shape[1]} user streams, the model needs {needed}")
+        user = input_tokens[:, :needed]
+        lm.check_token_range(user, lm.card, "input_tokens (user audio)")
+        if depformer_replace_tokens is not None:
+            if tuple(depformer_replace_tokens.shape) != (B, lm.dep_q, steps):
+                raise ValueError(f"depformer_replace_tokens must be [B={B}, dep_q={lm.dep_q}, {steps}], "
+                                 f"got {list(depformer_replace_tokens.shape)}")
+            lm.check_token_range(depformer_replace_tokens, lm.card, "depformer_replace_tokens")
+        if text_replace_tokens is not None:
+            if tuple(text_replace_tokens.shape) != (B, steps):
+                raise ValueError(f"text_replace_tokens must be [B={B}] for one step or [B={B}, C] for C steps, "
+                                 f"got {list(text_replace_tokens.shape)}")
+            lm.check_token_range(text_replace_tokens, lm.text_card, "text_replace_tokens")
+        return user.to(state.device)
+
+    def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        """Sample the own audio tokens `[B, dep_q]` of one step, codebook by codebook (upstream's signature)."""
+        return self._depformer_pass(text_token, transformer_out, None)[0]
+
+    def _depformer_pass(
+        self, text_token: torch.Tensor, transformer_out: torch.Tensor, forced: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the depformer over the own codebooks of one step, each conditioned on the previous codebook's token.
+
+        `forced` `[B, dep_q]` replaces the sampled tokens (teacher forcing); the logits are the model's either way.
+        """
+        lm = self.lm_model
+        previous, tokens, logits = text_token, [], []
+        with lm.depformer.streaming(text_token.shape[0]):
+            for k in range(lm.dep_q):
+                step_logits = lm.forward_depformer(k, previous[:, None, None], transformer_out)[:, 0, 0]
+                if forced is None:
+                    previous = sample_token(step_logits.float(), self.use_sampling, self.temp, self.top_k)
+                else:
+                    previous = forced[:, k]
+                tokens.append(previous)
+                logits.append(step_logits)
+        return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
+
+    def _own_audio(self, text_token: torch.Tensor, transformer_out: torch.Tensor, forced: torch.Tensor | None,
+                   keep_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Own audio tokens `[B, dep_q]` of one step and their logits `[B, dep_q, card]` (None when forced tokens need
+        no logits: the depformer is then skipped)."""
+        state = self.streaming_state
+        if forced is None:
+            return state.graphed_depformer(text_token, transformer_out)
+        forced = forced[:, :, 0].to(text_token)
+        if keep_logits:
+            return state.graphed_forced_depformer(text_token, transformer_out, forced)
+        return forced, None
+
+    @torch.no_grad()
+    def _step(
+        self,
+        input_tokens: torch.Tensor,
+        depformer_replace_tokens: torch.Tensor | None,
+        text_replace_tokens: torch.Tensor | None,
+        keep_logits: bool,
+    ) -> tuple[ReadyFrames, torch.Tensor]:
+        """The one step under `step`, `step_frame` and `step_with_logits`: the frame it completes and its
+        transformer_out `[B, 1, dim]`."""
+        state = self.streaming_state
+        forced_text = text_replace_tokens
+        if forced_text is not None and forced_text.dim() == 1:
+            forced_text = forced_text[:, None]
+        user = self.check_step_inputs(input_tokens, depformer_replace_tokens, forced_text)
+        inputs = state.ring.step_inputs(user, None, state.exec_mask)
+        if self.check and bool((inputs == self.lm_model.ungenerated_token_id).any()):
+            raise RuntimeError(f"feeding a token that was never generated at positions {state.ring.offsets.tolist()}")
+        transformer_out, text_logits = state.graphed_main(inputs)
+        if self.on_text_logits_hook is not None:
+            self.on_text_logits_hook(text_logits)
+        text_token = sample_token(text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text)[:, 0, 0]
+        if forced_text is not None:
+            text_token = forced_text[:, 0].to(text_token)
+        if self.on_text_hook is not None:
+            self.on_text_hook(text_token)
+        audio_tokens, audio_logits = self._own_audio(text_token, transformer_out, depformer_replace_tokens, keep_logits)
+        if self.on_audio_hook is not None:
+            self.on_audio_hook(audio_tokens)
+        generated = torch.cat([text_token[:, None], audio_tokens], dim=1)[:, :, None]
+        frames = state.ring.append(generated, text_logits[:, 0], None if audio_logits is None else audio_logits[:, :, None],
+                                   state.exec_mask)
+        state.steps += 1
+        return frames, transformer_out
+
+    def _no_frame_yet(self) -> bool:
+        """True during the first `max_delay` steps, when `step` returns None (unless `support_out_of_sync`)."""
+        return self.streaming_state.steps <= self.max_delay and not self.support_out_of_sync
+
+    def step(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
+             *, text_replace_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Feed one frame of user tokens `[B, n_q - dep_q, 1]`; returns the tokens `[B, dep_q + 1, 1]` of the frame
+        completed by this step, or None during the first `max_delay` steps.
+
+        `depformer_replace_tokens` `[B, dep_q, 1]` replaces the own audio tokens of this step (delayed layout: entry k
+        is codebook k of frame `step - delays[1 + k]`); `text_replace_tokens` `[B]` replaces the text token.
+        """
+        frames, _ = self._step(input_tokens, depformer_replace_tokens, text_replace_tokens, keep_logits=False)
+        return None if self._no_frame_yet() else frames.tokens
+
+    def step_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
+                         *, text_replace_tokens: torch.Tensor | None = None) -> StepWithLogits | None:
+        """`step`, plus the logits behind the returned tokens, from the same streaming state.
+
+        The depformer always runs (teacher-forced with `depformer_replace_tokens`), so
+        `cross_entropy(out.audio_logits[:, k, 0], out.tokens[:, 1 + k, 0])` is the model's loss on codebook k of the
+        returned frame. Returns None exactly when `step` would.
+        """
+        out = self.step_frame(input_tokens, depformer_replace_tokens, text_replace_tokens=text_replace_tokens)
+        return None if self._no_frame_yet() else out
+
+    def step_frame(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
+                   *, text_replace_tokens: torch.Tensor | None = None) -> StepWithLogits:
+        """The step primitive under `step_with_logits`: one step and the frame it completes, during the first
+        `max_delay` steps too (that frame's tokens are then `ungenerated_token_id`), for callers that follow the delay
+        themselves (the chunked scorer)."""
+        frames, transformer_out = self._step(input_tokens, depformer_replace_tokens, text_replace_tokens,
+                                             keep_logits=True)
+        return StepWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, transformer_out)
+
+    def step_chunk_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor,
+                               *, text_replace_tokens: torch.Tensor | None = None) -> ChunkWithLogits:
+        """C teacher-forced `step_with_logits` calls in one pass: inputs `[B, n_q - dep_q, C]`, `[B, dep_q, C]` and
+        optionally `[B, C]` text; greedy text is found by speculation. See `moshi.models.lm_chunks`."""
+        return step_chunk_with_logits(self, input_tokens, depformer_replace_tokens, text_replace_tokens)
+
+
+__all__ = ["LMGen", "LMGenState", "LMModel", "LMOutput", "StepWithLogits"]

@@ -10,7 +10,8 @@ whose text inputs equal the model's own argmax (plus the first corrected token),
 steps and continue with the argmax as the next proposal. Accepted steps saw exactly the inputs the step-by-step greedy
 pass gives them, so the result is the same.
 
-Positions are in upstream's delayed layout: step s reads input position s and writes position s + 1 of the token cache.
+Steps read and record tokens through the same delayed ring as `LMGen`'s per-step path (`moshi.models.lm_ring`), and
+windows of one step take that path itself.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .lm_ring import ReadyFrames
+
 if TYPE_CHECKING:
-    from .lm import LMModel
-    from .lm_gen import LMGen
+    from .lm import LMGen
 
 
 @dataclasses.dataclass
@@ -42,163 +44,54 @@ class ChunkWithLogits:
     main_steps: int
 
 
-def teacher_forced_step_inputs(
-    lm: LMModel, own: torch.Tensor, user: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step inputs that teacher-force the own audio `own` `[B, dep_q, T]` (and optional user audio `[B, n_user, T]`).
-
-    Returns user tokens `[B, n_q - dep_q, S]` and own tokens `[B, dep_q, S]` for the S = T + max_delay steps of the pass,
-    in the layout `step_with_logits` and `step_chunk_with_logits` take: step s gets codebook k of frame
-    `s - delays[1 + k]` (0 outside the sequence) and user frame `s - 1` (the zero token outside).
-    """
-    B, K, T = own.shape
-    steps = T + max(lm.delays)
-    owns = own.new_zeros(B, K, steps)
-    for k, delay in enumerate(lm.delays[1: 1 + K]):
-        owns[:, k, delay: delay + T] = own[:, k]
-    users = own.new_full((B, lm.n_q - lm.dep_q, steps), lm.zero_token_id)
-    if user is not None:
-        users[:, :, 1: T + 1] = user
-    return users, owns
+def _frames_of_new_steps(lm_gen: LMGen, steps_before: int, frames: ReadyFrames) -> ReadyFrames:
+    """Drop the leading frames of steps taken before `max_delay` steps had passed (no frame is complete there)."""
+    first = max(0, lm_gen.max_delay - steps_before)
+    audio = frames.audio_logits
+    return ReadyFrames(frames.tokens[:, :, first:], frames.text_logits[:, :, first:],
+                       None if audio is None else audio[:, :, first:])
 
 
-def _ring_columns(ring: torch.Tensor, dim: int, start: torch.Tensor, count: int) -> torch.Tensor:
-    """Entries of `ring` along `dim` at positions `start + 0..count-1` (modulo its width), per item `start` `[B]`."""
-    width = ring.shape[dim]
-    index = (start[:, None] + torch.arange(count, device=start.device)) % width
-    shape = [1] * ring.dim()
-    shape[0], shape[dim] = index.shape
-    index = index.view(shape).expand(*[n if i != dim else count for i, n in enumerate(ring.shape)])
-    return ring.gather(dim, index)
-
-
-def _token_tape(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Tokens `[B, K, C + 1]` at positions s..s+C (s = current offset), from the cache and this chunk's inputs.
-
-    Text and own audio at position s + r (r >= 1) are the tokens of step s + r - 1; user stream j at position s + r is
-    the input of step s + r - delay_j (written before the chunk when that step is earlier).
-    """
-    state, lm = lm_gen.streaming_state, lm_gen.lm_model
-    C = own.shape[2]
-    cached = _ring_columns(state.cache, 2, state.offsets, min(C + 1, state.cache.shape[2]))
-    tape = torch.full((own.shape[0], lm.num_codebooks, C + 1), lm.ungenerated_token_id, dtype=torch.long,
-                      device=own.device)
-    tape[:, :1, 0] = cached[:, :1, 0]
-    tape[:, 1: lm.dep_q + 1, 0] = cached[:, 1: lm.dep_q + 1, 0]
-    tape[:, :1, 1:] = text[:, None]
-    tape[:, 1: lm.dep_q + 1, 1:] = own
-    for j, delay in enumerate(lm.delays[lm.dep_q + 1:]):
-        stream = lm.dep_q + 1 + j
-        available = min(C, C + 1 - delay)
-        tape[:, stream, :delay] = cached[:, stream, :delay]
-        tape[:, stream, delay: delay + available] = user[:, j, :available]
-    return tape
-
-
-def _main_inputs(lm_gen: LMGen, tape: torch.Tensor) -> torch.Tensor:
-    """Input columns `[B, K, C]` of the chunk's steps, with initial tokens before each stream's delay."""
+def _main_pass(lm_gen: LMGen, user: torch.Tensor, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Record the user frames and run the main transformer over the steps that generate `generated` `[B, G, C]`:
+    transformer_out `[B, C, dim]` and text logits `[B, 1, C, text_card_out]`."""
     state = lm_gen.streaming_state
-    C = tape.shape[2] - 1
-    positions = state.offsets[:, None, None] + torch.arange(C, device=tape.device)
-    use_initial = positions <= lm_gen.delays_cuda[:, None]
-    return torch.where(use_initial, state.initial_tokens, tape[:, :, :C])
+    inputs = state.ring.step_inputs(user, generated[:, :, :-1], state.exec_mask)
+    return lm_gen.lm_model.forward_text(inputs)
 
 
-def _depformer_logits(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced depformer logits `[B, dep_q, C, card]` of all steps in one parallel pass."""
-    return lm_gen.lm_model.forward_depformer_training(tape[:, :, 1:], transformer_out)
-
-
-def _record_chunk(lm_gen: LMGen, tape: torch.Tensor, text_logits: torch.Tensor, audio_logits: torch.Tensor) -> None:
-    """Write the chunk's tokens and logits into the step caches and advance every item by C steps."""
+def _finish(lm_gen: LMGen, generated: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
+            main_steps: int) -> ChunkWithLogits:
+    """Depformer pass over steps whose main pass is final, then record them and return the frames they complete."""
     state = lm_gen.streaming_state
-    C = tape.shape[2] - 1
-    width, ring = state.cache.shape[2], state.text_logits_ring.shape[1]
-    for r in range(max(0, C + 1 - width), C + 1):
-        slot = ((state.offsets + r) % width)[:, None, None].expand(-1, tape.shape[1], 1)
-        state.cache.scatter_(2, slot, tape[:, :, r: r + 1])
-    for i in range(max(0, C - ring), C):
-        slot = (state.offsets + i + 1) % ring
-        state.text_logits_ring[torch.arange(len(slot)), slot] = text_logits[:, 0, i]
-        state.audio_logits_ring[torch.arange(len(slot)), :, slot] = audio_logits[:, :, i]
-    state.offsets.add_(C)
-    state.steps += C
+    audio_logits = lm_gen.lm_model.forward_depformer_training(generated, transformer_out)
+    steps_before = state.steps
+    frames = state.ring.append(generated, text_logits[:, 0], audio_logits, state.exec_mask)
+    state.steps += generated.shape[2]
+    frames = _frames_of_new_steps(lm_gen, steps_before, frames)
+    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, transformer_out, main_steps)
 
 
-def _completed_frames(lm_gen: LMGen, tape: torch.Tensor, steps_before: int, offsets_before: torch.Tensor,
-                      text_logits: torch.Tensor, audio_logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Tokens and logits of the frames completed by the chunk's steps, gathered like `LMGen._ready_tokens`."""
-    state, lm = lm_gen.streaming_state, lm_gen.lm_model
-    max_delay, C = lm_gen.max_delay, tape.shape[2] - 1
-    first = max(0, max_delay - steps_before)
-    history_tokens = _ring_columns(state.cache, 2, offsets_before + 1 - max_delay, max_delay)
-    tokens_tape = torch.cat([history_tokens[:, : lm.dep_q + 1], tape[:, : lm.dep_q + 1, 1:]], dim=2)
-    history_text = _ring_columns(state.text_logits_ring, 1, offsets_before + 1 - max_delay, max_delay)
-    history_audio = _ring_columns(state.audio_logits_ring, 2, offsets_before + 1 - max_delay, max_delay)
-    text_tape = torch.cat([history_text[:, None], text_logits], dim=2)
-    audio_tape = torch.cat([history_audio, audio_logits], dim=2)
-    frames = torch.arange(first, C, device=tape.device)
-    tokens = torch.stack([tokens_tape[:, k, frames + delay] for k, delay in enumerate(lm.delays[: lm.dep_q + 1])], 1)
-    text = text_tape[:, :, frames]
-    audio = torch.stack([audio_tape[:, k, frames + lm.delays[1 + k]] for k in range(lm.dep_q)], dim=1)
-    not_ready = (offsets_before[:, None] + frames + 1) <= max_delay
-    tokens = tokens.masked_fill(not_ready[:, None], lm.ungenerated_token_id)
-    return tokens, text, audio
-
-
-def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor | None) -> None:
-    state, lm = lm_gen.streaming_state, lm_gen.lm_model
-    B = state.batch_size
-    if own.dim() != 3 or own.shape[:2] != (B, lm.dep_q):
-        raise ValueError(f"depformer_replace_tokens must be [B={B}, dep_q={lm.dep_q}, C], got {list(own.shape)}")
-    C = own.shape[2]
-    if tuple(user.shape) != (B, lm_gen.num_user_streams, C):
-        raise ValueError(f"input_tokens must be [B={B}, {lm_gen.num_user_streams}, C={C}], got {list(user.shape)}")
-    if text is not None and tuple(text.shape) != (B, C):
-        raise ValueError(f"text_replace_tokens must be [B={B}, C={C}], got {list(text.shape)}")
-    if text is None and lm_gen.use_sampling:
-        raise ValueError("chunked scoring needs greedy text (use_sampling=False) or forced text tokens")
-    if not bool(state.exec_mask.all()):
-        raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
-    lm._check_range(user, lm.card, "input_tokens (user audio)")
-    lm._check_range(own, lm.card, "depformer_replace_tokens")
-    if text is not None:
-        lm._check_range(text, lm.text_card, "text_replace_tokens")
-
-
-def _main_pass(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor):
-    """Main transformer over the steps of `own` with the given text tokens: tape, transformer_out, text_logits."""
-    tape = _token_tape(lm_gen, user, own, text)
-    transformer_out, text_logits = lm_gen.lm_model.forward_text(_main_inputs(lm_gen, tape))
-    return tape, transformer_out, text_logits
-
-
-def _finish(lm_gen: LMGen, tape: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-            steps_before: int, offsets_before: torch.Tensor, main_steps: int) -> ChunkWithLogits:
-    """Depformer pass over steps whose main pass is final, then record them and gather the completed frames."""
-    audio_logits = _depformer_logits(lm_gen, tape, transformer_out)
-    tokens, text, audio = _completed_frames(lm_gen, tape, steps_before, offsets_before, text_logits, audio_logits)
-    _record_chunk(lm_gen, tape, text_logits, audio_logits)
-    return ChunkWithLogits(tokens, text, audio, transformer_out, main_steps)
+def _generated(text: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """What the steps generate, `[B, 1 + dep_q, C]`: text `[B, C]` over the own audio `[B, dep_q, C]`."""
+    return torch.cat([text[:, None], own], dim=1)
 
 
 def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, rejected_steps: int = 0):
     """Run and record steps whose text tokens are known: one main pass, one parallel depformer pass."""
-    state = lm_gen.streaming_state
-    steps_before, offsets_before = state.steps, state.offsets.clone()
-    tape, transformer_out, text_logits = _main_pass(lm_gen, user, own, text)
-    main_steps = own.shape[2] + rejected_steps
-    return _finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, main_steps)
+    generated = _generated(text, own)
+    transformer_out, text_logits = _main_pass(lm_gen, user, generated)
+    return _finish(lm_gen, generated, transformer_out, text_logits, own.shape[2] + rejected_steps)
 
 
 def _single_step(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> ChunkWithLogits:
-    """One greedy step through `LMGen`'s per-step path (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
+    """One greedy step through `LMGen.step_frame` (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
     a window of one step is always accepted, so it needs no speculation."""
-    transformer_out = lm_gen._advance(user, own, None, keep_logits=True, hooks=False)
-    frames = 1 if lm_gen.streaming_state.steps > lm_gen.max_delay else 0
-    text_logits, audio_logits = lm_gen._ready_logits()
-    return ChunkWithLogits(lm_gen._ready_tokens()[:, :, :frames], text_logits[:, :, :frames],
-                           audio_logits[:, :, :frames], transformer_out, main_steps=1)
+    steps_before = lm_gen.streaming_state.steps
+    out = lm_gen.step_frame(user, own)
+    frames = _frames_of_new_steps(lm_gen, steps_before, ReadyFrames(out.tokens, out.text_logits, out.audio_logits))
+    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, out.transformer_out.clone(),
+                           main_steps=1)
 
 
 def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
@@ -256,16 +149,16 @@ def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> l
             state.speculation.update(1, 1)
             start = stop
             continue
-        steps_before, offsets_before = state.steps, state.offsets.clone()
         checkpoint = lm_gen.checkpoint_streaming(stop - start)
         span = slice(start, stop)
-        tape, transformer_out, text_logits = _main_pass(lm_gen, user[:, :, span], own[:, :, span], proposal[:, span])
+        generated = _generated(proposal[:, span], own[:, :, span])
+        transformer_out, text_logits = _main_pass(lm_gen, user[:, :, span], generated)
         greedy = text_logits[:, 0].argmax(dim=-1)
         accepted = _verified_steps(proposal[:, span], greedy)
         proposal[:, span] = greedy
         if accepted == stop - start:
-            tape[:, 0, -1] = greedy[:, -1]
-            parts.append(_finish(lm_gen, tape, transformer_out, text_logits, steps_before, offsets_before, stop - start))
+            generated[:, 0, -1] = greedy[:, -1]
+            parts.append(_finish(lm_gen, generated, transformer_out, text_logits, stop - start))
         else:
             lm_gen.rollback_streaming(checkpoint)
             kept = slice(start, start + accepted)
@@ -287,6 +180,21 @@ def _concatenate(parts: list[ChunkWithLogits]) -> ChunkWithLogits:
     )
 
 
+def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    """The user tokens `[B, n_q - dep_q, C]` on the model's device, once the chunk's inputs are checked."""
+    if own.dim() != 3:
+        raise ValueError(f"depformer_replace_tokens must be [B, dep_q, C], got {list(own.shape)}")
+    user = lm_gen.check_step_inputs(user, own, text, steps=own.shape[2])
+    if text is None and lm_gen.use_sampling:
+        raise ValueError("chunked scoring needs greedy text (use_sampling=False) or forced text tokens")
+    if not bool(lm_gen.streaming_state.exec_mask.all()):
+        raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
+    if lm_gen.has_hooks:
+        raise ValueError("chunked scoring does not call the per-step hooks: clear on_text_hook, on_text_logits_hook "
+                         "and on_audio_hook, or use step_with_logits")
+    return user
+
+
 @torch.no_grad()
 def step_chunk_with_logits(
     lm_gen: LMGen,
@@ -296,7 +204,8 @@ def step_chunk_with_logits(
 ) -> ChunkWithLogits:
     """C teacher-forced steps at once: `input_tokens` `[B, n_q - dep_q, C]`, `depformer_replace_tokens` `[B, dep_q, C]`
     (step-by-step layout of `step_with_logits`), optional `text_replace_tokens` `[B, C]`; greedy text otherwise."""
-    _check_chunk(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
+    user = _check_chunk(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
+    own = depformer_replace_tokens.to(user.device)
     if text_replace_tokens is not None:
-        return _commit(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
-    return _concatenate(_speculate_greedy(lm_gen, input_tokens, depformer_replace_tokens))
+        return _commit(lm_gen, user, own, text_replace_tokens.to(user.device))
+    return _concatenate(_speculate_greedy(lm_gen, user, own))

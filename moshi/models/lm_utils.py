@@ -1,14 +1,19 @@
-"""Building blocks of the LM: token embeddings with a "no input" id, and the acoustic delay layout."""
+"""Building blocks of the LM: token embeddings with a "no input" id, and the acoustic delay layout (for a parallel
+forward, and for teacher-forced streaming steps)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..modules.norms import make_norm
+
+if TYPE_CHECKING:
+    from .lm import LMModel
 
 
 class ScaledEmbedding(nn.Embedding):
@@ -76,6 +81,29 @@ def undelay_streams(values: torch.Tensor, delays: Sequence[int], fill_value: flo
             mask[:, k, T - delay:] = False
         shifted.append(stream)
     return torch.stack(shifted, dim=1), mask
+
+
+def teacher_forced_step_inputs(
+    lm: LMModel, own: torch.Tensor, user: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaming inputs that teacher-force the own audio `own` `[B, dep_q, T]` (and the user audio `[B, n_q - dep_q, T]`
+    when given; the zero token "no input" otherwise).
+
+    Returns user tokens `[B, n_q - dep_q, S]` and own tokens `[B, dep_q, S]` for the S = T + max_delay steps of the
+    pass, for `LMGen.step_with_logits(user[..., s:s+1], own[..., s:s+1])` (or `step_chunk_with_logits` on slices):
+    step s gets codebook k of frame `s - delays[1 + k]` (0 outside the sequence) and user frame `s - 1`. The step
+    outputs then hold frames 0..T-1 in order, and `cross_entropy(out.audio_logits, out.tokens[:, 1:])` is the loss of
+    the model on `own`. This is the alignment of upstream's `LMModel.forward`.
+    """
+    B, K, T = own.shape
+    steps = T + max(lm.delays)
+    owns = own.new_zeros(B, K, steps)
+    for k, delay in enumerate(lm.delays[1: 1 + K]):
+        owns[:, k, delay: delay + T] = own[:, k]
+    users = own.new_full((B, lm.n_q - lm.dep_q, steps), lm.zero_token_id)
+    if user is not None:
+        users[:, :, 1: T + 1] = user
+    return users, owns
 
 
 def init_scaled_normal_(module: nn.Module) -> None:

@@ -12,7 +12,8 @@ convolution tails, fast weights, counters) in a typed `State` dataclass owned by
 `set_exec_mask(mask)` makes the items where the mask is False keep their state as if the next steps never happened.
 A module marked with `set_streaming_detached(True)` is left alone by its parents' lifecycle and runs its own short
 streams (the depformer streams over codebooks inside each time step).
-`snapshot_streaming()` / `restore_streaming(snapshot)` copy the whole state out and back in place.
+`checkpoint_streaming(span)` / `rollback_streaming(checkpoint)` undo the steps taken since the checkpoint, in place
+(`span` bounds how many steps that is, so states can keep only what those steps overwrite; None keeps a full copy).
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class State:
     def close(self) -> None:
         """Called once when streaming stops."""
 
-    def checkpoint(self, span: int) -> Any:
-        """What `rollback` needs to undo the next `span` steps; a full copy unless a subclass knows better."""
+    def checkpoint(self, span: int | None) -> Any:
+        """What `rollback` needs to undo the next `span` steps (any number when None); a full copy unless a subclass
+        knows better."""
         return clone_state_value(self)
 
     def rollback(self, checkpoint: Any) -> None:
@@ -61,11 +63,15 @@ class State:
 StateT = TypeVar("StateT", bound=State)
 
 
+def _is_dataclass_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
 def clone_state_value(value: Any) -> Any:
-    """A deep copy of tensors, states, lists and dicts; any other value is shared."""
+    """A deep copy of tensors, dataclass instances (states among them), lists and dicts; any other value is shared."""
     if isinstance(value, torch.Tensor):
         return value.clone()
-    if isinstance(value, State):
+    if _is_dataclass_instance(value):
         copy = object.__new__(type(value))
         for name, field_value in vars(value).items():
             setattr(copy, name, clone_state_value(field_value))
@@ -78,11 +84,12 @@ def clone_state_value(value: Any) -> Any:
 
 
 def copy_state_value_(target: Any, source: Any) -> Any:
-    """Copy `source` into `target` in place where possible (tensors, states, lists, dicts); returns the result."""
+    """Copy `source` into `target` in place where possible (tensors, dataclass instances, lists, dicts); returns the
+    result."""
     if isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor) and target.shape == source.shape:
         target.copy_(source)
         return target
-    if isinstance(target, State) and type(target) is type(source):
+    if _is_dataclass_instance(target) and type(target) is type(source):
         for name, field_value in vars(source).items():
             setattr(target, name, copy_state_value_(getattr(target, name, None), field_value))
         return target
@@ -207,28 +214,16 @@ class StreamingModule(nn.Module, Generic[StateT]):
         for name, module in modules.items():
             module._streaming_state = states[name]
 
-    def snapshot_streaming(self) -> dict[str, State]:
-        """A deep copy of the whole streaming state, to restore later with `restore_streaming`."""
-        return {name: clone_state_value(state) for name, state in self.get_streaming_state().items()}
-
-    def restore_streaming(self, snapshot: dict[str, State]) -> None:
-        """Copy a snapshot back into the live state, in place (live tensors keep their memory)."""
-        live = self.get_streaming_state()
-        if live.keys() != snapshot.keys():
-            raise ValueError(f"snapshot does not match the streaming modules: {sorted(live.keys() ^ snapshot.keys())}")
-        for name, state in live.items():
-            copy_state_value_(state, snapshot[name])
-
-
-    def checkpoint_streaming(self, span: int) -> dict[str, Any]:
+    def checkpoint_streaming(self, span: int | None = None) -> dict[str, Any]:
         """A checkpoint of the whole streaming state from which `rollback_streaming` undoes up to `span` steps.
 
-        Cheaper than `snapshot_streaming` when states only keep what the next `span` steps would overwrite.
+        With `span` None it is a full copy (any number of steps); with a bound, states may keep only what the next
+        `span` steps would overwrite (attention caches do).
         """
         return {name: state.checkpoint(span) for name, state in self.get_streaming_state().items()}
 
     def rollback_streaming(self, checkpoint: dict[str, Any]) -> None:
-        """Undo the steps taken since `checkpoint_streaming`, in place."""
+        """Undo the steps taken since `checkpoint_streaming`, in place (live tensors keep their memory)."""
         live = self.get_streaming_state()
         if live.keys() != checkpoint.keys():
             raise ValueError(f"checkpoint does not match the streaming modules: {sorted(live.keys() ^ checkpoint.keys())}")

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..utils.compile import in_cuda_graph
 from .gating import ActivationGating
 from .norms import LayerScale, make_norm
 from .rope import RotaryEmbedding
@@ -77,7 +76,8 @@ class AttentionState(State):
     """Ring KV cache of one attention layer.
 
     keys, values: `[B, H, capacity, D]`; positions: `[B, capacity]` absolute position of each slot, -1 when empty.
-    Slots are filled in order, so only the first `filled` slots can hold anything (reads outside CUDA graphs skip the rest).
+    Slots are filled in order, so only the first `filled` slots can hold anything and reads skip the rest. On a CUDA
+    device `filled` starts at `capacity`: every step then reads the same shapes, as a recorded CUDA graph needs.
     """
 
     keys: torch.Tensor
@@ -93,10 +93,12 @@ class AttentionState(State):
         super().reset(reset_mask)
         self.positions.masked_fill_(reset_mask[:, None], -1)
 
-    def checkpoint(self, span: int) -> AttentionCheckpoint:
-        """Keep only the slots the next `span` positions will overwrite (plus the small position table)."""
+    def checkpoint(self, span: int | None) -> AttentionCheckpoint:
+        """Keep only the slots the next `span` positions will overwrite (all of them when None), plus the small
+        position table."""
+        kept = self.capacity if span is None else min(span, self.capacity)
         next_position = self.positions.max(dim=1).values + 1
-        slots = (next_position[:, None] + torch.arange(min(span, self.capacity), device=self.positions.device))
+        slots = (next_position[:, None] + torch.arange(kept, device=self.positions.device))
         slots = slots % self.capacity
         index = slots[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
         return AttentionCheckpoint(slots, self.keys.gather(2, index), self.values.gather(2, index),
@@ -112,8 +114,7 @@ class AttentionState(State):
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
-        # A recorded CUDA graph replays writes without running this line again: count the cache as full from then on.
-        self.filled = self.capacity if in_cuda_graph() else min(self.capacity, self.filled + k.shape[2])
+        self.filled = min(self.capacity, self.filled + k.shape[2])
         if k.shape[2] > self.capacity:
             k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
         slots = positions % self.capacity
@@ -210,6 +211,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
             keys=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
             values=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
             positions=torch.full((batch_size, capacity), -1, device=weight.device, dtype=torch.long),
+            filled=capacity if weight.device.type == "cuda" else 0,
         )
 
     def _project_qkv(self, x: torch.Tensor, first_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -257,9 +259,8 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
 
     @staticmethod
     def _cached(state: AttentionState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The cache slots worth reading: all of them while recording a CUDA graph (fixed shapes), else the filled ones."""
-        slots = state.capacity if in_cuda_graph() else state.filled
-        return state.keys[:, :, :slots], state.values[:, :, :slots], state.positions[:, :slots]
+        """The cache slots worth reading: the filled ones."""
+        return state.keys[:, :, :state.filled], state.values[:, :, :state.filled], state.positions[:, :state.filled]
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, first_step: int = 0) -> torch.Tensor:
         """Attend `x` `[B, T, C]` whose first time step sits at position `offsets` `[B]`; returns `[B, T, C]`."""

@@ -276,7 +276,8 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 class TTTLayer(StreamingModule[TTTState]):
-    """TTT-Linear / TTT-MLP sequence layer on `[B, T, dim]`.
+    """TTT-Linear / TTT-MLP sequence layer on `[B, T, dim]`, configured by a `TTTConfig` (variant, mini-batch size,
+    learning rate, MLP width).
 
     Parameters: `wq`, `wk`, `wv`, `wo` (linear with bias, dim -> dim), `lr_gate` (linear dim -> H: the per-head
     learning-rate gate), the learned initial fast weights `W1` `[H, hd, hd']`, `b1` `[H, 1, hd']` (+ `W2`
@@ -285,33 +286,20 @@ class TTTLayer(StreamingModule[TTTState]):
     weights live in the streaming state. `inner_loss_hook`, when set, receives an `InnerLossTrace` per segment.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        variant: str = "linear",
-        mini_batch_size: int = 16,
-        base_lr: float | None = None,
-        mlp_expansion: int = 4,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, config: TTTConfig | None = None, device=None, dtype=None) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
         _check_positive_int("num_heads", num_heads)
-        _check_positive_int("mini_batch_size", mini_batch_size)
-        _check_positive_int("mlp_expansion", mlp_expansion)
         if dim % num_heads:
             raise ValueError(f"TTT dim {dim} is not divisible by num_heads {num_heads}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown TTT variant {variant!r}; expected one of {VARIANTS}")
+        self.config = TTTConfig() if config is None else config
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.variant = variant
-        self.mini_batch_size = mini_batch_size
-        self.base_lr = DEFAULT_BASE_LR[variant] if base_lr is None else float(base_lr)
-        self.mlp_expansion = mlp_expansion
+        self.variant = self.config.variant
+        self.mini_batch_size = self.config.mini_batch_size
+        self.base_lr = self.config.learning_rate
+        self.mlp_expansion = self.config.mlp_expansion
         self.inner_loss_hook: Callable[[InnerLossTrace], None] | None = None
         factory = {"device": device, "dtype": dtype}
         self.wq = nn.Linear(dim, dim, **factory)
@@ -506,24 +494,11 @@ class TTTLayer(StreamingModule[TTTState]):
 class TTTBlock(StreamingContainer):
     """Gated residual TTT block: `x + tanh(gating_alpha) * ttt_layer(x)`, `gating_alpha` `[dim]`."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        variant: str = "linear",
-        mini_batch_size: int = 16,
-        base_lr: float | None = None,
-        initial_gating_alpha: float = 0.1,
-        mlp_expansion: int = 4,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, config: TTTConfig | None = None, device=None, dtype=None) -> None:
         super().__init__()
-        self.initial_gating_alpha = float(initial_gating_alpha)
-        self.ttt_layer = TTTLayer(
-            dim, num_heads, variant=variant, mini_batch_size=mini_batch_size, base_lr=base_lr,
-            mlp_expansion=mlp_expansion, device=device, dtype=dtype,
-        )
+        config = TTTConfig() if config is None else config
+        self.initial_gating_alpha = config.initial_gating_alpha
+        self.ttt_layer = TTTLayer(dim, num_heads, config, device=device, dtype=dtype)
         self.gating_alpha = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
         self.reset_parameters()
 
@@ -580,9 +555,14 @@ def parse_ttt_layers(spec: str | Sequence[int], num_layers: int) -> list[int]:
 
 @dataclasses.dataclass
 class TTTConfig:
-    """Where and how to place TTT blocks in the main transformer (`num_heads` None: the model's head count)."""
+    """Where and how to place TTT blocks in the main transformer, validated once here.
 
-    layers: str | list[int]
+    `layers`: which layers get a block (see `parse_ttt_layers`); `base_lr` None: the variant's default
+    (`DEFAULT_BASE_LR`); `num_heads` None: the model's head count; `mlp_expansion`: hidden width of TTT-MLP in head
+    dims; `initial_gating_alpha`: the gate's initial value.
+    """
+
+    layers: str | list[int] = "middle"
     variant: str = "linear"
     mini_batch_size: int = 16
     base_lr: float | None = None
@@ -601,6 +581,12 @@ class TTTConfig:
             raise ValueError(f"TTT base_lr must be a positive number or None, got {self.base_lr!r}")
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)
+        self.initial_gating_alpha = float(self.initial_gating_alpha)
+
+    @property
+    def learning_rate(self) -> float:
+        """`base_lr`, or the variant's default when it is None."""
+        return DEFAULT_BASE_LR[self.variant] if self.base_lr is None else float(self.base_lr)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TTTConfig:
@@ -624,11 +610,4 @@ class TTTConfig:
     ) -> dict[int, TTTBlock]:
         """One `TTTBlock` per selected layer index (the `ttt_blocks` argument of `StreamingTransformer`)."""
         heads = self.num_heads if self.num_heads is not None else model_num_heads
-        return {
-            index: TTTBlock(
-                dim, heads, variant=self.variant, mini_batch_size=self.mini_batch_size, base_lr=self.base_lr,
-                initial_gating_alpha=self.initial_gating_alpha, mlp_expansion=self.mlp_expansion,
-                device=device, dtype=dtype,
-            )
-            for index in self.layer_indices(num_layers)
-        }
+        return {index: TTTBlock(dim, heads, self, device=device, dtype=dtype) for index in self.layer_indices(num_layers)}

@@ -309,7 +309,7 @@ class ChunkedScorer:
 
     def _step_inputs(self, batch: Sequence[ScoringItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-step user tokens `[B, n_user, S]`, forced own tokens `[B, dep_q, S]` and targets `[B, dep_q, T]`."""
-        from moshi.models.lm_chunks import teacher_forced_step_inputs
+        from moshi.models.lm_utils import teacher_forced_step_inputs
 
         scorer = self.step_scorer
         frames = batch[0].num_frames

@@ -135,7 +135,7 @@ def test_speculation_window_backs_off_on_unpredictable_text_and_grows_on_success
 
 
 def test_teacher_forced_step_inputs_follow_the_fixture_layout(lm_case):
-    from moshi.models.lm_chunks import teacher_forced_step_inputs
+    from moshi.models.lm_utils import teacher_forced_step_inputs
 
     lm = lm_case.model()
     own, user = lm_case.io["own_audio"], lm_case.io["user_audio"]

@@ -63,9 +63,9 @@ def test_snapshot_restore_is_in_place():
     with parent.streaming(2):
         parent.counter()
         live = parent.counter.streaming_state.count
-        snapshot = parent.snapshot_streaming()
+        snapshot = parent.checkpoint_streaming()
         parent.counter()
-        parent.restore_streaming(snapshot)
+        parent.rollback_streaming(snapshot)
         assert parent.counter.streaming_state.count is live
         assert live.tolist() == [1, 1]
 

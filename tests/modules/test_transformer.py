@@ -87,9 +87,9 @@ def test_snapshot_and_restore_replays_the_same_outputs(transformer):
     x = torch.randn(2, 12, 32)
     with torch.no_grad(), transformer.streaming(2):
         transformer(x[:, :5])
-        snapshot = transformer.snapshot_streaming()
+        snapshot = transformer.checkpoint_streaming()
         first = transformer(x[:, 5:])
-        transformer.restore_streaming(snapshot)
+        transformer.rollback_streaming(snapshot)
         second = transformer(x[:, 5:])
     assert torch.equal(first, second)
 

@@ -26,7 +26,7 @@ VARIANTS = ["linear", "mlp"]
 def make_layer(variant: str, seed: int = 0) -> TTTLayer:
     """A small layer with weights large enough that the inner updates visibly change the outputs."""
     torch.manual_seed(seed)
-    layer = TTTLayer(DIM, HEADS, variant=variant, mini_batch_size=MINI_BATCH, base_lr=1.0)
+    layer = TTTLayer(DIM, HEADS, TTTConfig(variant=variant, mini_batch_size=MINI_BATCH, base_lr=1.0))
     with torch.no_grad():
         for name, parameter in layer.named_parameters():
             scale = 0.3 if name.startswith(("W", "wq", "wk", "wv")) else 0.1
@@ -200,9 +200,9 @@ def test_snapshot_and_restore() -> None:
     x = torch.randn(2, 21, DIM)
     with torch.no_grad(), layer.streaming(2):
         layer(x[:, :9])
-        snapshot = layer.snapshot_streaming()
+        snapshot = layer.checkpoint_streaming()
         once = layer(x[:, 9:])
-        layer.restore_streaming(snapshot)
+        layer.rollback_streaming(snapshot)
         again = layer(x[:, 9:])
     assert torch.equal(once, again)
 
@@ -210,7 +210,7 @@ def test_snapshot_and_restore() -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_block_is_a_gated_residual(variant: str) -> None:
     torch.manual_seed(0)
-    block = TTTBlock(DIM, HEADS, variant=variant)
+    block = TTTBlock(DIM, HEADS, TTTConfig(variant=variant))
     assert block.ttt_layer.base_lr == (1.0 if variant == "linear" else 0.1)
     assert torch.equal(block.gating_alpha, torch.full((DIM,), block.initial_gating_alpha))
     names = set(dict(block.named_parameters()))
@@ -224,11 +224,11 @@ def test_block_is_a_gated_residual(variant: str) -> None:
 
 
 def test_meta_device_and_bf16() -> None:
-    meta = TTTBlock(DIM, HEADS, variant="mlp", device="meta")
+    meta = TTTBlock(DIM, HEADS, TTTConfig(variant="mlp"), device="meta")
     assert all(p.device.type == "meta" for p in meta.parameters())
 
     torch.manual_seed(0)
-    block = TTTBlock(DIM, HEADS, variant="mlp")
+    block = TTTBlock(DIM, HEADS, TTTConfig(variant="mlp"))
     half = copy.deepcopy(block).to(torch.bfloat16)
     x = torch.randn(2, 24, DIM)
     with torch.no_grad():
@@ -245,7 +245,7 @@ def test_meta_device_and_bf16() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_reaches_every_parameter(variant: str) -> None:
-    block = TTTBlock(DIM, HEADS, variant=variant)
+    block = TTTBlock(DIM, HEADS, TTTConfig(variant=variant))
     block(torch.randn(2, 20, DIM)).square().sum().backward()
     for name, parameter in block.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -273,9 +273,9 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="divisible"):
         TTTLayer(30, 4)
     with pytest.raises(ValueError, match="variant"):
-        TTTLayer(32, 4, variant="rnn")
+        TTTLayer(32, 4, TTTConfig(variant="rnn"))
     with pytest.raises(ValueError, match="mini_batch_size"):
-        TTTLayer(32, 4, mini_batch_size=0)
+        TTTLayer(32, 4, TTTConfig(mini_batch_size=0))
     with pytest.raises(ValueError, match=r"\[B, T, 32\]"):
         TTTLayer(32, 4)(torch.randn(2, 5, 16))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from moshi.modules.ttt import TTTBlock
+from moshi.modules.ttt import TTTBlock, TTTConfig
 from moshi.modules.ttt_checkpoint import map_finetune_ttt_state_dict, warn_unmatched_ttt_keys
 
 DIM, HEADS = 16, 2
@@ -25,7 +25,7 @@ class Transformer(nn.Module):
     def __init__(self, variant: str) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            Layer(TTTBlock(DIM, HEADS, variant=variant) if i in TTT_LAYERS else None) for i in range(3)
+            Layer(TTTBlock(DIM, HEADS, TTTConfig(variant=variant)) if i in TTT_LAYERS else None) for i in range(3)
         )
 
 
