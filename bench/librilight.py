@@ -8,9 +8,9 @@ Speed: both score the same teacher-forced frames of one sequence. The one-pass e
 `moshi_eval.librilight` runs (`LMGen.step_with_logits`: one main-transformer step and dep_q depformer steps per frame).
 The old approach, at equal work, advanced the streaming state with `LMGen.step` (main transformer; the depformer is
 skipped when the audio is forced) and ran a second per-frame forward of the main transformer and the depformer to get
-logits (emulated here by `step_with_logits` on a second copy of the model). Goal: one-pass >= 1.8x the two-pass frames/s.
-The saving is one main-transformer step per frame, so the ratio depends on the main : depformer cost split; the speed
-model keeps moshiko's structure with a weights split close to moshiko 7B's (about 13 : 1 here, 10 : 1 for 7B).
+logits (emulated here by `step_with_logits` on a second copy of the model). Goal: one-pass >= 1.8x the two-pass
+frames/s. The saving is one main-transformer step per frame, so the ratio depends on the main : depformer cost split;
+the speed model keeps moshiko's structure with a weights split close to moshiko 7B's (about 13 : 1 here, 10 : 1 for 7B).
 
 Memory: peak resident memory of a child process scoring 2k and 20k frames with a small TTT model (goal: flat).
 
@@ -205,7 +205,8 @@ def chunked(frames: int, chunk: int, per_step_frames: int, seven_b: bool, forwar
     own = random_item(lm, frames, seed=4).own.to(lm.device)
     forward_part = own[:, : min(frames, forward_frames)]
     model = "7B bf16, random weights" if seven_b else f"dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']}"
-    print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {torch.get_num_threads()} thread(s)):",
+    threads = torch.get_num_threads()
+    print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {threads} thread(s)):",
           flush=True)
     parallel_forward(lm, forward_part)
     forward_fps = forward_part.shape[1] / min(parallel_forward(lm, forward_part) for _ in range(2))

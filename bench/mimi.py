@@ -1,4 +1,4 @@
-"""Mimi encoding speed: real-time factor of batch and streaming encoding, measured side by side (CPU, or `--device cuda`).
+"""Mimi encoding speed: real-time factor of batch and streaming encoding, side by side (CPU, or `--device cuda`).
 
 Builds the full-size Mimi (the released config) with random weights and encodes the same random audio (default 10 s)
 in one call and in 1920-sample frames (or `--frames-per-call` frames) inside `streaming(1)`.

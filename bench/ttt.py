@@ -44,7 +44,8 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
         "attention": (attention, attention_step(attention, args.batch, device))
     }
     for variant in ("linear", "mlp"):
-        layer = TTTLayer(args.dim, args.heads, TTTConfig(variant=variant, mini_batch_size=args.mini_batch_size), **factory)
+        config = TTTConfig(variant=variant, mini_batch_size=args.mini_batch_size)
+        layer = TTTLayer(args.dim, args.heads, config, **factory)
         modules[f"ttt-{variant}"] = (layer, layer)
     return modules
 

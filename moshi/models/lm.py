@@ -154,7 +154,8 @@ class LMModel(StreamingContainer):
             for _ in range(dep_q)
         )
         depformer_kwargs = dict(main_kwargs)
-        depformer_kwargs.update({k.removeprefix("depformer_"): v for k, v in kwargs.items() if k.startswith("depformer_")})
+        depformer_kwargs.update(
+            {k.removeprefix("depformer_"): v for k, v in kwargs.items() if k.startswith("depformer_")})
         depformer_kwargs.update(positional_embedding=depformer_pos_emb, context=None)
         if depformer_weights_per_step:
             depformer_kwargs["weights_per_step"] = dep_q
@@ -384,10 +385,10 @@ class LMGenState(State):
 class LMGen(StreamingModule[LMGenState]):
     """Streaming generation; constructor arguments follow upstream moshi.
 
-    `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text.
-    `check` validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`,
-    the text tokens `[B]` and the audio tokens `[B, dep_q]` of every step. With `support_out_of_sync`, steps never return
-    None; items whose frame is not ready yet get `ungenerated_token_id`.
+    `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text. `check`
+    validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`, the text
+    tokens `[B]` and the audio tokens `[B, dep_q]` of every step. With `support_out_of_sync`, steps never return None;
+    items whose frame is not ready yet get `ungenerated_token_id`.
     """
 
     def __init__(
@@ -540,8 +541,8 @@ class LMGen(StreamingModule[LMGenState]):
         if self.on_audio_hook is not None:
             self.on_audio_hook(audio_tokens)
         generated = torch.cat([text_token[:, None], audio_tokens], dim=1)[:, :, None]
-        frames = state.ring.append(generated, text_logits[:, 0], None if audio_logits is None else audio_logits[:, :, None],
-                                   state.exec_mask)
+        step_audio_logits = None if audio_logits is None else audio_logits[:, :, None]
+        frames = state.ring.append(generated, text_logits[:, 0], step_audio_logits, state.exec_mask)
         state.steps += 1
         return frames, transformer_out
 

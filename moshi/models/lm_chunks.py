@@ -106,8 +106,8 @@ class SpeculationWindow:
     """How many steps the next greedy speculation pass covers; kept in the `LMGen` state across calls.
 
     The window doubles after each pass accepted whole and shrinks to the accepted length after a partial one. A pass
-    rejected from its second step on (unpredictable text) drops to single steps, which are always accepted, for a back-off
-    that doubles with each such rejection before a longer window is tried again.
+    rejected from its second step on (unpredictable text) drops to single steps, which are always accepted, for a
+    back-off that doubles with each such rejection before a longer window is tried again.
     """
 
     length: int = 1 << 30

@@ -65,7 +65,9 @@ def delay_streams(codes: torch.Tensor, delays: Sequence[int], fill: torch.Tensor
     return torch.stack(shifted, dim=1)
 
 
-def undelay_streams(values: torch.Tensor, delays: Sequence[int], fill_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def undelay_streams(
+    values: torch.Tensor, delays: Sequence[int], fill_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift stream k of `values` `[B, K, T, ...]` left by `delays[k]`, so step t refers to frame t again.
 
     Returns the shifted values (tail filled with `fill_value`) and the validity mask `[B, K, T]`.

@@ -218,7 +218,8 @@ def _require_safetensors(path: str | Path, what: str) -> Path:
     if suffix in PICKLE_SUFFIXES:
         raise ValueError(
             f"{what} {path} is a pickle-based checkpoint ({suffix}); only safetensors files are loaded. "
-            "Convert it once with `safetensors.torch.save_file(state_dict, 'weights.safetensors')` in a trusted session."
+            "Convert it once with `safetensors.torch.save_file(state_dict, 'weights.safetensors')` in a trusted "
+            "session."
         )
     if suffix not in SAFETENSORS_SUFFIXES:
         raise ValueError(f"{what} {path} is not a safetensors file (expected one of {', '.join(SAFETENSORS_SUFFIXES)})")
@@ -351,11 +352,8 @@ class CheckpointInfo:
 
     @property
     def mimi_num_codebooks(self) -> int:
-        if self.lm_config is None:
-            num_codebooks = DEFAULT_LM_CONFIG["dep_q"]
-        else:
-            dep_q = self.lm_config["dep_q"]
-            num_codebooks = max(dep_q, self.lm_config["n_q"] - dep_q)
+        config = DEFAULT_LM_CONFIG if self.lm_config is None else self.lm_config
+        num_codebooks = mimi_codebooks(config["n_q"], config["dep_q"])
         if self.tts_config.get("multistream"):
             num_codebooks //= 2
         return num_codebooks
@@ -364,6 +362,23 @@ class CheckpointInfo:
         """The sentencepiece tokenizer of the text stream."""
         path = _require_file(Path(self.tokenizer), "text tokenizer")
         return sentencepiece.SentencePieceProcessor(model_file=str(path))
+
+
+def mimi_codebooks(n_q: int, dep_q: int) -> int:
+    """Codebooks Mimi must produce for an LM with `n_q` audio streams, `dep_q` of them its own: the wider of the own
+    and the user audio."""
+    return max(dep_q, n_q - dep_q)
+
+
+def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The JSON object in `path`; a missing file, invalid JSON or another JSON value raise an error naming the file."""
+    return _read_json(Path(path), what)
+
+
+def lm_kwargs_of(raw_config: dict[str, Any]) -> dict[str, Any]:
+    """The `LMModel` keyword arguments of a checkpoint's config.json (without its file-name and usage keys)."""
+    lm_config, _, _ = _split_config(raw_config)
+    return lm_config or {}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -387,7 +402,9 @@ def _split_config(raw_config: dict[str, Any] | None) -> tuple[dict | None, dict[
         "lora_name": None,
         "ttt_name": None,
     }
-    usage: dict[str, Any] = {"model_type": "moshi", "lm_gen_config": {}, "tts_config": {}, "stt_config": {}, "model_id": {}}
+    usage: dict[str, Any] = {
+        "model_type": "moshi", "lm_gen_config": {}, "tts_config": {}, "stt_config": {}, "model_id": {},
+    }
     if raw_config is None:
         return None, names, usage
     lm_config = dict(raw_config)

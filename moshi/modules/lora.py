@@ -79,7 +79,8 @@ class LoRALinear(nn.Module):
         return (base.float() + self.scaling * update).to(base.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, scaling={self.scaling}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"scaling={self.scaling}")
 
 
 def _route_base_weights_to_frozen_W(_module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -226,7 +226,8 @@ class StreamingModule(nn.Module, Generic[StateT]):
         """Undo the steps taken since `checkpoint_streaming`, in place (live tensors keep their memory)."""
         live = self.get_streaming_state()
         if live.keys() != checkpoint.keys():
-            raise ValueError(f"checkpoint does not match the streaming modules: {sorted(live.keys() ^ checkpoint.keys())}")
+            mismatch = sorted(live.keys() ^ checkpoint.keys())
+            raise ValueError(f"checkpoint does not match the streaming modules: {mismatch}")
         for name, state in live.items():
             state.rollback(checkpoint[name])
 

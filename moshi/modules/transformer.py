@@ -1,10 +1,10 @@
 """The streaming transformer used by Moshi's main model, its depformer and Mimi.
 
-A `StreamingTransformer` is a stack of pre-norm layers (self-attention, optional test-time-training block, feed-forward).
-Outside streaming it runs a whole sequence `[B, T, C]` from position 0. Inside `streaming(B)` each call continues the
-sequence: the attention layers keep a ring KV cache that stores, next to every key and value, its absolute position.
-Masks are built from those positions, so a chunk of any length is exact, also after the cache has wrapped past the
-attention context, and every batch item can sit at its own position (per-item resets and exec masks).
+A `StreamingTransformer` is a stack of pre-norm layers (self-attention, optional test-time-training block,
+feed-forward). Outside streaming it runs a whole sequence `[B, T, C]` from position 0. Inside `streaming(B)` each call
+continues the sequence: the attention layers keep a ring KV cache that stores, next to every key and value, its absolute
+position. Masks are built from those positions, so a chunk of any length is exact, also after the cache has wrapped past
+the attention context, and every batch item can sit at its own position (per-item resets and exec masks).
 """
 
 from __future__ import annotations

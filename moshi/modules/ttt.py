@@ -610,4 +610,6 @@ class TTTConfig:
     ) -> dict[int, TTTBlock]:
         """One `TTTBlock` per selected layer index (the `ttt_blocks` argument of `StreamingTransformer`)."""
         heads = self.num_heads if self.num_heads is not None else model_num_heads
-        return {index: TTTBlock(dim, heads, self, device=device, dtype=dtype) for index in self.layer_indices(num_layers)}
+        return {
+            index: TTTBlock(dim, heads, self, device=device, dtype=dtype) for index in self.layer_indices(num_layers)
+        }

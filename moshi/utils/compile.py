@@ -1,8 +1,8 @@
 """CUDA-graph capture of per-step calls.
 
 Streaming inference calls the same small function (one transformer step, one depformer step) thousands of times with
-inputs of identical shapes. On GPU the launch overhead of its many small kernels dominates; recording them once in a CUDA
-graph and replaying the graph removes it. `CUDAGraphed` wraps such a function:
+inputs of identical shapes. On GPU the launch overhead of its many small kernels dominates; recording them once in a
+CUDA graph and replaying the graph removes it. `CUDAGraphed` wraps such a function:
 
     step = CUDAGraphed(model.forward_text, warmup_steps=1)
     out = step(tokens)          # first call(s): plain calls (warm-up)

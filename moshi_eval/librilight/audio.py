@@ -1,8 +1,8 @@
 """Reading audio as mono float32 blocks at the codec's sample rate, in bounded memory.
 
-Files are read block by block with soundfile, mixed down to mono and resampled with a streaming soxr resampler. The output
-of a file of `n` samples at `sr` Hz has exactly `round(n * target_rate / sr)` samples (the resampler's own count is
-trimmed or zero-padded by at most a few samples), so durations add up exactly when chapters are joined.
+Files are read block by block with soundfile, mixed down to mono and resampled with a streaming soxr resampler. The
+output of a file of `n` samples at `sr` Hz has exactly `round(n * target_rate / sr)` samples (the resampler's own count
+is trimmed or zero-padded by at most a few samples), so durations add up exactly when chapters are joined.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     from .distributed import default_device, init_distributed
     from .evaluate import evaluate_librilight, resolve_user_stream
     from .models import load_lm, load_mimi, resolve_dtype
-    from .prepare import ModelShape
+    from .scoring import ModelShape
 
     settings = merged_settings(args)
     settings.setdefault("output", "librilight_results.json")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "demo", False):
             from .demo import run_demo
 
-            data = run_demo(args)
+            data = run_demo(merged_settings(args), getattr(args, "device", None), getattr(args, "quiet", False))
         else:
             data = run_evaluation(args)
         if init_distributed().is_main:

@@ -1,20 +1,20 @@
 """A directory of Mimi codes in safetensors files, keyed by what the codes depend on.
 
-The key of an entry is a digest of the source files' identities (path, size, mtime), the Mimi weights fingerprint and the
-number of codebooks; the same audio is therefore encoded once and reused by every run and every LM checkpoint. An entry
-may hold only the first frames of a long sequence (`complete` false): it serves any request for at most that many frames.
-Writes go to a temporary file renamed into place, so concurrent runs never see half-written entries.
+The key of an entry is a digest of the source files' identities (path, size, mtime), the Mimi weights fingerprint and
+the number of codebooks; the same audio is therefore encoded once and reused by every run and every LM checkpoint. An
+entry may hold only the first frames of a long sequence (`complete` false): it serves any request for at most that many
+frames. Entries are written atomically (`files.write_safetensors_atomic`), so concurrent runs never see half-written
+ones.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from .files import read_safetensors, write_safetensors_atomic
 
 DEFAULT_CACHE_ENV = "MOSHI_EVAL_CACHE"
 
@@ -38,17 +38,11 @@ class CodesCache:
 
     def get(self, key: str, min_frames: int) -> torch.Tensor | None:
         """Cached codes `[K, T]` (cut to `min_frames` when longer), or None when absent, unreadable or too short."""
-        path = self.path_for(key)
-        if not path.is_file():
+        entry = read_safetensors(self.path_for(key), "codes")
+        if entry is None:
             self.misses += 1
             return None
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                codes = handle.get_tensor("codes")
-        except (SafetensorError, OSError):
-            self.misses += 1
-            return None
+        codes, metadata = entry
         complete = metadata.get("complete") == "true"
         if codes.shape[-1] < min_frames and not complete:
             self.misses += 1
@@ -57,13 +51,5 @@ class CodesCache:
         return codes[..., :min_frames]
 
     def put(self, key: str, codes: torch.Tensor, complete: bool, description: str = "") -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(handle)
-        try:
-            metadata = {"complete": "true" if complete else "false", "description": description}
-            save_file({"codes": codes.contiguous().cpu()}, temporary, metadata=metadata)
-            os.replace(temporary, self.path_for(key))
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        metadata = {"complete": "true" if complete else "false", "description": description}
+        write_safetensors_atomic(self.path_for(key), {"codes": codes}, metadata)

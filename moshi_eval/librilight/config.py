@@ -168,7 +168,8 @@ def normalize_config_mapping(raw: Mapping[str, Any], source: str = "config") -> 
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(fields))}")
     if obsolete:
         warnings.warn(
             f"{source}: ignoring obsolete key(s) {', '.join(sorted(obsolete))}: the evaluation is exact and streaming "

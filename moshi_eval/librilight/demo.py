@@ -1,14 +1,14 @@
-"""`python -m moshi_eval.librilight --demo`: the whole pipeline on a small random-weight model, in under a minute on CPU.
+"""`python -m moshi_eval.librilight --demo`: the whole pipeline on a small random-weight model, in a minute on CPU.
 
 It builds a small Moshi-structured LM with TTT layers in every main-transformer layer and a small Mimi, both with RANDOM
-weights, writes a synthetic LibriLight-style tree (speakers, books, chapters of generated voice-like audio at 16 kHz with
-JSON metadata) to a temporary folder, and runs the real evaluation on it: discovery, resampling, streaming Mimi encoding
-with the codes cache, one-pass teacher-forced scoring, JSON and PNG. The numbers say nothing about any real model.
+weights, writes a synthetic LibriLight-style tree (speakers, books, chapters of generated voice-like audio at 16 kHz
+with JSON metadata) to a temporary folder, and runs the real evaluation on it: discovery, resampling, streaming Mimi
+encoding with the codes cache, one-pass teacher-forced scoring, JSON and PNG. The numbers say nothing about any real
+model.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -140,19 +140,17 @@ def write_demo_tree(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the demo models and data, evaluate, write JSON and PNG; returns the results dict."""
-    from .cli import merged_settings
-
+def run_demo(given: dict[str, Any], device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Build the demo models and data, evaluate with the `given` settings over the demo's, write JSON and PNG; returns
+    the results dict."""
     print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr, flush=True)
-    settings = DEMO_SETTINGS | merged_settings(args)
+    settings = DEMO_SETTINGS | given
     settings.setdefault("output", "librilight_demo.json")
     settings.setdefault("plot", str(Path(settings["output"]).with_suffix(".png")))
-    device = getattr(args, "device", None) or "cpu"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the demo model is tiny: intra-op threads only add synchronisation overhead
     try:
-        return evaluate_demo(settings, device, quiet=getattr(args, "quiet", False))
+        return evaluate_demo(settings, device or "cpu", quiet=quiet)
     finally:
         torch.set_num_threads(threads)
 

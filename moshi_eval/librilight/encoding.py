@@ -2,8 +2,8 @@
 
 Chapters are resampled to the codec rate and fed, joined, through one Mimi stream in chunks of `chunk_frames` whole
 frames; the last partial frame is zero-padded, so a sequence of N samples gives ceil(N / frame_size) frames. Digital
-silence (the default user stream) is encoded the same way; Mimi is causal, so the silence codes of a short sequence are a
-prefix of those of a long one and one cached entry serves every length.
+silence (the default user stream) is encoded the same way; Mimi is causal, so the silence codes of a short sequence are
+a prefix of those of a long one and one cached entry serves every length.
 """
 
 from __future__ import annotations

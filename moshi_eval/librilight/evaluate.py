@@ -18,11 +18,11 @@ from .distributed import DistributedContext, init_distributed
 from .encoding import MimiSequenceEncoder
 from .fingerprint import digest
 from .models import model_identity
-from .prepare import ItemPreparer, ModelShape, source_identity
+from .prepare import ItemPreparer, source_identity
 from .rank_report import RankReport
 from .results import LibriLightResult, SequenceLosses
 from .sanity import WorseThanUniformWarning
-from .scoring import ChunkedScorer, ScoredSequence, ScoringItem, StepScorer
+from .scoring import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
 from .store import SequenceStore, store_dir_for
 
 DEFAULT_FRAME_RATE = 12.5
@@ -135,8 +135,7 @@ class LibriLightRun:
         cache = None
         if self.config.use_cache:
             cache = CodesCache(self.config.cache_dir or default_cache_dir())
-        num_codebooks = max(self.shape.dep_q, self.shape.num_user)
-        return MimiSequenceEncoder(self.mimi, num_codebooks, cache, self.config.encode_chunk_frames)
+        return MimiSequenceEncoder(self.mimi, self.shape.mimi_codebooks, cache, self.config.encode_chunk_frames)
 
     def run_key(self, encoder: MimiSequenceEncoder | None) -> str:
         """Everything that changes the per-frame losses of a sequence."""
@@ -251,12 +250,13 @@ class LibriLightRun:
         if self.timing.get("score_seconds"):
             timing["frames_per_second"] = self.scored_frames / self.timing["score_seconds"]
         config = self.config.to_dict() | {"user_stream": self.user_stream}
+        skipped = [skip.to_dict() for skip in self.discovery_skips + self.sequence_skips]
         return LibriLightResult(
             sequences=[self.finished[sequence_id] for sequence_id in order], card=self.shape.card,
-            frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)), positions=list(self.config.positions),
-            window=self.config.window, bin_size=self.config.bin_size, codebook_weights=self.codebook_weights,
-            config=config, model=self.identity, timing=timing, skipped=[s.to_dict() for s in self.discovery_skips + self.sequence_skips],
-            complete=complete)
+            frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)),
+            positions=list(self.config.positions), window=self.config.window, bin_size=self.config.bin_size,
+            codebook_weights=self.codebook_weights, config=config, model=self.identity, timing=timing,
+            skipped=skipped, complete=complete)
 
     def report(self, result: LibriLightResult) -> None:
         data = result.write_json(self.config.output) if self.config.output else result.to_dict()

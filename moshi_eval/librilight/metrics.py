@@ -1,10 +1,10 @@
 """Aggregating per-frame, per-codebook losses: window losses at positions, the mean curve, its slope, binned curves.
 
 Inputs are arrays `[T_i, K]` (float, NaN where a codebook of a frame has no defined prediction). The per-frame loss is
-the (weighted) mean over the frame's defined codebooks. The window loss at position P is, for each sequence of at least P
-frames, the mean per-frame loss over frames [P - W, P), averaged over those sequences (None when no sequence reaches P).
-The mean curve is, at each frame index, the mean per-frame loss over the sequences long enough to have that frame; the
-slope is the least-squares slope of that curve against the frame index.
+the (weighted) mean over the frame's defined codebooks. The window loss at position P is, for each sequence of at least
+P frames, the mean per-frame loss over frames [P - W, P), averaged over those sequences (None when no sequence reaches
+P). The mean curve is, at each frame index, the mean per-frame loss over the sequences long enough to have that frame;
+the slope is the least-squares slope of that curve against the frame index.
 """
 
 from __future__ import annotations

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError
+from moshi.models import loaders
+
 from .fingerprint import weights_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_CONFIG_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "ttt_name",
-                          "model_type", "lm_gen_config", "tts_config", "stt_config", "model_id")
 
 
 @dataclasses.dataclass
@@ -42,20 +39,8 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def read_json_file(path: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the {what} {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"the {what} {path} must hold a JSON object")
-    return data
-
-
 def load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
     """The LM in eval mode, and the `CheckpointInfo` when it came from a Hugging Face repo."""
-    from moshi.models import loaders
-
     if spec.hf_repo is None and spec.moshi_weights is None:
         raise ValueError("no model given: pass --hf-repo, or --moshi-weights (with --lm-config), or use --demo")
     optional = {"ttt_weights": spec.ttt_weights} if spec.ttt_weights else {}
@@ -66,9 +51,7 @@ def load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any 
         return info.get_moshi(device=device, dtype=dtype).eval(), info
     lm_kwargs = None
     if spec.lm_config is not None:
-        lm_kwargs = read_json_file(spec.lm_config, "LM config")
-        for key in CHECKPOINT_CONFIG_KEYS:
-            lm_kwargs.pop(key, None)
+        lm_kwargs = loaders.lm_kwargs_of(loaders.read_config_file(spec.lm_config, "LM config"))
     lm = loaders.get_moshi_lm(spec.moshi_weights, lm_kwargs=lm_kwargs, device=device, dtype=dtype,
                               lora_weights=spec.lora_weights, **optional)
     return lm.eval(), None
@@ -76,15 +59,13 @@ def load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any 
 
 def load_mimi(spec: ModelSpec, lm: Any, device: str, info: Any | None) -> Any:
     """Mimi set to the codebooks the LM needs; ValueError when no Mimi weights are given."""
-    from moshi.models import loaders
-
     if info is not None:
         return info.get_mimi(device=device)
     if spec.mimi_weights is None:
         raise ValueError("audio input and the silence user stream need Mimi: pass --mimi-weights (or --hf-repo), "
                          "or use pre-encoded --codes with --user-stream zero")
-    mimi_config = read_json_file(spec.mimi_config, "Mimi config") if spec.mimi_config else None
-    num_codebooks = max(int(lm.dep_q), int(lm.n_q) - int(lm.dep_q))
+    mimi_config = loaders.read_config_file(spec.mimi_config, "Mimi config") if spec.mimi_config else None
+    num_codebooks = loaders.mimi_codebooks(int(lm.n_q), int(lm.dep_q))
     return loaders.get_mimi(spec.mimi_weights, mimi_config, device=device, num_codebooks=num_codebooks)
 
 

@@ -7,7 +7,6 @@ digital silence) or `zero` (the model's zero token, i.e. no input).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,7 @@ from safetensors import SafetensorError, safe_open
 from .data import DataError, SequenceSource
 from .encoding import MimiSequenceEncoder
 from .fingerprint import file_identity
-from .scoring import ScoringItem
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelShape:
-    """What the data must match: own-stream codebooks, total audio codebooks, cardinality, zero token."""
-
-    dep_q: int
-    n_q: int
-    card: int
-    zero_token_id: int
-
-    @property
-    def num_user(self) -> int:
-        return self.n_q - self.dep_q
-
-    @classmethod
-    def of(cls, lm: Any) -> ModelShape:
-        return cls(int(lm.dep_q), int(lm.n_q), int(lm.card), int(lm.zero_token_id))
+from .scoring import ModelShape, ScoringItem
 
 
 def source_identity(source: SequenceSource) -> list[dict[str, Any]]:
@@ -44,7 +25,8 @@ def source_identity(source: SequenceSource) -> list[dict[str, Any]]:
 
 
 def load_codes_file(path: Path, shape: ModelShape, max_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Own codes `[dep_q, T]` and user codes `[n_q - dep_q, T]` (or None) from a codes file, checked against the model."""
+    """Own codes `[dep_q, T]` and user codes `[n_q - dep_q, T]` (or None) from a codes file, checked against the
+    model."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = list(handle.keys())

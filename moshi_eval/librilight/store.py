@@ -9,15 +9,12 @@ record is reused only by a run that would compute exactly the same thing.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from .files import read_safetensors, write_safetensors_atomic
 from .fingerprint import digest
 from .results import SequenceLosses
 
@@ -42,29 +39,15 @@ class SequenceStore:
         return self.directory / f"{key}.safetensors"
 
     def load(self, key: str) -> SequenceLosses | None:
-        path = self.path_for(key)
-        if not path.is_file():
+        entry = read_safetensors(self.path_for(key), "codebook_losses")
+        if entry is None:
             return None
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                losses = handle.get_tensor("codebook_losses")
-        except (SafetensorError, OSError):
-            return None
+        losses, metadata = entry
         if metadata.get("run_key") != self.run_key:
             return None
         return SequenceLosses(metadata["sequence_id"], losses.numpy(), json.loads(metadata.get("files", "[]")))
 
     def save(self, key: str, sequence: SequenceLosses) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(handle)
-        try:
-            metadata = {"run_key": self.run_key, "sequence_id": sequence.sequence_id,
-                        "files": json.dumps(sequence.files)}
-            save_file({"codebook_losses": torch.from_numpy(sequence.codebook_losses).contiguous()}, temporary,
-                      metadata=metadata)
-            os.replace(temporary, self.path_for(key))
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        metadata = {"run_key": self.run_key, "sequence_id": sequence.sequence_id, "files": json.dumps(sequence.files)}
+        write_safetensors_atomic(self.path_for(key), {"codebook_losses": torch.from_numpy(sequence.codebook_losses)},
+                                 metadata)

@@ -108,7 +108,8 @@ def test_default_config_has_the_released_keys_and_shapes(parity_dir: Path) -> No
 
 @torch.no_grad()
 def test_legacy_codebook_buffer_names_load_strictly(tiny_dir: Path, tiny_io: dict[str, torch.Tensor]) -> None:
-    renames = {"._codebook.embedding_sum": "._codebook.embed_avg", "._codebook.cluster_usage": "._codebook.cluster_size",
+    renames = {"._codebook.embedding_sum": "._codebook.embed_avg",
+               "._codebook.cluster_usage": "._codebook.cluster_size",
                "._codebook._initialized": "._codebook.inited"}
     legacy = {}
     for key, tensor in load_file(tiny_dir / "model.safetensors").items():

@@ -34,8 +34,10 @@ def _chunked(lm_gen: LMGen, users, owns, text, chunk: int):
         for s in range(0, users.shape[2], chunk):
             part = slice(s, s + chunk)
             forced = None if text is None else text[:, part]
-            outputs.append(lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=forced))
-    merged = [torch.cat([getattr(o, name) for o in outputs], dim=2) for name in ("tokens", "text_logits", "audio_logits")]
+            out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=forced)
+            outputs.append(out)
+    names = ("tokens", "text_logits", "audio_logits")
+    merged = [torch.cat([getattr(o, name) for o in outputs], dim=2) for name in names]
     return merged, outputs
 
 
@@ -68,7 +70,8 @@ def _counted(function, calls: dict[str, int], name: str):
 
 
 def test_greedy_chunks_mix_speculation_passes_and_single_steps(lm_case, monkeypatch):
-    """Random weights make the text unpredictable: the window falls back to single (per-step path) steps and grows again,
+    """Random weights make the text unpredictable: the window falls back to single (per-step path) steps and grows
+    again,
     and the result still equals the per-step pass (checked above); here both paths are seen to run."""
     from moshi.models import lm_chunks
 

@@ -304,7 +304,8 @@ def _install_hub(monkeypatch: pytest.MonkeyPatch, files: dict[tuple[str, str], P
 
 def test_hf_get_hub_references(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     local = tmp_path / "x.safetensors"
-    hub = _install_hub(monkeypatch, {("owner/repo", "sub/x.safetensors"): local, ("owner/other", "x.safetensors"): local})
+    hub = _install_hub(monkeypatch,
+                       {("owner/repo", "sub/x.safetensors"): local, ("owner/other", "x.safetensors"): local})
     assert loaders.hf_get("hf://owner/repo/sub/x.safetensors", revision="abc") == local
     assert loaders.hf_get("x.safetensors", hf_repo="owner/other") == local
     assert hub.calls == [("owner/repo", "sub/x.safetensors", "abc"), ("owner/other", "x.safetensors", None)]

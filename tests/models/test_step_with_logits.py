@@ -112,7 +112,8 @@ def test_one_main_and_dep_q_depformer_invocations_per_call(parity_dir):
     with lm_gen.streaming(2):
         for step in range(5):
             before = dict(calls)
-            lm_gen.step_with_logits(user_input(io["user_audio"], step), replace_tokens(io["own_audio"], lm.delays, step))
+            own = replace_tokens(io["own_audio"], lm.delays, step)
+            lm_gen.step_with_logits(user_input(io["user_audio"], step), own)
             assert calls["main"] - before["main"] == 1
             assert calls["depformer"] - before["depformer"] == lm.dep_q
 

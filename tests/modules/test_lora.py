@@ -92,7 +92,8 @@ def test_base_checkpoint_loads_into_wrapped_model() -> None:
     replace_all_linear_with_lora(target, rank=2, scaling=2.0)
     result = target.load_state_dict(source.state_dict(), strict=False)
     assert result.unexpected_keys == []
-    assert sorted(result.missing_keys) == ["0.lora_A.weight", "0.lora_B.weight", "2.0.lora_A.weight", "2.0.lora_B.weight"]
+    expected = ["0.lora_A.weight", "0.lora_B.weight", "2.0.lora_A.weight", "2.0.lora_B.weight"]
+    assert sorted(result.missing_keys) == expected
     x = torch.randn(3, 6)
     torch.testing.assert_close(target(x), source(x))
 

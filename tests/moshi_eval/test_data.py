@@ -7,7 +7,8 @@ import torch
 from librilight_helpers import chapter_metadata, tone, write_chapter, write_codes
 
 from moshi_eval.librilight.data import DataError, discover_sequences
-from moshi_eval.librilight.prepare import ModelShape, load_codes_file
+from moshi_eval.librilight.prepare import load_codes_file
+from moshi_eval.librilight.scoring import ModelShape
 
 
 def write_books(root, specs):
@@ -60,7 +61,7 @@ def test_plain_audio_files_and_lists(tmp_path):
 
 
 def test_codes_files_are_checked(tmp_path):
-    shape = ModelShape(dep_q=8, n_q=16, card=40, zero_token_id=-1)
+    shape = ModelShape(dep_q=8, n_q=16, card=40, zero_token_id=-1, delays=(0,) * 17)
     own = write_codes(tmp_path, "own", torch.randint(0, 40, (8, 30)))
     both = write_codes(tmp_path, "both", torch.cat([torch.randint(0, 40, (8, 30)), torch.full((8, 30), -1)]))
     assert ids(discover_sequences(codes=[str(tmp_path)])) == ["both", "own"]
