@@ -87,7 +87,7 @@ def _clone_tensors(value: Any) -> Any:
     return value
 
 
-def _copy_into_static(static: Any, value: Any, where: str) -> None:
+def copy_into_static(static: Any, value: Any, where: str) -> None:
     """Copy the tensors of `value` into the matching static buffers; the rest of the structure must be unchanged."""
     if isinstance(static, torch.Tensor):
         if not isinstance(value, torch.Tensor):
@@ -103,13 +103,13 @@ def _copy_into_static(static: Any, value: Any, where: str) -> None:
         if not isinstance(value, (tuple, list)) or len(value) != len(static):
             raise ValueError(f"CUDA-graphed argument {where} changed structure since the capture")
         for index, (static_item, item) in enumerate(zip(static, value)):
-            _copy_into_static(static_item, item, f"{where}[{index}]")
+            copy_into_static(static_item, item, f"{where}[{index}]")
     elif isinstance(static, dict):
         if not isinstance(value, dict) or value.keys() != static.keys():
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise ValueError(f"CUDA-graphed argument {where} was captured with keys {sorted(static)}, got {got}")
         for key, static_item in static.items():
-            _copy_into_static(static_item, value[key], f"{where}[{key!r}]")
+            copy_into_static(static_item, value[key], f"{where}[{key!r}]")
     elif isinstance(value, torch.Tensor) or not (value is static or value == static):
         raise ValueError(f"CUDA-graphed argument {where} was {static!r} at capture, got {value!r}")
 
@@ -182,7 +182,7 @@ class CUDAGraphed:
 
     @staticmethod
     def _replay(capture: _Capture, args: tuple, kwargs: dict) -> Any:
-        _copy_into_static(capture.args, args, "args")
-        _copy_into_static(capture.kwargs, kwargs, "kwargs")
+        copy_into_static(capture.args, args, "args")
+        copy_into_static(capture.kwargs, kwargs, "kwargs")
         capture.graph.replay()
         return capture.output

@@ -76,7 +76,7 @@ def test_gpu_capture_replays_with_new_inputs() -> None:
 
 
 def test_changed_keyword_names_are_reported() -> None:
-    from moshi.utils.compile import _copy_into_static
+    from moshi.utils.compile import copy_into_static
 
     with pytest.raises(ValueError, match=r"kwargs was captured with keys \[\], got \['scale'\]"):
-        _copy_into_static({}, {"scale": 3.0}, "kwargs")
+        copy_into_static({}, {"scale": 3.0}, "kwargs")
