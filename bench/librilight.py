@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
-from moshi_eval.librilight.scoring import ScoringItem, StepScorer
+from moshi_eval.scoring.scorer import ScoringItem, StepScorer
 
 DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 SPEED_CONFIG = {

@@ -7,10 +7,11 @@
 Command line: `python -m moshi_eval.librilight --help` (and `--demo`). See docs/librilight.md.
 """
 
+from ..scoring.records import SequenceLosses
+from ..scoring.sanity import NonFiniteLossError
 from .config import LibriLightConfig
 from .evaluate import evaluate_librilight, evaluate_librilight_long_context
-from .results import LibriLightResult, SequenceLosses
-from .sanity import NonFiniteLossError
+from .results import LibriLightResult
 
 __all__ = [
     "LibriLightConfig",

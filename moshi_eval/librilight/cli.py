@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..scoring.models import ModelSpec
 from .config import (
     SCORING_MODES,
     TEXT_POLICIES,
@@ -22,7 +23,6 @@ from .config import (
     parse_positions,
     position_key,
 )
-from .models import ModelSpec
 
 MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
                "lora_weights")
@@ -119,10 +119,10 @@ def print_summary(data: dict[str, Any]) -> None:
 def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from .distributed import default_device, init_distributed
+    from ..scoring.distributed import default_device, init_distributed
+    from ..scoring.models import load_lm, load_mimi, resolve_dtype
+    from ..scoring.scorer import ModelShape
     from .evaluate import evaluate_librilight, resolve_user_stream
-    from .models import load_lm, load_mimi, resolve_dtype
-    from .scoring import ModelShape
 
     settings = merged_settings(args)
     settings.setdefault("output", "librilight_results.json")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "compare":
         return run_compare(argv[1:])
     args = build_parser().parse_args(argv)
-    from .distributed import init_distributed, shutdown_distributed
+    from ..scoring.distributed import init_distributed, shutdown_distributed
 
     try:
         if getattr(args, "demo", False):

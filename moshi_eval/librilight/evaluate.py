@@ -11,19 +11,20 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .codes_cache import CodesCache, default_cache_dir
+from ..scoring.codes_cache import CodesCache, default_cache_dir
+from ..scoring.distributed import DistributedContext, init_distributed
+from ..scoring.encoding import MimiSequenceEncoder
+from ..scoring.fingerprint import digest
+from ..scoring.models import model_identity
+from ..scoring.prepare import ItemPreparer, source_identity
+from ..scoring.rank_report import RankReport
+from ..scoring.sanity import WorseThanUniformWarning
+from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
+from ..scoring.sources import DataError, SequenceSource, Skip
+from ..scoring.store import SequenceStore, store_dir_for
 from .config import LibriLightConfig, normalize_config_mapping
-from .data import DataError, SequenceSource, Skip, discover_sequences
-from .distributed import DistributedContext, init_distributed
-from .encoding import MimiSequenceEncoder
-from .fingerprint import digest
-from .models import model_identity
-from .prepare import ItemPreparer, source_identity
-from .rank_report import RankReport
+from .data import discover_sequences
 from .results import LibriLightResult, SequenceLosses
-from .sanity import WorseThanUniformWarning
-from .scoring import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
-from .store import SequenceStore, store_dir_for
 
 DEFAULT_FRAME_RATE = 12.5
 SequenceHook = Callable[[SequenceLosses], None]

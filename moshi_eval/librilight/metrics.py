@@ -15,19 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def frame_losses(codebook_losses: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Per-frame loss `[T]`: weighted mean over the defined codebooks of `[T, K]` (NaN when none is defined)."""
-    losses = np.asarray(codebook_losses, dtype=np.float64)
-    w = np.ones(losses.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (losses.shape[1],):
-        raise ValueError(f"codebook_weights has {w.shape[0]} values but the losses have {losses.shape[1]} codebooks")
-    defined = np.isfinite(losses)
-    total_weight = (defined * w).sum(axis=1)
-    weighted = np.where(defined, losses, 0.0) @ w
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total_weight > 0, weighted / np.where(total_weight > 0, total_weight, 1.0), np.nan)
-
-
 def nanmean_or_none(values: np.ndarray) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]

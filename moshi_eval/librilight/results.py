@@ -9,28 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from ..scoring.files import write_json_atomic
+from ..scoring.records import SequenceLosses
+from ..scoring.sanity import above_uniform_flags, uniform_loss
 from . import metrics
 from .config import position_key
-from .files import write_json_atomic
-from .sanity import above_uniform_flags, uniform_loss
 
 FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class SequenceLosses:
-    """One scored sequence: per-frame, per-codebook cross-entropy `[T, dep_q]` (NaN where undefined)."""
-
-    sequence_id: str
-    codebook_losses: np.ndarray
-    files: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.codebook_losses.shape[0])
-
-    def frame_losses(self, weights: list[float] | None = None) -> np.ndarray:
-        return metrics.frame_losses(self.codebook_losses, weights)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ from lm_fixtures import load_case
 
 from moshi_eval.librilight import evaluate_librilight_long_context
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.librilight.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
 def test_long_context_entry_point_takes_legacy_config(parity_dir, tmp_path):

@@ -11,7 +11,7 @@ from moshi.models.lm import LMModel
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.librilight.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
 def _per_frame(result) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 from moshi_eval.librilight.demo import DEMO_LM_CONFIG, DEMO_MIMI_CONFIG, build_demo_lm, build_demo_mimi
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.librilight.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from moshi_eval.librilight.config import position_key
-from moshi_eval.librilight.files import write_json_atomic
-from moshi_eval.librilight.results import LibriLightResult, SequenceLosses
+from moshi_eval.librilight.results import LibriLightResult
+from moshi_eval.scoring.files import write_json_atomic
+from moshi_eval.scoring.records import SequenceLosses
 
 DEP_Q = 4
 DELAYS = [0, 1, 1, 2]

@@ -10,9 +10,9 @@ from librilight_helpers import comparable, random_codes, write_codes
 from lm_fixtures import load_case
 
 from moshi_eval.librilight import evaluate_librilight
-from moshi_eval.librilight.scoring import StepScorer
+from moshi_eval.scoring.scorer import StepScorer
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.librilight.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
 class Interrupted(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .sources import DataError
 
 READ_BLOCK_SECONDS = 10.0
 

@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import torch
 
-from moshi_eval.librilight.data import Skip
-from moshi_eval.librilight.distributed import DistributedContext
-from moshi_eval.librilight.rank_report import RankReport
-from moshi_eval.librilight.results import SequenceLosses
+from moshi_eval.scoring.distributed import DistributedContext
+from moshi_eval.scoring.rank_report import RankReport
+from moshi_eval.scoring.records import SequenceLosses
+from moshi_eval.scoring.sources import Skip
 
 
 def run_ranks(world_size: int, work) -> list:

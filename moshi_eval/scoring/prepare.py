@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .data import DataError, SequenceSource
 from .encoding import MimiSequenceEncoder
 from .fingerprint import file_identity
-from .scoring import ModelShape, ScoringItem
+from .scorer import ModelShape, ScoringItem
+from .sources import DataError, SequenceSource
 
 
 def source_identity(source: SequenceSource) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from .data import Skip
-from .results import SequenceLosses
+from .records import SequenceLosses
+from .sources import Skip
 
 
 @dataclasses.dataclass

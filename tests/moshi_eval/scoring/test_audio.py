@@ -14,13 +14,14 @@ from librilight_helpers import chapter_metadata, tone, write_chapter
 from safetensors.torch import load_file
 
 from moshi_eval.librilight import evaluate_librilight
-from moshi_eval.librilight.audio import read_resampled
-from moshi_eval.librilight.codes_cache import CodesCache
-from moshi_eval.librilight.data import DataError, discover_sequences
+from moshi_eval.librilight.data import discover_sequences
 from moshi_eval.librilight.demo import build_demo_lm
-from moshi_eval.librilight.encoding import MimiSequenceEncoder
+from moshi_eval.scoring.audio import read_resampled
+from moshi_eval.scoring.codes_cache import CodesCache
+from moshi_eval.scoring.encoding import MimiSequenceEncoder
+from moshi_eval.scoring.sources import DataError
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.librilight.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 from .files import read_safetensors, write_safetensors_atomic
 from .fingerprint import digest
-from .results import SequenceLosses
+from .records import SequenceLosses
 
 
 def store_dir_for(output: str | Path) -> Path:

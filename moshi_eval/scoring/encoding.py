@@ -17,8 +17,8 @@ import torch
 
 from .audio import FrameChunker, iter_joined
 from .codes_cache import CodesCache
-from .data import SequenceSource
 from .fingerprint import digest, file_identity, weights_fingerprint
+from .sources import SequenceSource
 
 ENCODING_VERSION = 1
 
