@@ -21,6 +21,7 @@ import torch
 
 from moshi.models.compression import MimiModel
 from moshi.models.loaders import default_mimi_config
+from moshi.quantization.codebook import EuclideanCodebook
 
 
 def load_config(path: Path | None) -> dict:
@@ -35,12 +36,11 @@ def load_config(path: Path | None) -> dict:
 def randomize_codebooks(model: MimiModel, seed: int) -> None:
     """Random centroids, so that the nearest-centroid searches are not degenerate."""
     generator = torch.Generator().manual_seed(seed)
+    codebooks = [module for module in model.modules() if isinstance(module, EuclideanCodebook)]
     with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("embedding_sum"):
-                buffer.copy_(torch.randn(buffer.shape, generator=generator))
-            elif name.endswith("cluster_usage"):
-                buffer.copy_(1.0 + torch.rand(buffer.shape, generator=generator))
+        for codebook in codebooks:
+            codebook.embedding_sum.normal_(generator=generator)
+            codebook.cluster_usage.uniform_(1.0, 2.0, generator=generator)
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:

@@ -7,15 +7,21 @@ released Mimi checkpoints). Checkpoint keys: `conv.conv.conv.weight` and `convtr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
 from moshi.modules.streaming import StreamingContainer
 
 
-def check_stride(stride: int) -> None:
+def resampling_conv_kwargs(stride: int, dimension: int, causal: bool, channel_wise: bool) -> dict[str, Any]:
+    """What the down- and upsampling convolutions share: a kernel of twice the stride, no bias, optionally per
+    channel."""
     if stride < 1:
         raise ValueError(f"resampling stride must be a positive integer, got {stride}")
+    groups = dimension if channel_wise else 1
+    return {"kernel_size": 2 * stride, "stride": stride, "groups": groups, "bias": False, "causal": causal}
 
 
 class ConvDownsample1d(StreamingContainer):
@@ -23,17 +29,8 @@ class ConvDownsample1d(StreamingContainer):
 
     def __init__(self, stride: int, dimension: int, causal: bool = True, channel_wise: bool = False) -> None:
         super().__init__()
-        check_stride(stride)
-        self.conv = StreamingConv1d(
-            dimension,
-            dimension,
-            kernel_size=2 * stride,
-            stride=stride,
-            groups=dimension if channel_wise else 1,
-            bias=False,
-            causal=causal,
-            pad_mode="replicate",
-        )
+        kwargs = resampling_conv_kwargs(stride, dimension, causal, channel_wise)
+        self.conv = StreamingConv1d(dimension, dimension, pad_mode="replicate", **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -44,16 +41,8 @@ class ConvTrUpsample1d(StreamingContainer):
 
     def __init__(self, stride: int, dimension: int, causal: bool = True, channel_wise: bool = False) -> None:
         super().__init__()
-        check_stride(stride)
         self.convtr = StreamingConvTranspose1d(
-            dimension,
-            dimension,
-            kernel_size=2 * stride,
-            stride=stride,
-            groups=dimension if channel_wise else 1,
-            bias=False,
-            causal=causal,
-        )
+            dimension, dimension, **resampling_conv_kwargs(stride, dimension, causal, channel_wise))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convtr(x)

@@ -122,19 +122,19 @@ def test_speculation_window_backs_off_on_unpredictable_text_and_grows_on_success
     from moshi.models.lm_chunks import SpeculationWindow
 
     window = SpeculationWindow(length=8)
-    window.update(accepted=8, tried=8)
-    assert window.length == 16
-    window.update(accepted=5, tried=16)
-    assert window.length == 5
-    window.update(accepted=1, tried=5)
-    assert (window.length, window.hold) == (1, 2)
-    for _ in range(2):
-        window.update(accepted=1, tried=1)
-        assert window.length == 1
-    window.update(accepted=1, tried=1)
-    assert window.length == 2
-    window.update(accepted=1, tried=2)
-    assert (window.length, window.hold) == (1, 4)
+    # (accepted, tried) of a pass -> (length, hold) of the window afterwards
+    history = [
+        ((8, 8), (16, 0)),  # accepted whole: doubles
+        ((5, 16), (5, 0)),  # partly: shrinks to what was accepted
+        ((1, 5), (1, 2)),  # rejected from the second step: single steps, held for 2 passes
+        ((1, 1), (1, 1)),
+        ((1, 1), (1, 0)),
+        ((1, 1), (2, 0)),  # hold over: grows again
+        ((1, 2), (1, 4)),  # rejected again: the hold doubles
+    ]
+    for (accepted, tried), expected in history:
+        window.update(accepted=accepted, tried=tried)
+        assert (window.length, window.hold) == expected
 
 
 def test_teacher_forced_step_inputs_follow_the_fixture_layout(lm_case):

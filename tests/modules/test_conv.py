@@ -30,6 +30,14 @@ def reference_causal_conv_transpose(convtr: StreamingConvTranspose1d, x: torch.T
     return full[..., : x.shape[-1] * inner.stride[0]]
 
 
+def conv_and_signal(seed: int, out_channels: int, kernel: int, stride: int, dilation: int,
+                    pad_mode: str) -> tuple[StreamingConv1d, torch.Tensor]:
+    """A seeded conv from 3 channels and a signal `[2, 3, 12 * stride]` (12 output steps)."""
+    torch.manual_seed(seed)
+    conv = StreamingConv1d(3, out_channels, kernel, stride, dilation=dilation, pad_mode=pad_mode)
+    return conv, torch.randn(2, 3, 12 * stride)
+
+
 def stream(module: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
     with module.streaming(x.shape[0]):
         return torch.cat([module(piece) for piece in x.split(chunk, dim=-1)], dim=-1)
@@ -38,9 +46,7 @@ def stream(module: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor
 @pytest.mark.parametrize(("kernel", "stride", "dilation"), CONV_CASES)
 @pytest.mark.parametrize("pad_mode", ["constant", "replicate"])
 def test_conv_whole_signal_matches_causal_reference(kernel: int, stride: int, dilation: int, pad_mode: str) -> None:
-    torch.manual_seed(0)
-    conv = StreamingConv1d(3, 5, kernel, stride, dilation=dilation, pad_mode=pad_mode)
-    x = torch.randn(2, 3, 12 * stride)
+    conv, x = conv_and_signal(0, 5, kernel, stride, dilation, pad_mode)
     with torch.no_grad():
         y = conv(x)
         expected = reference_causal_conv(conv, x, pad_mode)
@@ -51,9 +57,7 @@ def test_conv_whole_signal_matches_causal_reference(kernel: int, stride: int, di
 @pytest.mark.parametrize(("kernel", "stride", "dilation"), CONV_CASES)
 @pytest.mark.parametrize("pad_mode", ["constant", "replicate"])
 def test_conv_streaming_equals_whole_signal(kernel: int, stride: int, dilation: int, pad_mode: str) -> None:
-    torch.manual_seed(1)
-    conv = StreamingConv1d(3, 4, kernel, stride, dilation=dilation, pad_mode=pad_mode)
-    x = torch.randn(2, 3, 12 * stride)
+    conv, x = conv_and_signal(1, 4, kernel, stride, dilation, pad_mode)
     with torch.no_grad():
         whole = conv(x)
         for chunk_steps in (1, 3):
@@ -88,35 +92,33 @@ def test_bad_lengths_and_settings_raise_clear_errors() -> None:
         StreamingConv1d(2, 2, 3, pad_mode="reflect")
 
 
+def check_reset_only_touches_masked_items(module: torch.nn.Module, channels: int, length: int, reset: list[bool]):
+    """Stream two pieces `[2, channels, length]` with a reset of the items in `reset` between them: a reset item
+    continues like a fresh stream, the others like one unbroken call."""
+    first, second = torch.randn(2, channels, length), torch.randn(2, channels, length)
+    with torch.no_grad():
+        unbroken = module(torch.cat([first, second], dim=-1))
+        unbroken = unbroken[..., unbroken.shape[-1] // 2:]
+        fresh = module(second)
+        with module.streaming(2):
+            module(first)
+            module.reset_streaming(torch.tensor(reset))
+            after_reset = module(second)
+    for item, was_reset in enumerate(reset):
+        torch.testing.assert_close(after_reset[item], (fresh if was_reset else unbroken)[item])
+
+
 @pytest.mark.parametrize("pad_mode", ["constant", "replicate"])
 def test_conv_reset_only_touches_masked_items(pad_mode: str) -> None:
     torch.manual_seed(3)
-    conv = StreamingConv1d(2, 3, 7, stride=1, dilation=2, pad_mode=pad_mode)
-    first, second = torch.randn(2, 2, 8), torch.randn(2, 2, 8)
-    with torch.no_grad():
-        unbroken = conv(torch.cat([first, second], dim=-1))[..., 8:]
-        fresh = conv(second)
-        with conv.streaming(2):
-            conv(first)
-            conv.reset_streaming(torch.tensor([False, True]))
-            after_reset = conv(second)
-    torch.testing.assert_close(after_reset[0], unbroken[0])
-    torch.testing.assert_close(after_reset[1], fresh[1])
+    check_reset_only_touches_masked_items(
+        StreamingConv1d(2, 3, 7, stride=1, dilation=2, pad_mode=pad_mode), channels=2, length=8, reset=[False, True])
 
 
 def test_conv_transpose_reset_only_touches_masked_items() -> None:
     torch.manual_seed(4)
-    convtr = StreamingConvTranspose1d(3, 2, 8, stride=4)
-    first, second = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
-    with torch.no_grad():
-        unbroken = convtr(torch.cat([first, second], dim=-1))[..., 20:]
-        fresh = convtr(second)
-        with convtr.streaming(2):
-            convtr(first)
-            convtr.reset_streaming(torch.tensor([True, False]))
-            after_reset = convtr(second)
-    torch.testing.assert_close(after_reset[0], fresh[0])
-    torch.testing.assert_close(after_reset[1], unbroken[1])
+    check_reset_only_touches_masked_items(
+        StreamingConvTranspose1d(3, 2, 8, stride=4), channels=3, length=5, reset=[True, False])
 
 
 @pytest.mark.parametrize(

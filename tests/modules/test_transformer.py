@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from streaming_checks import assert_rollback_replays
 
 from moshi.models.lm import LMModel
 from moshi.modules.transformer import StreamingMultiheadAttention, StreamingTransformer
@@ -84,14 +85,7 @@ def test_exec_mask_freezes_the_masked_item(transformer):
 
 
 def test_snapshot_and_restore_replays_the_same_outputs(transformer):
-    x = torch.randn(2, 12, 32)
-    with torch.no_grad(), transformer.streaming(2):
-        transformer(x[:, :5])
-        snapshot = transformer.checkpoint_streaming()
-        first = transformer(x[:, 5:])
-        transformer.rollback_streaming(snapshot)
-        second = transformer(x[:, 5:])
-    assert torch.equal(first, second)
+    assert_rollback_replays(transformer, torch.randn(2, 12, 32), split=5)
 
 
 def test_stacked_projection_weights_load_into_per_step_projections():

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from streaming_checks import assert_rollback_replays
 from torch.nn import functional as F
 
 from moshi.modules.ttt import (
@@ -197,14 +198,7 @@ def test_sessions_repeat_and_parameters_stay_bitwise_unchanged(variant: str) -> 
 
 def test_snapshot_and_restore() -> None:
     layer = make_layer("mlp")
-    x = torch.randn(2, 21, DIM)
-    with torch.no_grad(), layer.streaming(2):
-        layer(x[:, :9])
-        snapshot = layer.checkpoint_streaming()
-        once = layer(x[:, 9:])
-        layer.rollback_streaming(snapshot)
-        again = layer(x[:, 9:])
-    assert torch.equal(once, again)
+    assert_rollback_replays(layer, torch.randn(2, 21, DIM), split=9)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
