@@ -1,0 +1,5 @@
+"""`python -m moshi.server`."""
+
+from . import main
+
+raise SystemExit(main())

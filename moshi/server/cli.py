@@ -1,0 +1,106 @@
+"""`python -m moshi.server` / `moshi-server-py`: load a checkpoint and serve it on upstream's websocket protocol.
+
+Flags follow upstream's server (`--host`, `--port`, `--static`, `--ssl`, the checkpoint flags, `--device`, `--half`,
+`--cfg-coef`, `--no_fuse_lora`), plus `--ttt-weights`, `--mimi-config` and `--seed`. Mistakes in flags or files are
+reported as one `error:` line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+from pathlib import Path
+
+import torch
+from aiohttp import web
+
+from ..models import LMGen, checkpoint_flags
+from .app import ServerSettings, build_app, bundled_page_dir
+from .served_model import DEFAULT_SEED, ServedModel
+
+logger = logging.getLogger("moshi.server")
+
+DEFAULT_PORT = 8998
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moshi-server-py", description="Talk to a Moshi model in the browser.")
+    parser.add_argument("--host", default="localhost", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--static", help="folder of another web client to serve at / (its index.html), or `none` for "
+                                         "no page (default: this package's page)")
+    parser.add_argument("--ssl", help="folder with key.pem and cert.pem: serve https and wss")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="every conversation starts from this random seed (default: %(default)s); -1: never reseed")
+    checkpoint_flags.add_checkpoint_flags(parser)
+    checkpoint_flags.add_runtime_flags(parser)
+    return parser
+
+
+def static_dir_from_flag(value: str | None) -> Path | None:
+    """The folder `--static` names (None for `none`), checked to hold an index.html."""
+    if value is None:
+        return bundled_page_dir()
+    if value == "none":
+        return None
+    folder = Path(value)
+    if not (folder / "index.html").is_file():
+        raise ValueError(f"--static {value}: no index.html in that folder")
+    return folder
+
+
+def ssl_context_from_flag(value: str | None) -> ssl.SSLContext | None:
+    if value is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=os.path.join(value, "cert.pem"), keyfile=os.path.join(value, "key.pem"))
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"--ssl {value}: cannot load cert.pem and key.pem ({error})") from error
+    return context
+
+
+def load_served_model(args: argparse.Namespace) -> ServedModel:
+    """Resolve and load the checkpoint the flags name, ready to serve (warmed up on a GPU)."""
+    checkpoint_flags.check_cfg_coef(args.cfg_coef)
+    device = checkpoint_flags.device_from_flags(args)
+    info = checkpoint_flags.checkpoint_from_flags(args)
+    logger.info("loading Mimi from %s", info.mimi_weights)
+    mimi = info.get_mimi(device=device)
+    tokenizer = info.get_text_tokenizer()
+    logger.info("loading the LM from %s", info.moshi_weights)
+    lm = info.get_moshi(device=device, dtype=args.dtype, fuse_lora=args.fuse_lora)
+    model = ServedModel(mimi, LMGen(lm, **info.lm_gen_config), tokenizer, seed=None if args.seed < 0 else args.seed)
+    if device.type == "cuda":
+        logger.info("warming up (capturing CUDA graphs)")
+        model.warmup()
+    return model
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ServerSettings(static_dir=static_dir_from_flag(args.static))
+        ssl_context = ssl_context_from_flag(args.ssl)
+        with torch.no_grad():
+            model = load_served_model(args)
+    except checkpoint_flags.CHECKPOINT_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    scheme = "https" if ssl_context else "http"
+    logger.info("serving %s on %s://%s:%d", settings.static_dir or "no page", scheme, args.host, args.port)
+    try:
+        web.run_app(build_app(model, settings), host=args.host, port=args.port, ssl_context=ssl_context,
+                    print=None)
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
