@@ -1,0 +1,85 @@
+"""`Conversation` with a stand-in websocket: a client that never reads and a model slower than the client's audio
+both cost dropped frames (counted and logged), never unbounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from pathlib import Path
+
+import pytest
+from chat_helpers import FRAME, FakeSocket, load_demo_model, opus_pages, wav_frames
+
+from moshi.server.conversation import Conversation, ConversationStats
+from moshi.server.served_model import ServedModel
+
+FRAMES = 20
+
+
+@pytest.fixture(scope="module")
+def model(demo_checkpoint: Path) -> ServedModel:
+    return load_demo_model(demo_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def messages(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    frames = wav_frames(tmp_path_factory.mktemp("wav"), FRAMES * FRAME / 24000, seed=3)
+    return [b"\x01" + page for page in opus_pages(frames)]
+
+
+async def run_on_model_inline(function, *args):
+    """The model step inside the event loop: other tasks only run between frames, which makes the timing exact."""
+    return function(*args)
+
+
+def converse(model: ServedModel, socket_factory, **queues: int) -> ConversationStats:
+    """One conversation on the socket `socket_factory(holder)` makes; `holder` then holds the conversation."""
+    async def scenario() -> ConversationStats:
+        model.start_conversation()
+        holder: list[Conversation] = []
+        conversation = Conversation(socket_factory(holder), model, run_on_model_inline, "test-peer", **queues)
+        holder.append(conversation)
+        return await asyncio.wait_for(conversation.run(), timeout=20)
+
+    return asyncio.run(scenario())
+
+
+def frames_processed(holder: list[Conversation], count: int) -> bool:
+    return bool(holder) and holder[0].stats.frames_in >= count
+
+
+def test_a_client_that_never_reads_costs_dropped_reply_frames(model: ServedModel, messages: list[bytes],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    outbox = 3
+    sockets: list[FakeSocket] = []
+
+    def stuck_client(holder: list[Conversation]) -> FakeSocket:
+        sockets.append(FakeSocket(messages, functools.partial(frames_processed, holder, FRAMES), stuck=True))
+        return sockets[0]
+
+    with caplog.at_level(logging.INFO, logger="moshi.server"):
+        stats = converse(model, stuck_client, inbox_frames=FRAMES, outbox_frames=outbox)
+    # The inline model makes all FRAMES - 1 reply frames before the sender first runs: the queue keeps the last
+    # `outbox` of them, the sender takes one and stays stuck sending it.
+    assert (stats.frames_in, stats.dropped_in) == (FRAMES, 0)
+    assert stats.dropped_out == FRAMES - 1 - outbox
+    assert sockets[0].sent == [] and stats.frames_out == 0
+    logged = caplog.text
+    assert "the client reads too slowly" in logged and f"{stats.dropped_out} output frames" in logged
+
+
+def test_a_model_slower_than_the_audio_costs_dropped_input_frames(model: ServedModel, messages: list[bytes],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    inbox = 4
+
+    def flooding_client(holder: list[Conversation]) -> FakeSocket:
+        # All messages arrive before the model's task runs once, as if the model were far slower than real time.
+        return FakeSocket(messages, functools.partial(frames_processed, holder, inbox))
+
+    with caplog.at_level(logging.INFO, logger="moshi.server"):
+        stats = converse(model, flooding_client, inbox_frames=inbox, outbox_frames=FRAMES)
+    assert (stats.frames_in, stats.dropped_in) == (inbox, FRAMES - inbox)
+    assert stats.frames_out == inbox - 1 and stats.dropped_out == 0
+    logged = caplog.text
+    assert "the model is slower than real time" in logged and f"dropped {FRAMES - inbox} input frames" in logged
