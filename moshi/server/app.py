@@ -72,15 +72,16 @@ class ChatEndpoint:
         if not await self._wait_for_model(peer):
             await self._send_busy(ws, peer)
             return ws
+        conversation = Conversation(ws, self.model, self.run_on_model, peer, self.settings.inbox_frames,
+                                    self.settings.outbox_frames)
         try:
             await self.run_on_model(self.model.start_conversation)
             await ws.send_bytes(handshake_message())
-            stats = await Conversation(ws, self.model, self.run_on_model, peer, self.settings.inbox_frames,
-                                       self.settings.outbox_frames).run()
-            self.finished.append(stats)
+            await conversation.run()
         except ConnectionError as error:
             logger.info("%s left before the conversation started (%s)", peer, error)
         finally:
+            self.finished.append(conversation.stats)
             self.model_lock.release()
         return ws
 

@@ -8,7 +8,7 @@ The model runs on the server's single model thread so that the event loop keeps 
 queues drop their oldest frame when full (a model slower than real time, a client that reads too slowly), counted in
 the conversation's stats and logged; memory stays bounded either way. The conversation ends when the client closes
 the socket or sends something the protocol does not allow (the connection is then closed with the reason); a frame
-already on the model thread is finished before `run` returns, so the model is free for the next conversation.
+already on the model thread finishes there before the next conversation's first model call.
 """
 
 from __future__ import annotations
@@ -91,17 +91,21 @@ class Conversation:
         self.stats = ConversationStats(peer)
 
     async def run(self) -> ConversationStats:
-        stepper = asyncio.create_task(self._step_frames())
-        sender = asyncio.create_task(self._send_replies())
+        """Serve until the client leaves. Cancelling `run` (aiohttp may cancel the handler of a lost connection) ends
+        the conversation the same way; in both cases a frame already on the model thread still finishes there before
+        any later model call, since that thread runs calls in order."""
+        tasks = (asyncio.create_task(self._step_frames()), asyncio.create_task(self._send_replies()))
         try:
             self.stats.end_reason = await self._receive()
+        except asyncio.CancelledError:
+            self.stats.end_reason = "cancelled (connection lost or server stopping)"
+            raise
         finally:
             self.inbox.close(discard=True)
-            await asyncio.gather(stepper, return_exceptions=True)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
             self.stats.dropped_in, self.stats.dropped_out = self.inbox.dropped, self.outbox.dropped
-        logger.info("conversation with %s: %s", self.stats.peer, self.stats.summary())
+            logger.info("conversation with %s: %s", self.stats.peer, self.stats.summary())
         return self.stats
 
     async def _receive(self) -> str:
@@ -184,3 +188,6 @@ class Conversation:
                              self.stats.latency_ms[-1])
         except ConnectionError as error:
             logger.info("%s: cannot send any more (%s)", self.stats.peer, error)
+        except Exception:
+            logger.exception("sending to %s failed", self.stats.peer)
+            await self.ws.close(code=CloseCode.INTERNAL_ERROR, message=b"sending failed; see the server log")
