@@ -1,4 +1,4 @@
-"""The model side of a spoken conversation: 80 ms of the user's audio in, 80 ms of the model's speech and a text piece out.
+"""The model side of a spoken conversation: 80 ms of the user's audio in, 80 ms of the model's speech and text out.
 
 `ServedModel` owns Mimi and an `LMGen`, both streaming one item for the whole life of the server. Every conversation
 starts with `start_conversation()`, which resets every streaming state (Mimi's convolutions and attention caches, the
@@ -13,9 +13,9 @@ must come from one thread (the server runs them on its single model thread).
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
-import sentencepiece
 import torch
 
 from ..models import LMGen, MimiModel
@@ -26,6 +26,14 @@ DEFAULT_SEED = 42424242
 
 WORD_BOUNDARY = "\u2581"
 """Sentencepiece's marker of a word start, sent to the client as a space."""
+
+
+class TextTokenizer(Protocol):
+    """What the server needs of a text tokenizer (a `sentencepiece.SentencePieceProcessor` is one)."""
+
+    def vocab_size(self) -> int: ...
+
+    def id_to_piece(self, token: int) -> str: ...
 
 
 @dataclasses.dataclass
@@ -42,7 +50,7 @@ class ServedModel:
     `seed` None leaves the random generators alone between conversations.
     """
 
-    def __init__(self, mimi: MimiModel, lm_gen: LMGen, tokenizer: sentencepiece.SentencePieceProcessor,
+    def __init__(self, mimi: MimiModel, lm_gen: LMGen, tokenizer: TextTokenizer,
                  seed: int | None = DEFAULT_SEED) -> None:
         lm = lm_gen.lm_model
         if tokenizer.vocab_size() < lm.text_card:
