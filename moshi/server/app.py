@@ -108,8 +108,11 @@ class ChatEndpoint:
 
 
 def describe_peer(request: web.Request) -> str:
-    host, port = (request.transport.get_extra_info("peername") or ("?", 0))[:2] if request.transport else ("?", 0)
-    return f"{host}:{port}"
+    """`host:port` of the client, for the log."""
+    address = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if not address:
+        return request.remote or "unknown client"
+    return f"{address[0]}:{address[1]}"
 
 
 def build_app(model: ServedModel, settings: ServerSettings | None = None) -> web.Application:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 import sphn
 import torch
@@ -23,6 +30,8 @@ from moshi.server.served_model import ServedModel
 SAMPLE_RATE = 24000
 FRAME = 1920
 RECEIVE_TIMEOUT_S = 10.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 90
 
 
 class TokenRecorder:
@@ -180,3 +189,42 @@ class FakeSocket:
 class _Message:
     type: WSMsgType
     data: bytes
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    url: str
+    log: str = ""
+
+
+@contextlib.contextmanager
+def server_process(flags: list[str]) -> Iterator[ServerProcess]:
+    """`python -m moshi.server FLAGS` on a free loopback port (this checkout's package, one CPU thread), once it
+    listens; stopped with Ctrl-C on exit, its log (stderr) then in `.log`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "moshi.server", *flags, "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = ServerProcess(f"http://127.0.0.1:{port}")
+    try:
+        wait_until_listening(process, port)
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, running.log = process.communicate(timeout=30)
+
+
+def wait_until_listening(process: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}: {process.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"the server did not listen within {STARTUP_TIMEOUT_S} s")

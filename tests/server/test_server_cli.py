@@ -5,30 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 import torch
-from chat_helpers import FRAME, chat_server, expect_handshake, load_demo_model, opus_pages, wav_frames
+from chat_helpers import (
+    FRAME,
+    chat_server,
+    expect_handshake,
+    load_demo_model,
+    opus_pages,
+    server_process,
+    wav_frames,
+)
 
 from moshi.server import main
 from moshi.server.app import bundled_page_dir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def local_files(folder: Path) -> dict[str, str]:
@@ -58,37 +51,13 @@ async def page_and_chat(base_url: str, pages: list[bytes]) -> tuple[str, str, li
         return page, script, kinds
 
 
-def wait_until_serving(process: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            with socket.create_connection(url.removeprefix("http://").split(":"), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"the server did not listen within {STARTUP_TIMEOUT_S} s")
-
-
 def test_the_command_serves_local_files(demo_checkpoint: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-                        "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "moshi.server", *as_argv(local_files(demo_checkpoint)), "--device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_serving(process, base_url)
-        pages = opus_pages(wav_frames(tmp_path, 6 * FRAME / 24000, seed=5))
-        page, script, kinds = asyncio.run(page_and_chat(base_url, pages))
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, log = process.communicate(timeout=30)
+    pages = opus_pages(wav_frames(tmp_path, 6 * FRAME / 24000, seed=5))
+    with server_process(as_argv(local_files(demo_checkpoint)) + ["--device", "cpu"]) as server:
+        page, script, kinds = asyncio.run(page_and_chat(server.url, pages))
     assert "<title>Moshi</title>" in page and "/api/chat" in script
     assert kinds.count(1) == len(pages) - 1
-    assert "conversation with 127.0.0.1" in log and "6 frames in, 5 out" in log
+    assert "conversation with 127.0.0.1" in server.log and "6 frames in, 5 out" in server.log
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
