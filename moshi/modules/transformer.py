@@ -92,6 +92,8 @@ class AttentionState(State):
     def reset(self, reset_mask: torch.Tensor) -> None:
         super().reset(reset_mask)
         self.positions.masked_fill_(reset_mask[:, None], -1)
+        if self.device.type != "cuda" and bool(reset_mask.all()):
+            self.filled = 0  # a fresh stream reads exactly what a new one would (on CUDA the whole ring, always)
 
     def checkpoint(self, span: int | None) -> AttentionCheckpoint:
         """Keep only the slots the next `span` positions will overwrite (all of them when None), plus the small

@@ -70,6 +70,18 @@ def test_reset_of_one_item_matches_a_fresh_run(transformer):
     torch.testing.assert_close(after[:1], continued[:, 15:], atol=1e-4, rtol=0)
 
 
+def test_reset_of_every_item_replays_a_new_stream_bitwise(transformer):
+    x, y = torch.randn(2, 9, 32), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        with transformer.streaming(2):
+            new = torch.cat([transformer(piece) for piece in y.split(3, dim=1)], dim=1)
+        with transformer.streaming(2):
+            transformer(x)
+            transformer.reset_streaming()
+            after_reset = torch.cat([transformer(piece) for piece in y.split(3, dim=1)], dim=1)
+    assert torch.equal(after_reset, new)
+
+
 def test_exec_mask_freezes_the_masked_item(transformer):
     x = torch.randn(2, 8, 32)
     with torch.no_grad():
