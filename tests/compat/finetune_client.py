@@ -113,7 +113,8 @@ def run_case(case: str, workdir: Path) -> dict[str, torch.Tensor]:
 
     state = ft["utils"].TrainState(max_steps=2)
     checkpointer = ft["checkpointing"].Checkpointer(
-        model=model, state=state, config=lm_config, run_dir=workdir / "run", num_ckpt_keep=None, full_finetuning=not lora,
+        model=model, state=state, config=lm_config, run_dir=workdir / "run", num_ckpt_keep=None,
+        full_finetuning=not lora,
     )
     saved = {}
     if lora:

@@ -65,7 +65,7 @@ def main() -> None:
                   f" {sum(key.startswith('grad.') for key in outputs)} gradients")
     checkpointing_difference = _max_difference(results["lora"], results["lora_gc"])
     if checkpointing_difference > 1e-6:
-        raise SystemExit(f"error: upstream LoRA outputs differ with gradient checkpointing by {checkpointing_difference}")
+        raise SystemExit(f"error: upstream's LoRA outputs change with checkpointing: {checkpointing_difference}")
     for case in ("lora", "full"):
         path = scenario.fixture_path(case)
         safetensors.torch.save_file({key: value.contiguous() for key, value in results[case].items()}, path)
