@@ -1,9 +1,11 @@
 """Command-line flags naming a Moshi checkpoint, with upstream's spelling, for `moshi.run_inference` and `moshi.server`.
 
 `add_checkpoint_flags(parser)` adds `--hf-repo`, `--moshi-weight`, `--mimi-weight`, `--tokenizer`, `--lora-weight`,
-`--ttt-weights` and a config flag (upstream's server calls it `--config-path`, its offline inference `--config` /
-`--lm-config`); `add_runtime_flags(parser)` adds `--device`, `--half`, `--cfg-coef` and `--no_fuse_lora`.
-`checkpoint_from_flags(args)` resolves the files into a `CheckpointInfo`.
+`--ttt-weights`, `--mimi-config` and a config flag (upstream's server calls it `--config-path`, its offline inference
+`--config` / `--lm-config`); `add_runtime_flags(parser)` adds `--device`, `--half`, `--cfg-coef` and `--no_fuse_lora`.
+`checkpoint_from_flags(args)` resolves the files into a `CheckpointInfo`; `device_from_flags(args)` checks `--device`.
+Errors in `CHECKPOINT_ERRORS` are what bad flags or files raise while resolving and loading a checkpoint: commands
+report them as one `error:` line.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ import argparse
 from collections.abc import Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from .loaders import DEFAULT_REPO, CheckpointInfo
+
+CHECKPOINT_ERRORS: tuple[type[Exception], ...] = (
+    OSError, ValueError, TypeError, KeyError, NotImplementedError, RuntimeError, SafetensorError)
+"""Missing or unreadable files, configs that do not build a model, weights that do not fit it, an unusable device."""
 
 
 def add_checkpoint_flags(parser: argparse.ArgumentParser, config_flags: Sequence[str] = ("--config-path",)) -> None:
@@ -26,6 +33,7 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser, config_flags: Sequence
     parser.add_argument("--lora-weight", help="local LoRA adapter weights (safetensors)")
     parser.add_argument("--ttt-weights", help="local TTT layer weights (safetensors), merged with the LM weights")
     parser.add_argument(*config_flags, dest="config_path", help="local config.json (LM arguments and file names)")
+    parser.add_argument("--mimi-config", help="local Mimi config (JSON) for a codec other than the released one")
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +52,19 @@ def checkpoint_from_flags(args: argparse.Namespace) -> CheckpointInfo:
     return CheckpointInfo.from_hf_repo(
         args.hf_repo, moshi_weights=args.moshi_weight, mimi_weights=args.mimi_weight, tokenizer=args.tokenizer,
         config_path=args.config_path, lora_weights=args.lora_weight, ttt_weights=args.ttt_weights,
+        mimi_config_path=args.mimi_config,
     )
+
+
+def device_from_flags(args: argparse.Namespace) -> torch.device:
+    """The `--device`, refused with a clear message when it cannot run here (no CUDA GPU, unknown name)."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device}: not a torch device ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
+    return device
 
 
 def check_cfg_coef(value: float) -> None:
