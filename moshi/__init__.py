@@ -1,6 +1,7 @@
 """Moshi speech-text foundation model (fork): streaming LM, Mimi codec, exact streaming logits and TTT layers.
 
-Importing `moshi` is cheap: the subpackages `models`, `modules`, `quantization` and `utils` load on first access.
+Importing `moshi` is cheap: the subpackages `conditioners`, `models`, `modules`, `quantization` and `utils` load
+on first access.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from types import ModuleType
 
 __version__ = "0.2.13+fork.1"
 
-_SUBPACKAGES = ("models", "modules", "quantization", "utils")
+_SUBPACKAGES = ("conditioners", "models", "modules", "quantization", "utils")
 
 
 def __getattr__(name: str) -> ModuleType:
@@ -19,4 +20,4 @@ def __getattr__(name: str) -> ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["__version__", "models", "modules", "quantization", "utils"]
+__all__ = ["__version__", "conditioners", "models", "modules", "quantization", "utils"]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..conditioners import ConditionFuser, ConditionProvider, ConditionTensors
 from ..modules.norms import make_norm
 from ..modules.streaming import State, StreamingContainer, StreamingModule
 from ..modules.transformer import StreamingTransformer
@@ -134,7 +135,7 @@ class LMModel(StreamingContainer):
             dim, num_heads, main_kwargs.get("num_layers", 0), **factory)
         self.transformer = StreamingTransformer(
             d_model=dim, num_heads=num_heads, dim_feedforward=int(hidden_scale * dim), norm=norm, context=context,
-            causal=causal, ttt_blocks=ttt_blocks, **factory, **main_kwargs,
+            causal=causal, ttt_blocks=ttt_blocks, checkpointing=gradient_checkpointing, **factory, **main_kwargs,
         )
         self.out_norm = make_norm(norm, dim, **factory)
 
@@ -163,14 +164,16 @@ class LMModel(StreamingContainer):
         if depformer_dim_feedforward is None:
             depformer_dim_feedforward = int(hidden_scale * depformer_dim)
         self.depformer = StreamingTransformer(
-            d_model=depformer_dim, dim_feedforward=depformer_dim_feedforward, norm=norm, causal=causal, **factory,
-            **depformer_kwargs,
+            d_model=depformer_dim, dim_feedforward=depformer_dim_feedforward, norm=norm, causal=causal,
+            checkpointing=gradient_checkpointing, **factory, **depformer_kwargs,
         )
         self.depformer.set_streaming_detached(True)
         self.extra_heads = nn.ModuleList(
             nn.Linear(dim, extra_heads_dim, bias=False, **factory) for _ in range(extra_heads_num_heads)
         )
         self.linears = nn.ModuleList(nn.Linear(depformer_dim, card, bias=bias_proj, **factory) for _ in range(dep_q))
+        self.condition_provider: ConditionProvider | None = None
+        self.fuser: ConditionFuser | None = None
         self.to(**{k: v for k, v in factory.items() if v is not None})
         self._init_weights()
 
@@ -263,7 +266,8 @@ class LMModel(StreamingContainer):
         return x
 
     def forward_text(
-        self, sequence: torch.Tensor, sum_condition: None = None, cross_attention_src: None = None
+        self, sequence: torch.Tensor, sum_condition: torch.Tensor | None = None,
+        cross_attention_src: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Main transformer on delayed input tokens `[B, K, S]`.
 
@@ -316,11 +320,15 @@ class LMModel(StreamingContainer):
         logits = [self.linears[k](self.depformer_norms[k](out[:, k])).unflatten(0, (B, S)) for k in range(self.dep_q)]
         return torch.stack(logits, dim=1)
 
-    def forward(self, codes: torch.Tensor) -> LMOutput:
+    def forward(self, codes: torch.Tensor, condition_tensors: ConditionTensors | None = None) -> LMOutput:
         """Score `codes` `[B, K, T]` (text, own audio, user audio) in parallel, with teacher forcing.
 
         `logits[:, k, t]` predicts `codes[:, 1 + k, t]`, `text_logits[:, 0, t]` predicts `codes[:, 0, t]`.
+        `condition_tensors` completes upstream's signature (training code passes None); models here are unconditioned.
         """
+        if condition_tensors is not None:
+            raise NotImplementedError("LMModel.forward: condition_tensors must be None (this fork has no conditioned "
+                                      "models; condition_provider and fuser are None)")
         self.check_codes(codes)
         B = codes.shape[0]
         initial = self.initial_tokens(B)

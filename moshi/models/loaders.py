@@ -211,6 +211,11 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _is_safetensors(path: str | Path) -> bool:
+    """Whether `path` names a safetensors file by its suffix (upstream's name; training code imports it)."""
+    return Path(path).suffix.lower() in SAFETENSORS_SUFFIXES
+
+
 def _require_safetensors(path: str | Path, what: str) -> Path:
     """The path of an existing safetensors file; pickle-based checkpoints are refused (they can run code)."""
     path = Path(path)
@@ -221,7 +226,7 @@ def _require_safetensors(path: str | Path, what: str) -> Path:
             "Convert it once with `safetensors.torch.save_file(state_dict, 'weights.safetensors')` in a trusted "
             "session."
         )
-    if suffix not in SAFETENSORS_SUFFIXES:
+    if not _is_safetensors(path):
         raise ValueError(f"{what} {path} is not a safetensors file (expected one of {', '.join(SAFETENSORS_SUFFIXES)})")
     return _require_file(path, what)
 
@@ -327,11 +332,16 @@ class CheckpointInfo:
         self,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
-        fuse_lora: bool = False,
         load_weight: bool = True,
+        fuse_lora: bool = False,
         **kwargs: Any,
     ) -> LMModel:
-        """The LM with its weights (and LoRA / TTT weights when the checkpoint has them)."""
+        """The LM with its weights (and LoRA / TTT weights when the checkpoint has them).
+
+        `load_weight=False` builds the model without reading any weights: randomly initialised, or unallocated on
+        `device="meta"`, as training code does before `load_state_dict(..., assign=True)`. Other keyword arguments
+        go to `get_moshi_lm`, e.g. `lm_kwargs_overrides={"gradient_checkpointing": True, "lora": True}`.
+        """
         model = get_moshi_lm(
             self.moshi_weights if load_weight else None,
             lm_kwargs=self.lm_config,

@@ -9,6 +9,8 @@ import importlib
 from typing import Any
 
 _LAZY_NAMES = {
+    "StreamingConv1d": "conv",
+    "StreamingConvTranspose1d": "conv",
     "StreamingModule": "streaming",
     "StreamingTransformer": "transformer",
     "SEANetEncoder": "seanet",
@@ -24,4 +26,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LoRALinear", "SEANetDecoder", "SEANetEncoder", "StreamingModule", "StreamingTransformer"]
+__all__ = [
+    "LoRALinear",
+    "SEANetDecoder",
+    "SEANetEncoder",
+    "StreamingConv1d",
+    "StreamingConvTranspose1d",
+    "StreamingModule",
+    "StreamingTransformer",
+]

@@ -12,6 +12,7 @@ checkpoints fold the training-time weight normalisation into the weights.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,12 @@ def check_plain_norm(norm: str) -> None:
 def check_causal(causal: bool) -> None:
     if not causal:
         raise ValueError("only causal convolutions are supported (causal=True)")
+
+
+def check_trim_right_ratio(trim_right_ratio: float) -> None:
+    if trim_right_ratio != 1.0:
+        raise ValueError(f"only trim_right_ratio=1.0 is supported (causal: all trimming on the right), "
+                         f"got {trim_right_ratio}")
 
 
 class _Conv1dHolder(nn.Module):
@@ -73,7 +80,8 @@ class StreamingConv1d(StreamingModule[ConvState]):
     """Causal `Conv1d`: the input is left-padded by `(kernel_size - 1) * dilation + 1 - stride` steps.
 
     Input `[B, C_in, T]` with `T` a positive multiple of `stride`; output `[B, C_out, T // stride]`.
-    `pad_mode` is "constant" (zeros) or "replicate" (the first sample of the signal).
+    `pad_mode` is "constant" (zeros) or "replicate" (the first sample of the signal). `norm_kwargs` completes
+    upstream's signature; with plain weights it has nothing to configure.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class StreamingConv1d(StreamingModule[ConvState]):
         bias: bool = True,
         causal: bool = True,
         norm: str = "none",
+        norm_kwargs: dict[str, Any] | None = None,
         pad_mode: str = "constant",
     ) -> None:
         super().__init__()
@@ -188,10 +197,13 @@ class StreamingConvTranspose1d(StreamingModule[ConvTransposeState]):
         bias: bool = True,
         causal: bool = True,
         norm: str = "none",
+        trim_right_ratio: float = 1.0,
+        norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_causal(causal)
         check_plain_norm(norm)
+        check_trim_right_ratio(trim_right_ratio)
         if kernel_size < stride:
             raise ValueError(f"kernel_size ({kernel_size}) must be at least the stride ({stride})")
         self.convtr = _ConvTranspose1dHolder(

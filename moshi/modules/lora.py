@@ -72,8 +72,10 @@ class LoRALinear(nn.Module):
         """`x` `[..., in]` -> `[..., out]`."""
         return self.frozen_W(x) + self.scaling * self.lora_B(self.lora_A(x))
 
-    def merged_weight(self) -> torch.Tensor:
-        """`W + scaling * B @ A` `[out, in]`, computed in float32 and returned in the base weight's dtype."""
+    @torch.no_grad()
+    def merge_weight(self) -> torch.Tensor:
+        """`W + scaling * B @ A` `[out, in]`, a new tensor outside autograd (upstream's name; moshi-finetune's
+        checkpointer saves it as the merged weight), computed in float32 and returned in the base weight's dtype."""
         base = self.frozen_W.weight
         update = self.lora_B.weight.float() @ self.lora_A.weight.float()
         return (base.float() + self.scaling * update).to(base.dtype)
@@ -128,7 +130,7 @@ def _fused_linear(lora: LoRALinear) -> nn.Linear:
         lora.in_features, lora.out_features, bias=base.bias is not None, device="meta", dtype=weight.dtype
     )
     with torch.no_grad():
-        fused.weight = nn.Parameter(lora.merged_weight(), requires_grad=weight.requires_grad)
+        fused.weight = nn.Parameter(lora.merge_weight(), requires_grad=weight.requires_grad)
         if base.bias is not None:
             fused.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=base.bias.requires_grad)
     return fused

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .gating import ActivationGating
 from .norms import LayerScale, make_norm
@@ -373,7 +374,9 @@ class StreamingTransformer(StreamingModule[TransformerState]):
 
     `positional_embedding`: `rope` (rotary in attention), `sin` (added sinusoids), `sin_rope` (both) or `none`.
     `ttt_blocks` optionally maps layer index -> a test-time-training block placed after that layer's attention.
-    Remaining keyword arguments go to every layer.
+    `checkpointing`: outside streaming and with gradients enabled, each layer keeps only its input for backward and
+    runs again there (activation checkpointing; same numbers, less memory). Remaining keyword arguments go to every
+    layer.
     """
 
     def __init__(
@@ -388,6 +391,7 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         max_period: float = 10_000,
         positional_scale: float = 1.0,
         ttt_blocks: dict[int, nn.Module] | None = None,
+        checkpointing: bool = False,
         device=None,
         dtype=None,
         **layer_kwargs: Any,
@@ -401,6 +405,7 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         self.positional_embedding = positional_embedding
         self.max_period = max_period
         self.positional_scale = positional_scale
+        self.checkpointing = checkpointing
         self.rope = RotaryEmbedding(max_period) if positional_embedding in ("rope", "sin_rope") else None
         ttt_blocks = ttt_blocks or {}
         self.layers = nn.ModuleList(
@@ -427,8 +432,12 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             positions = offsets[:, None] + torch.arange(T, device=x.device)
             x = x + self.positional_scale * sin_embedding(positions, C, self.max_period, x.dtype)
         input_dtype = x.dtype
+        recompute = self.checkpointing and state is None and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, offsets, first_step)
+            if recompute:
+                x = checkpoint(layer, x, offsets, first_step, use_reentrant=False, preserve_rng_state=False)
+            else:
+                x = layer(x, offsets, first_step)
         if state is not None:
             state.offsets.add_(state.exec_mask.long() * T)
             state.steps += T

@@ -34,6 +34,16 @@ class SplitResidualVectorQuantizer(nn.Module):
         )
 
     @property
+    def semantic_quantizer(self) -> ResidualVectorQuantizer:
+        """The semantic level (upstream's name for `rvq_first`)."""
+        return self.rvq_first
+
+    @property
+    def acoustic_quantizer(self) -> ResidualVectorQuantizer:
+        """The acoustic levels (upstream's name for `rvq_rest`)."""
+        return self.rvq_rest
+
+    @property
     def dimension(self) -> int:
         return self.rvq_first.dimension
 

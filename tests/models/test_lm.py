@@ -146,3 +146,19 @@ def test_conditioning_and_guidance_are_refused(lm_case):
         lm.forward_text(torch.zeros(1, 17, 1, dtype=torch.long), sum_condition=torch.zeros(1))
     with pytest.raises(NotImplementedError, match="cross-attention"):
         LMModel(**lm_case.config, cross_attention=True)
+
+
+def _tiny_unconditioned_lm() -> LMModel:
+    torch.manual_seed(0)
+    return LMModel(delays=[0, 1], n_q=1, dep_q=1, card=8, text_card=9, dim=16, num_heads=2, num_layers=1,
+                   depformer_dim=8, depformer_num_heads=1, depformer_num_layers=1, context=4)
+
+
+def test_forward_takes_upstreams_condition_keyword_and_refuses_conditions():
+    lm = _tiny_unconditioned_lm()
+    assert lm.condition_provider is None and lm.fuser is None
+    codes = torch.randint(0, 8, (1, 2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(lm(codes=codes, condition_tensors=None).logits, lm(codes).logits, equal_nan=True)
+        with pytest.raises(NotImplementedError, match="condition_tensors must be None"):
+            lm(codes, condition_tensors={"description": (torch.zeros(1, 1, 16), torch.ones(1, 1))})

@@ -127,6 +127,11 @@ def test_missing_and_unexpected_keys_are_listed(tiny: TinyLM, tmp_path: Path) ->
     assert "transformer.layers.1.bogus.weight" in str(error.value)
 
 
+def test_is_safetensors_goes_by_the_suffix() -> None:
+    assert loaders._is_safetensors("a/model.safetensors") and loaders._is_safetensors(Path("b.sft"))
+    assert not loaders._is_safetensors("model.pt") and not loaders._is_safetensors("safetensors")
+
+
 @pytest.mark.parametrize("name", ["model.pt", "model.bin", "model.ckpt"])
 def test_pickle_checkpoints_are_refused(tiny: TinyLM, tmp_path: Path, name: str) -> None:
     path = tmp_path / name

@@ -108,3 +108,34 @@ def test_adapters_follow_requested_device_and_dtype() -> None:
 def test_rank_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rank"):
         LoRALinear(4, 4, rank=0, scaling=1.0)
+
+
+def test_merge_weight_is_the_fused_weight_outside_autograd() -> None:
+    torch.manual_seed(0)
+    layer = LoRALinear(5, 7, rank=3, scaling=1.5)
+    _randomize_adapters(layer)
+    merged = layer.merge_weight()
+    expected = layer.frozen_W.weight + 1.5 * layer.lora_B.weight @ layer.lora_A.weight
+    torch.testing.assert_close(merged, expected)
+    assert not merged.requires_grad
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(x @ merged.T, layer(x))
+
+
+def test_a_state_dict_hook_can_save_the_merged_weight_as_a_plain_linear() -> None:
+    """moshi-finetune's checkpointer writes merged weights through a state-dict hook keyed by the layer prefix."""
+    net = _small_net()
+    replace_all_linear_with_lora(net, rank=2, scaling=2.0)
+    _randomize_adapters(net)
+
+    def save_merged(module: nn.Module, destination: dict, prefix: str, *_: object) -> None:
+        destination[prefix + "weight"] = module.merge_weight()
+
+    for layer in net.modules():
+        if isinstance(layer, LoRALinear):
+            layer._register_state_dict_hook(save_merged)
+    state = {key: value for key, value in net.state_dict().items() if "lora" not in key and "frozen" not in key}
+    plain = _small_net()
+    plain.load_state_dict(state)
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(plain(x), net(x))

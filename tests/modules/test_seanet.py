@@ -42,11 +42,38 @@ def test_streaming_equals_whole_signal(steps_per_call: int) -> None:
 
 @torch.no_grad()
 def test_residual_block_adds_its_branch_to_the_skip() -> None:
-    settings = SEANetLayerSettings(true_skip=False)
-    block = SEANetResnetBlock(4, settings, dilation=2)
+    block = SEANetResnetBlock(4, dilations=[2, 1], true_skip=False)
     x = torch.randn(1, 4, 10)
     torch.testing.assert_close(block(x), block.shortcut(x) + block.block(x))
     assert block.block[1].conv.conv.dilation == (2,)
+
+
+def test_residual_block_takes_upstreams_arguments() -> None:
+    block = SEANetResnetBlock(dim=6, kernel_sizes=[5, 3, 1], dilations=[4, 2, 1], activation="ELU",
+                              activation_params={"alpha": 0.5}, norm="none", norm_params={}, causal=True,
+                              pad_mode="constant", compress=3, true_skip=True)
+    convs = [layer.conv.conv for layer in block.block[1::2]]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.dilation[0]) for c in convs] == [
+        (6, 2, 5, 4), (2, 2, 3, 2), (2, 6, 1, 1)]
+    assert block.block[0].alpha == 0.5
+    with pytest.raises(ValueError, match="as many kernel sizes as dilations"):
+        SEANetResnetBlock(4, kernel_sizes=[3, 1], dilations=[1])
+
+
+def test_layer_settings_build_upstreams_residual_blocks() -> None:
+    settings = SEANetLayerSettings(residual_kernel_size=5, dilation_base=3, n_residual_layers=2)
+    blocks = settings.residual_layers(4)
+    assert [block.block[1].conv.conv.dilation[0] for block in blocks] == [1, 3]
+    assert blocks[0].block[1].conv.conv.kernel_size == (5,)
+
+
+def test_encoder_inserts_the_mask_module_where_asked() -> None:
+    mask = torch.nn.Identity()
+    encoder = SEANetEncoder(**SMALL, mask_fn=mask, mask_position=1)
+    first_block_end = 1 + SMALL["n_residual_layers"] + 2
+    assert encoder.model[first_block_end] is mask
+    with pytest.raises(ValueError, match="mask_position"):
+        SEANetEncoder(**SMALL, mask_fn=mask, mask_position=9)
 
 
 def test_unsupported_settings_raise() -> None:
@@ -56,6 +83,8 @@ def test_unsupported_settings_raise() -> None:
         SEANetDecoder(**SMALL, causal=False)
     with pytest.raises(ValueError, match="norm"):
         SEANetEncoder(**SMALL, norm="weight_norm")
+    with pytest.raises(ValueError, match="trim_right_ratio"):
+        SEANetDecoder(**SMALL, trim_right_ratio=0.5)
 
 
 @torch.no_grad()

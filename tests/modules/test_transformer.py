@@ -135,3 +135,35 @@ def test_checkpoint_rollback_after_the_cache_wrapped(transformer, span):
             transformer.rollback_streaming(checkpoint)
             streamed = transformer(x[:, 17:])
     torch.testing.assert_close(streamed, reference[:, 17:], atol=1e-4, rtol=0)
+
+
+def _saved_bytes_and_grads(module: StreamingTransformer, x: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    """Bytes autograd keeps for backward during one forward, and the parameter gradients of `out.square().sum()`."""
+    saved = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    module.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        out = module(x)
+    out.square().sum().backward()
+    return sum(saved), [p.grad.clone() for p in module.parameters()]
+
+
+def test_checkpointing_keeps_less_for_backward_and_gives_the_same_gradients():
+    torch.manual_seed(3)
+    kwargs = {"d_model": 32, "num_heads": 4, "num_layers": 3, "dim_feedforward": 64, "causal": True,
+              "context": CONTEXT, "positional_embedding": "rope", "gating": "silu"}
+    plain = StreamingTransformer(**kwargs)
+    checkpointed = StreamingTransformer(**kwargs, checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 24, 32)
+    plain_bytes, plain_grads = _saved_bytes_and_grads(plain, x)
+    checkpointed_bytes, checkpointed_grads = _saved_bytes_and_grads(checkpointed, x)
+    assert checkpointed_bytes < plain_bytes / 3
+    for got, want in zip(checkpointed_grads, plain_grads):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad(), checkpointed.streaming(2):
+        torch.testing.assert_close(checkpointed(x), plain(x), atol=1e-5, rtol=0)

@@ -1,0 +1,191 @@
+"""Offline Moshi inference with upstream's command line: `python -m moshi.run_inference [flags] infile [outfile]`.
+
+The input (any file soundfile can read; its first channel, resampled to Mimi's sample rate) is cut into whole Mimi
+frames and streamed through Mimi and `LMGen`, which samples the model's reply with the checkpoint's `lm_gen_config`.
+The same input is given to every item of the batch (`--batch-size`, default 8); the first frame is fed twice so that the
+model sees it (its first step only primes the delayed streams), which makes each reply exactly as long as the input's
+whole frames. The text of item 0 is printed as it is generated; with `outfile`, each item's audio is written as a 24 kHz
+wav (`name-<i>.wav` when the batch has several items). Progress goes to stderr, text to stdout, and a bad flag, file or
+checkpoint ends with one `error:` line (exit status 2).
+
+Needs soundfile and soxr (`pip install 'moshi[inference]'`). Only Moshi dialogue checkpoints are supported, with
+`--cfg-coef 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from .models import checkpoint_flags
+from .models.compression import MimiModel
+from .models.lm import LMGen, LMModel
+
+SEED = 4242
+"""The seed upstream's offline inference sets, for comparable sampling."""
+
+
+class InferenceError(Exception):
+    """A problem with the input or output files that ends the command with one `error:` line."""
+
+
+@dataclasses.dataclass
+class Reply:
+    """What the model said: `text_tokens` `[B, T]`, one per returned frame; `pcm` `[B, channels, T * frame_size]`."""
+
+    text_tokens: torch.Tensor
+    pcm: torch.Tensor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moshi-inference", description="Run Moshi offline on an audio file and write its spoken reply.")
+    checkpoint_flags.add_checkpoint_flags(parser, ("--config", "--lm-config"))
+    checkpoint_flags.add_runtime_flags(parser)
+    parser.add_argument("--batch-size", type=int, default=8, help="replies sampled in parallel (default: %(default)s)")
+    parser.add_argument("infile", help="input audio file (any format soundfile reads)")
+    parser.add_argument("outfile", nargs="?", default="",
+                        help="output wav; with several batch items, name-<i>.wav for item i (default: no audio)")
+    return parser
+
+
+def audio_libraries() -> tuple[ModuleType, ModuleType]:
+    """soundfile and soxr, or an InferenceError saying how to install them."""
+    try:
+        import soundfile
+        import soxr
+    except ImportError as error:
+        raise InferenceError(f"reading and writing audio needs soundfile and soxr ({error}): "
+                             "pip install 'moshi[inference]'") from error
+    return soundfile, soxr
+
+
+def read_mono(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """First channel of the audio file at `path`, resampled to `sample_rate`, as float32 `[1, N]`."""
+    soundfile, soxr = audio_libraries()
+    try:
+        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as error:
+        raise InferenceError(f"cannot read audio file {path}: {error}") from error
+    mono = samples[:, 0]
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(mono))[None]
+
+
+def whole_frames(pcm: torch.Tensor, frame_size: int) -> list[torch.Tensor]:
+    """`pcm` `[B, C, N]` cut into `[B, C, frame_size]` frames; a last partial frame is dropped."""
+    count = pcm.shape[-1] // frame_size
+    return [pcm[..., i * frame_size: (i + 1) * frame_size] for i in range(count)]
+
+
+def output_paths(outfile: str | Path, batch_size: int) -> list[Path]:
+    """Where each batch item's wav goes: `outfile` alone, or `stem-<i>suffix` beside it for several items."""
+    path = Path(outfile)
+    if batch_size == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{index}{path.suffix}") for index in range(batch_size)]
+
+
+def text_piece(tokenizer, lm: LMModel, token: int) -> str:
+    """The printable text of one sampled text token; padding tokens print nothing."""
+    if token in (lm.text_padding_token_id, lm.end_of_text_padding_id):
+        return ""
+    return tokenizer.id_to_piece(token).replace("\u2581", " ")
+
+
+@torch.no_grad()
+def reply_to(
+    frames: Sequence[torch.Tensor], mimi: MimiModel, lm_gen: LMGen, on_text: Callable[[int], None] | None = None,
+) -> Reply:
+    """Stream `frames` (`[B, C, frame_size]` each) through Mimi and `lm_gen`; `on_text` gets item 0's text tokens.
+
+    The first frame is fed twice, as upstream does: the first step only primes the delayed streams.
+    """
+    batch_size = frames[0].shape[0]
+    texts: list[torch.Tensor] = []
+    pcms: list[torch.Tensor] = []
+    with mimi.streaming(batch_size), lm_gen.streaming(batch_size):
+        for index, frame in enumerate(frames):
+            codes = mimi.encode(frame)
+            if index == 0:
+                lm_gen.step(codes)
+            tokens = lm_gen.step(codes)
+            if tokens is None:
+                continue
+            texts.append(tokens[:, 0, 0].cpu())
+            pcms.append(mimi.decode(tokens[:, 1:]).float().cpu())
+            if on_text is not None:
+                on_text(int(texts[-1][0]))
+    return Reply(torch.stack(texts, dim=1), torch.cat(pcms, dim=-1))
+
+
+def write_wavs(pcm: torch.Tensor, paths: Sequence[Path], sample_rate: int) -> None:
+    """Item i of `pcm` `[B, C, N]` to `paths[i]` as 16-bit wav."""
+    soundfile, _ = audio_libraries()
+    for item, path in zip(pcm, paths):
+        try:
+            soundfile.write(str(path), item.T.numpy(), sample_rate, format="WAV", subtype="PCM_16")
+        except (OSError, RuntimeError) as error:
+            raise InferenceError(f"cannot write {path}: {error}") from error
+
+
+def run(args: argparse.Namespace) -> Reply:
+    """Everything `main` does, returning the reply (item 0's text is printed, wavs are written on the way)."""
+    if args.batch_size < 1:
+        raise InferenceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    checkpoint_flags.check_cfg_coef(args.cfg_coef)
+    device = checkpoint_flags.device_from_flags(args)
+    torch.manual_seed(SEED)
+    info = checkpoint_flags.checkpoint_from_flags(args)
+    if info.model_type != "moshi":
+        raise InferenceError(f"model type {info.model_type!r}: only Moshi dialogue checkpoints are supported here")
+    log("loading Mimi, the text tokenizer and Moshi")
+    mimi = info.get_mimi(device=device)
+    tokenizer = info.get_text_tokenizer()
+    lm = info.get_moshi(device=device, dtype=args.dtype, fuse_lora=args.fuse_lora)
+    pcm = read_mono(args.infile, mimi.sample_rate).to(device)
+    frames = whole_frames(pcm[None].expand(args.batch_size, -1, -1), mimi.frame_size)
+    if not frames:
+        raise InferenceError(f"{args.infile} is shorter than one Mimi frame ({mimi.frame_size} samples at "
+                             f"{mimi.sample_rate} Hz)")
+    log(f"{len(frames)} frames of {args.infile}, batch of {args.batch_size}")
+    lm_gen = LMGen(lm, **info.lm_gen_config)
+    reply = reply_to(frames, mimi, lm_gen, on_text=lambda token: print_text(text_piece(tokenizer, lm, token)))
+    print(flush=True)
+    if args.outfile:
+        paths = output_paths(args.outfile, args.batch_size)
+        write_wavs(reply.pcm, paths, mimi.sample_rate)
+        seconds = reply.pcm.shape[-1] / mimi.sample_rate
+        log(f"wrote {', '.join(map(str, paths))} ({seconds:.2f} s each)")
+    return reply
+
+
+def print_text(piece: str) -> None:
+    print(piece, end="", flush=True)
+
+
+def log(message: str) -> None:
+    print(f"[info] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (InferenceError, *checkpoint_flags.CHECKPOINT_ERRORS) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""`python -m moshi.run_inference` end to end on a small local checkpoint with random weights and a sentencepiece
+tokenizer trained here; batch 1 and 2, wavs as long as the input, the printed text, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+import soundfile
+import torch
+from safetensors.torch import save_file
+
+from moshi import run_inference
+from moshi.models.compression import MimiModel
+from moshi.models.lm import LMModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MIMI_CONFIG = {
+    "sample_rate": 24000, "channels": 1, "frame_rate": 12.5,
+    "seanet": {"channels": 1, "dimension": 16, "causal": True, "n_filters": 2, "n_residual_layers": 1,
+               "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
+               "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
+               "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True},
+    "quantizer": {"dimension": 8, "n_q": 8, "bins": 32, "input_dimension": 16, "output_dimension": 16},
+    "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
+                    "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none", "norm": "layer_norm",
+                    "positional_embedding": "rope", "dim_feedforward": 32, "input_dimension": 16,
+                    "output_dimensions": [16]},
+}
+LM_CONFIG = {
+    "dim": 32, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 32, "num_heads": 2, "num_layers": 1,
+    "hidden_scale": 2, "causal": True, "context": 50, "gating": "silu", "norm": "rms_norm_f32",
+    "positional_embedding": "rope", "depformer_dim": 16, "depformer_num_heads": 1, "depformer_num_layers": 1,
+    "depformer_multi_linear": True, "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+SENTENCES = ["hello there how are you today", "the cat sat on the mat", "moshi listens and speaks at once",
+             "a small model with random weights", "speech and text in parallel streams"]
+INPUT_RATE = 16000
+INPUT_SECONDS = 0.48  # 7680 samples at 16 kHz, 11520 at 24 kHz: six whole Mimi frames
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local repository folder: config.json, LM and Mimi weights, Mimi config and a trained tokenizer."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 20), model_prefix=str(folder / "tokenizer"), vocab_size=40,
+        model_type="unigram", hard_vocab_limit=False, minloglevel=2)
+    text_card = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size()
+    torch.manual_seed(0)
+    save_file(MimiModel.from_config(MIMI_CONFIG).state_dict(), folder / "mimi.safetensors")
+    lm_config = dict(LM_CONFIG, text_card=text_card)
+    save_file(LMModel(**lm_config).state_dict(), folder / "model.safetensors")
+    (folder / "mimi_config.json").write_text(json.dumps(MIMI_CONFIG))
+    (folder / "config.json").write_text(json.dumps(dict(
+        lm_config, moshi_name="model.safetensors", mimi_name="mimi.safetensors", tokenizer_name="tokenizer.model",
+        mimi_config_name="mimi_config.json", lm_gen_config={"temp": 0.9, "top_k": 8})))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stereo_flac(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 kHz stereo FLAC file: the command must take its first channel and resample it."""
+    path = tmp_path_factory.mktemp("audio") / "input.flac"
+    t = np.arange(int(INPUT_RATE * INPUT_SECONDS)) / INPUT_RATE
+    left, right = 0.3 * np.sin(2 * np.pi * 220 * t), np.zeros_like(t)
+    soundfile.write(path, np.stack([left, right], axis=1), INPUT_RATE)
+    return path
+
+
+def _flags(checkpoint: Path, *extra: str) -> list[str]:
+    return ["--hf-repo", str(checkpoint), "--device", "cpu", "--half", *extra]
+
+
+def test_batch_of_one_writes_the_named_wav_and_prints_the_text(checkpoint, stereo_flac, tmp_path, capsys):
+    out = tmp_path / "reply.wav"
+    args = run_inference.build_parser().parse_args(_flags(checkpoint, "--batch-size", "1", str(stereo_flac),
+                                                          str(out)))
+    reply = run_inference.run(args)
+    printed = capsys.readouterr().out
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint / "tokenizer.model"))
+    lm = LMModel(**dict(LM_CONFIG, text_card=tokenizer.vocab_size()), device="meta")
+    expected_text = "".join(run_inference.text_piece(tokenizer, lm, int(t)) for t in reply.text_tokens[0])
+    assert printed == expected_text + "\n" and expected_text.strip()
+    samples, rate = soundfile.read(out, dtype="float32")
+    assert rate == 24000 and samples.ndim == 1
+    assert len(samples) == round(INPUT_SECONDS * 24000) == reply.pcm.shape[-1]
+    np.testing.assert_allclose(samples, reply.pcm[0, 0].clamp(-1, 1).numpy(), atol=1 / 32768 + 1e-6)
+    assert not (tmp_path / "reply-0.wav").exists()
+
+
+def test_module_command_with_a_batch_of_two_writes_one_wav_per_item(checkpoint, stereo_flac, tmp_path):
+    out = tmp_path / "reply.wav"
+    result = subprocess.run(
+        [sys.executable, "-m", "moshi.run_inference", *_flags(checkpoint, "--batch-size", "2"), str(stereo_flac),
+         str(out)], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr
+    lengths = []
+    for index in range(2):
+        samples, rate = soundfile.read(tmp_path / f"reply-{index}.wav", dtype="float32")
+        assert rate == 24000
+        lengths.append(len(samples))
+    assert lengths == [round(INPUT_SECONDS * 24000)] * 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--cfg-coef", "2"], "classifier-free guidance"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--moshi-weight", "missing.safetensors"], "missing.safetensors"),
+    (["--moshi-weight", "weights.pt"], "pickle"),
+])
+def test_bad_flags_end_with_one_error_line(checkpoint, stereo_flac, capsys, extra, message):
+    assert run_inference.main(_flags(checkpoint, *extra, str(stereo_flac))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_unreadable_or_too_short_input_is_named(checkpoint, tmp_path, capsys):
+    missing = tmp_path / "nothing.wav"
+    assert run_inference.main(_flags(checkpoint, str(missing))) == 2
+    assert str(missing) in capsys.readouterr().err
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.zeros(100), 24000)
+    assert run_inference.main(_flags(checkpoint, str(short))) == 2
+    assert "shorter than one Mimi frame" in capsys.readouterr().err
