@@ -116,7 +116,11 @@ def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
 
 
 class StepScorer:
-    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time."""
+    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time.
+
+    Losses are checked every `check_every` steps and when a sequence ends: a non-finite loss stops the run then, naming
+    the sequence, frame and codebook.
+    """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
                  top_k_text: int = 25, check_every: int = 250) -> None:
@@ -299,7 +303,8 @@ class ChunkedScorer:
 
     Sequences run in batches of `batch_size` from their first frame together; a sequence shorter than the longest of its
     batch keeps running on padding whose outputs are never read (each item only sees its own past). Text policies
-    `greedy` (speculation) and `pad`. `acceptance_rate` is the share of main-transformer steps that were kept.
+    `greedy` (speculation) and `pad`. `acceptance_rate` is the share of main-transformer steps that were kept. A
+    non-finite loss stops the run at the end of the chunk that produced it.
     """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", chunk_size: int = 64) -> None:
@@ -369,20 +374,28 @@ class ChunkedScorer:
             count = out.audio_logits.shape[2]
             if count == 0:
                 continue
-            chunk_losses = token_cross_entropy(out.audio_logits, targets[:, :, done: done + count])
-            losses[:, done: done + count] = chunk_losses.transpose(1, 2).cpu()
+            chunk_losses = token_cross_entropy(out.audio_logits, targets[:, :, done: done + count]).transpose(1, 2)
+            losses[:, done: done + count] = chunk_losses.cpu()
+            self._raise_on_non_finite(batch, losses[:, done: done + count], done)
             done += count
             if on_frames is not None:
                 on_frames(sum(min(item.num_frames, done) - min(item.num_frames, done - count) for item in batch))
         return [self._finalize(item, losses[b]) for b, item in enumerate(batch)]
 
+    def _raise_on_non_finite(self, batch: Sequence[ScoringItem], chunk_losses: torch.Tensor, start: int) -> None:
+        """NonFiniteLossError for the first non-finite loss of a chunk `[B, C, dep_q]` (frames from `start`) at a
+        defined frame and codebook of an item (padding frames of shorter items are never read)."""
+        frames = torch.arange(start, start + chunk_losses.shape[1])[:, None]
+        own_delays = torch.tensor(self.shape.own_delays)[None, :]
+        for item, losses in zip(batch, chunk_losses):
+            defined = frames + own_delays < item.num_frames
+            bad = (defined & ~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                raise NonFiniteLossError(item.sequence_id, start + int(bad[0, 0]), int(bad[0, 1]))
+
     def _finalize(self, item: ScoringItem, losses: torch.Tensor) -> np.ndarray:
-        """The item's own frames, NaN where a codebook's frame is undefined; a non-finite loss is an error."""
+        """The item's own frames, NaN where a codebook's frame is undefined (non-finite losses were errors already)."""
         length = item.num_frames
         result = losses[:length].numpy().astype(np.float32, copy=True)
-        defined = ~undefined_predictions(length, self.shape.own_delays)
-        bad = np.argwhere(defined & ~np.isfinite(result))
-        if len(bad):
-            raise NonFiniteLossError(item.sequence_id, int(bad[0, 0]), int(bad[0, 1]))
-        result[~defined] = np.nan
+        result[undefined_predictions(length, self.shape.own_delays)] = np.nan
         return result
