@@ -66,7 +66,9 @@ class LMModel(StreamingContainer):
 
     `depformer_*` arguments configure the depformer; other keyword arguments (gating, positional_embedding,
     max_period, layer_scale, num_layers, ...) go to both transformers, `depformer_*` overriding them for the depformer.
-    `ttt`: optional test-time-training configuration (see `moshi.modules.ttt.TTTConfig`) for the main transformer.
+    `ttt`: optional test-time-training configuration for the main transformer: a `moshi.modules.ttt.TTTConfig`, its
+    dict, or a moshi-finetune `ttt:` training section (`TTTConfig.from_section`). Streaming a config whose mini-batch is
+    non-causal warns once and computes its causal form.
     """
 
     def __init__(
@@ -130,13 +132,16 @@ class LMModel(StreamingContainer):
         self.text_emb = embedding(text_card + 1, dim)
         self.text_linear = nn.Linear(dim, self.text_card_out, bias=bias_proj, **factory)
         main_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("depformer_")}
-        self.ttt_config = ttt if ttt is None or isinstance(ttt, TTTConfig) else TTTConfig.from_dict(ttt)
-        ttt_blocks = {} if self.ttt_config is None else self.ttt_config.build_blocks(
-            dim, num_heads, main_kwargs.get("num_layers", 0), **factory)
+        self.ttt_config = ttt if ttt is None or isinstance(ttt, TTTConfig) else TTTConfig.from_section(ttt)
+        num_layers = main_kwargs.get("num_layers", 0)
+        ttt_blocks = {} if self.ttt_config is None else self.ttt_config.build_blocks(dim, num_heads, num_layers, **factory)
         self.transformer = StreamingTransformer(
             d_model=dim, num_heads=num_heads, dim_feedforward=int(hidden_scale * dim), norm=norm, context=context,
             causal=causal, ttt_blocks=ttt_blocks, checkpointing=gradient_checkpointing, **factory, **main_kwargs,
         )
+        if self.ttt_config is not None:
+            for index, layer_context in self.ttt_config.attention_contexts(num_layers).items():
+                self.transformer.layers[index].self_attn.context = layer_context
         self.out_norm = make_norm(norm, dim, **factory)
 
         num_inputs = 1
@@ -185,6 +190,11 @@ class LMModel(StreamingContainer):
             for child in layer.children():
                 if not isinstance(child, TTTBlock):
                     child.apply(init_scaled_normal_)
+
+    def _init_streaming_state(self, batch_size: int) -> State:
+        if self.ttt_config is not None:
+            self.ttt_config.warn_if_streamed_non_causal()
+        return super()._init_streaming_state(batch_size)
 
     @property
     def initial_token_id(self) -> int:

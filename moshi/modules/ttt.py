@@ -1,203 +1,62 @@
 """Test-time training (TTT): a sequence layer whose hidden state is a small model trained while the stream is read.
 
-Per head, the hidden state is an inner model `g` (one linear map, or a two-layer tanh-GELU MLP) used as
-`f(x) = x + LN(g(x))`. Every token is a training example for `f`: from its key `k_u` it should rebuild its value `v_u`,
-so the inner loss is `l_u(W) = 1/2 ||LN(g(k_u; W)) - (v_u - k_u)||^2`. Tokens form mini-batches of `b` consecutive
-positions, aligned to position 0 of the stream. Inside a mini-batch every gradient is taken at the weights `W0` the
-mini-batch starts from, and the query of its `i`-th token (1-based) reads
+Per head, the hidden state is an inner model `g` (one linear map, or a tanh-GELU MLP) used as `f(x) = x + LN(g(x))`.
+Every token is a training example for `f`: from its key `k_u` it should rebuild its value `v_u`, so the inner loss is
+`l_u(W) = 1/2 ||LN(g(k_u; W)) - (v_u - k_u)||^2`. Tokens form mini-batches of `b` consecutive positions, aligned to
+position 0 of the stream. Inside a mini-batch every gradient is taken at the weights `W0` the mini-batch starts from,
+and (reference TTT, ttt-lm-pytorch) the query of its `i`-th token (1-based) reads
 
     W_i = W0 - (1 / i) * sum_{u <= i} eta_u * grad l_u(W0),    eta_u = base_lr * sigmoid(x_u . w_h + c_h) / head_dim
 
-The next mini-batch starts from `W_b`. The causal sum is computed in "dual form" (token-to-token products, no `W_i` is
+The next mini-batch starts from `W_b`. The sum is computed in "dual form" (token-to-token products, no `W_i` is
 materialised). When streaming, the gradient sum of the tokens already read in the open mini-batch is kept in the state,
-so any chunking gives the same outputs as one pass over the whole sequence. `docs/ttt.md` has the details.
+so any chunking gives the same outputs as one pass over the whole sequence.
+
+`TTTConfig` also describes the variant our users trained with moshi-finetune (`TTTConfig.from_moshi_finetune`): each
+way it departs from the reference is one named field. `docs/ttt.md` has the details and the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .streaming import State, StreamingContainer, StreamingModule
+from .ttt_finetune import FINETUNE_KEYS, finetune_section_settings
+from .ttt_inner import (
+    NORM_EPS,
+    FastWeights,
+    KeyPass,
+    advance_fast_weights,
+    dual_form_queries,
+    gelu_tanh,
+    gelu_tanh_derivative,
+    head_layer_norm,
+    head_layer_norm_l2_grad,
+    inner_forward,
+    inner_key_pass,
+    inner_loss,
+    minibatch_rope_angles,
+    normalized_target,
+    rotate_adjacent_pairs,
+    weighted_gradient_sum,
+)
 
 VARIANTS = ("linear", "mlp")
 DEFAULT_BASE_LR = {"linear": 1.0, "mlp": 0.1}
-NORM_EPS = 1e-6
-_GELU_SCALE = math.sqrt(2.0 / math.pi)
-_GELU_CUBIC = 0.044715
-
-FastWeights = dict[str, torch.Tensor]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Inner model math (fp32). Fast weights: `W{l}` `[B, H, in, out]`, `b{l}` `[B, H, 1, out]`; tokens `[B, H, n, hd]`.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def gelu_tanh_derivative(x: torch.Tensor) -> torch.Tensor:
-    """d/dx of the tanh approximation of GELU, `0.5 * x * (1 + tanh(s * (x + c * x^3)))`."""
-    t = torch.tanh(_GELU_SCALE * (x + _GELU_CUBIC * x.pow(3)))
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_SCALE * (1 + 3 * _GELU_CUBIC * x * x)
-
-
-def _standardize(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(z - mean) / std` over the last dim, and `1 / std` (biased variance, eps inside the root)."""
-    centered = z - z.mean(-1, keepdim=True)
-    inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + NORM_EPS)
-    return centered * inv_std, inv_std
-
-
-def head_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Per-head LayerNorm of `z` `[B, H, n, hd]` with `weight`, `bias` `[H, hd]`."""
-    z_hat, _ = _standardize(z)
-    return z_hat * weight[:, None, :] + bias[:, None, :]
-
-
-def head_layer_norm_l2_grad(
-    z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """Gradient w.r.t. `z` `[B, H, n, hd]` of each token's `1/2 ||LN(z) - target||^2`, in closed form."""
-    z_hat, inv_std = _standardize(z)
-    scale = weight[:, None, :]
-    grad_hat = (z_hat * scale + bias[:, None, :] - target) * scale
-    mean_grad = grad_hat.mean(-1, keepdim=True)
-    mean_projection = (grad_hat * z_hat).mean(-1, keepdim=True)
-    return inv_std * (grad_hat - mean_grad - z_hat * mean_projection)
-
-
-def fast_layer_names(weights: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
-    """`[("W1", "b1"), ...]`: the inner model's layers in order."""
-    count = sum(1 for name in weights if name.startswith("W"))
-    return [(f"W{i}", f"b{i}") for i in range(1, count + 1)]
-
-
-def inner_forward(x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """`g(x)` before the inner LayerNorm, for `x` `[B, H, n, hd]` and fast weights `[B, H, ...]` (or `[H, ...]`)."""
-    for index, (w, b) in enumerate(fast_layer_names(weights)):
-        if index:
-            x = gelu_tanh(x)
-        x = x @ weights[w] + weights[b]
-    return x
-
-
-def inner_loss(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    weights: Mapping[str, torch.Tensor],
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-) -> torch.Tensor:
-    """Per-token reconstruction loss `1/2 ||LN(g(k)) - (v - k)||^2` `[B, H, n]`."""
-    prediction = head_layer_norm(inner_forward(keys, weights), norm_weight, norm_bias)
-    return 0.5 * (prediction - (values - keys)).pow(2).sum(-1)
-
-
-@dataclasses.dataclass
-class KeyPass:
-    """What the inner model saw on each key, and each token's loss gradient at the layer outputs.
-
-    layer_inputs[l]: `[B, H, n, in_l]`; output_grads[l]: `[B, H, n, out_l]` (d l_u / d pre-activation of layer l);
-    output: `g(k)` before the LayerNorm `[B, H, n, hd]`. Then `grad_W_l l_u = layer_inputs[l][u]^T output_grads[l][u]`.
-    """
-
-    layer_inputs: list[torch.Tensor]
-    output_grads: list[torch.Tensor]
-    output: torch.Tensor
-
-
-def inner_key_pass(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    weights: Mapping[str, torch.Tensor],
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-) -> KeyPass:
-    """Forward the keys through `g` and back-propagate each token's inner loss analytically."""
-    layers = fast_layer_names(weights)
-    inputs: list[torch.Tensor] = []
-    pre_activations: list[torch.Tensor] = []
-    x = keys
-    for index, (w, b) in enumerate(layers):
-        if index:
-            x = gelu_tanh(pre_activations[-1])
-        inputs.append(x)
-        pre_activations.append(x @ weights[w] + weights[b])
-    grad = head_layer_norm_l2_grad(pre_activations[-1], values - keys, norm_weight, norm_bias)
-    grads = [grad]
-    for index in range(len(layers) - 1, 0, -1):
-        weight = weights[layers[index][0]]
-        grad = (grad @ weight.transpose(-1, -2)) * gelu_tanh_derivative(pre_activations[index - 1])
-        grads.insert(0, grad)
-    return KeyPass(inputs, grads, pre_activations[-1])
-
-
-def weighted_gradient_sum(key_pass: KeyPass, token_weights: torch.Tensor) -> FastWeights:
-    """`sum_u token_weights[u] * grad l_u` for every fast weight; `token_weights` `[B, H, n]`."""
-    sums: FastWeights = {}
-    for index, (inputs, grads) in enumerate(zip(key_pass.layer_inputs, key_pass.output_grads, strict=True), start=1):
-        scaled = grads * token_weights[..., None]
-        sums[f"W{index}"] = inputs.transpose(-1, -2) @ scaled
-        sums[f"b{index}"] = scaled.sum(-2, keepdim=True)
-    return sums
-
-
-def dual_form_queries(
-    queries: torch.Tensor,
-    key_pass: KeyPass,
-    eta: torch.Tensor,
-    inv_index: torch.Tensor,
-    weights: Mapping[str, torch.Tensor],
-    pending: Mapping[str, torch.Tensor] | None,
-) -> torch.Tensor:
-    """`g(q_t; W_t)` before the LayerNorm for the `n` queries of one mini-batch segment `[B, H, n, hd]`.
-
-    `W_t = W0 - inv_index[t] * (pending + sum_{u <= t} eta[u] grad l_u(W0))`, expanded layer by layer as
-    `x W_t + b_t = x W0 + b0 - inv_index[t] * (x P_W + P_b + sum_{u <= t} eta[u] (x . in_u + 1) grad_u)`.
-    eta: `[B, H, n]` per key; inv_index: `[B, 1, n, 1]` per query; pending: sums of earlier tokens of the mini-batch.
-    """
-    n = queries.shape[2]
-    causal_eta = torch.tril(eta[:, :, None, :].expand(-1, -1, n, -1))
-    x = queries
-    for index, (w, b) in enumerate(fast_layer_names(weights)):
-        if index:
-            x = gelu_tanh(x)
-        key_inputs, key_grads = key_pass.layer_inputs[index], key_pass.output_grads[index]
-        correction = ((x @ key_inputs.transpose(-1, -2) + 1) * causal_eta) @ key_grads
-        if pending is not None:
-            correction = correction + x @ pending[w] + pending[b]
-        x = x @ weights[w] + weights[b] - inv_index * correction
-    return x
-
-
-def advance_fast_weights(
-    weights: Mapping[str, torch.Tensor],
-    pending: Mapping[str, torch.Tensor] | None,
-    segment_sums: Mapping[str, torch.Tensor],
-    completes: torch.Tensor,
-    mini_batch_size: int,
-) -> tuple[FastWeights, FastWeights]:
-    """Fast weights and pending sums after a segment; items where `completes` `[B]` closed their mini-batch step.
-
-    The differentiable counterpart of `TTTState.absorb`, used by the parallel (training) form.
-    """
-    new_weights: FastWeights = {}
-    new_pending: FastWeights = {}
-    for name, segment_sum in segment_sums.items():
-        total = segment_sum if pending is None else pending[name] + segment_sum
-        closed = completes.view(-1, *([1] * (total.dim() - 1)))
-        new_weights[name] = torch.where(closed, weights[name] - total / mini_batch_size, weights[name])
-        new_pending[name] = torch.where(closed, torch.zeros_like(total), total)
-    return new_weights, new_pending
+STEP_DIVISORS = ("position", "mini_batch")
+CAUSAL_STREAMING_NOTE = (
+    "this TTT config reads each mini-batch non-causally (minibatch_causal=False, as moshi-finetune trains), which "
+    "cannot stream, so streaming computes its causal form (minibatch_causal=True: each frame reads the frames of its "
+    "mini-batch up to itself, no padding)"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -275,15 +134,26 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"TTT {name} must be a positive integer, got {value!r}")
 
 
+def _check_positive_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"TTT {name} must be a positive number, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if type(value) is not bool:
+        raise ValueError(f"TTT {name} must be true or false, got {value!r}")
+
+
 class TTTLayer(StreamingModule[TTTState]):
-    """TTT-Linear / TTT-MLP sequence layer on `[B, T, dim]`, configured by a `TTTConfig` (variant, mini-batch size,
-    learning rate, MLP width).
+    """TTT-Linear / TTT-MLP sequence layer on `[B, T, dim]`, configured by a `TTTConfig`.
 
     Parameters: `wq`, `wk`, `wv`, `wo` (linear with bias, dim -> dim), `lr_gate` (linear dim -> H: the per-head
-    learning-rate gate), the learned initial fast weights `W1` `[H, hd, hd']`, `b1` `[H, 1, hd']` (+ `W2`
-    `[H, hd', hd]`, `b2` `[H, 1, hd]` for the MLP, hd' = mlp_expansion * hd), the inner LayerNorm `ttt_norm_weight`,
-    `ttt_norm_bias` `[H, hd]` and the output LayerNorm `post_norm`. Inference never writes to the parameters: fast
-    weights live in the streaming state. `inner_loss_hook`, when set, receives an `InnerLossTrace` per segment.
+    learning-rate gate), the learned initial fast weights `W{l}` `[H, d_{l-1}, d_l]`, `b{l}` `[H, 1, d_l]` with
+    `d = config.inner_dims(head_dim)` (`[hd, hd]` for TTT-Linear, `[hd, e * hd, hd]` for the default TTT-MLP), the
+    inner LayerNorm `ttt_norm_weight`, `ttt_norm_bias` `[H, hd]` and the output LayerNorm `post_norm`. Inference never
+    writes to the parameters: fast weights live in the streaming state. Streaming always computes the causal form of
+    the mini-batch (see `TTTConfig.minibatch_causal`). `inner_loss_hook`, when set, receives an `InnerLossTrace` per
+    segment.
     """
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig | None = None, device=None, dtype=None) -> None:
@@ -296,6 +166,9 @@ class TTTLayer(StreamingModule[TTTState]):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        if self.config.rope and self.head_dim % 2:
+            raise ValueError(f"TTT rope needs an even head dim, got {self.head_dim} (dim {dim} / {num_heads} heads)")
+        self.inner_dims = self.config.inner_dims(self.head_dim)
         self.variant = self.config.variant
         self.mini_batch_size = self.config.mini_batch_size
         self.base_lr = self.config.learning_rate
@@ -315,12 +188,12 @@ class TTTLayer(StreamingModule[TTTState]):
         self.reset_parameters()
 
     def fast_weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes `[H, ...]` of the learned initial fast weights, by name."""
-        H, hd = self.num_heads, self.head_dim
-        if self.variant == "linear":
-            return {"W1": (H, hd, hd), "b1": (H, 1, hd)}
-        hidden = self.mlp_expansion * hd
-        return {"W1": (H, hd, hidden), "b1": (H, 1, hidden), "W2": (H, hidden, hd), "b2": (H, 1, hd)}
+        """Shapes `[H, ...]` of the learned initial fast weights, by name (`W1`, `b1`, `W2`, ...)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for index, (fan_in, fan_out) in enumerate(zip(self.inner_dims[:-1], self.inner_dims[1:]), start=1):
+            shapes[f"W{index}"] = (self.num_heads, fan_in, fan_out)
+            shapes[f"b{index}"] = (self.num_heads, 1, fan_out)
+        return shapes
 
     def reset_parameters(self) -> None:
         """Projections and initial weights ~ N(0, 0.02), biases 0, LayerNorms to identity."""
@@ -346,8 +219,12 @@ class TTTLayer(StreamingModule[TTTState]):
 
     # -- projections ---------------------------------------------------------------------------------------------------
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys, values `[B, H, T, hd]` and learning rates eta `[B, H, T]`, all fp32."""
+    def _project(
+        self, x: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values `[B, H, T, hd]` and learning rates eta `[B, H, T]`, all fp32, for `x` `[B, T, dim]`
+        whose first token sits at stream position `start` `[B]` (the RoPE phase)."""
+        config = self.config
         x = x.to(self.wq.weight.dtype)
 
         def heads(projected: torch.Tensor) -> torch.Tensor:
@@ -355,11 +232,23 @@ class TTTLayer(StreamingModule[TTTState]):
 
         gate = F.linear(x.float(), self.lr_gate.weight.float(), self.lr_gate.bias.float())
         eta = (self.base_lr / self.head_dim) * torch.sigmoid(gate).transpose(1, 2)
-        return heads(self.wq(x)), heads(self.wk(x)), heads(self.wv(x)), eta
+        q, k, v = heads(self.wq(x)), heads(self.wk(x)), heads(self.wv(x))
+        if config.qk_l2_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if config.rope:
+            positions = (start[:, None] + torch.arange(x.shape[1], device=x.device)) % self.mini_batch_size
+            angles = minibatch_rope_angles(positions, self.head_dim, config.rope_theta)
+            q, k = rotate_adjacent_pairs(q, angles), rotate_adjacent_pairs(k, angles)
+        if config.target_norm:
+            norm_weight, norm_bias = self._norm_params()
+            v = k + normalized_target(v - k, norm_weight, norm_bias)
+        return q, k, v, eta
 
     def _output(self, inner_out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """`[B, H, T, hd]` fp32 -> post LayerNorm over dim -> `wo` -> `[B, T, dim]` in `dtype`."""
+        """`[B, H, T, hd]` fp32 -> heads concatenated -> (post LayerNorm over dim -> `wo`) -> `[B, T, dim]` in `dtype`."""
         merged = inner_out.transpose(1, 2).flatten(2)
+        if not self.config.output_projection:
+            return merged.to(dtype)
         normed = F.layer_norm(
             merged, (self.dim,), self.post_norm.weight.float(), self.post_norm.bias.float(), self.post_norm.eps
         )
@@ -370,6 +259,12 @@ class TTTLayer(StreamingModule[TTTState]):
     def _norm_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.ttt_norm_weight.float(), self.ttt_norm_bias.float()
 
+    def _step_sizes(self, index: torch.Tensor) -> torch.Tensor:
+        """`[B, n]`: the factor of the gradient sum that token `index` (1-based within its mini-batch) reads."""
+        if self.config.inner_step_divisor == "position":
+            return index.to(torch.float32).reciprocal()
+        return torch.full(index.shape, 1.0 / self.mini_batch_size, device=index.device)
+
     def _segment(
         self,
         q: torch.Tensor,
@@ -379,23 +274,26 @@ class TTTLayer(StreamingModule[TTTState]):
         weights: FastWeights,
         pending: FastWeights | None,
         start: torch.Tensor,
+        causal: bool,
     ) -> tuple[torch.Tensor, FastWeights, torch.Tensor]:
         """Read `n` tokens that stay inside one mini-batch of every item; `start` `[B]` is each item's position.
 
         Returns the outputs `q + LN(g(q; W_t))` `[B, H, n, hd]`, the segment's eta-weighted gradient sums and which
-        items `[B]` complete their mini-batch with it.
+        items `[B]` complete their mini-batch with it. Not `causal`: every query reads the whole segment.
         """
         n = q.shape[2]
+        eps = self.config.ln_eps
         first = start % self.mini_batch_size
         index = first[:, None] + torch.arange(1, n + 1, device=q.device)
-        inv_index = index.to(q.dtype).reciprocal()[:, None, :, None]
+        steps = self._step_sizes(index)
+        read_scale = (self.config.query_update_count * steps)[:, None, :, None]
         norm_weight, norm_bias = self._norm_params()
-        key_pass = inner_key_pass(k, v, weights, norm_weight, norm_bias)
-        inner_q = dual_form_queries(q, key_pass, eta, inv_index, weights, pending)
-        out = q + head_layer_norm(inner_q, norm_weight, norm_bias)
+        key_pass = inner_key_pass(k, v, weights, norm_weight, norm_bias, eps)
+        inner_q = dual_form_queries(q, key_pass, eta, read_scale, weights, pending, causal)
+        out = q + head_layer_norm(inner_q, norm_weight, norm_bias, eps)
         segment_sums = weighted_gradient_sum(key_pass, eta)
         if self.inner_loss_hook is not None:
-            self._trace_inner_loss(k, v, key_pass, weights, pending, segment_sums, start, index[:, -1])
+            self._trace_inner_loss(k, v, key_pass, weights, pending, segment_sums, start, steps[:, -1])
         return out, segment_sums, first + n == self.mini_batch_size
 
     @torch.no_grad()
@@ -408,18 +306,18 @@ class TTTLayer(StreamingModule[TTTState]):
         pending: FastWeights | None,
         segment_sums: FastWeights,
         start: torch.Tensor,
-        last_index: torch.Tensor,
+        last_step: torch.Tensor,
     ) -> None:
+        eps = self.config.ln_eps
         norm_weight, norm_bias = self._norm_params()
-        prediction = head_layer_norm(key_pass.output, norm_weight, norm_bias)
+        prediction = head_layer_norm(key_pass.output, norm_weight, norm_bias, eps)
         before = 0.5 * (prediction - (v - k)).pow(2).sum(-1).mean(-1)
         after_weights = {}
         for name, total in segment_sums.items():
             if pending is not None:
                 total = total + pending[name]
-            scale = last_index.to(total.dtype).view(-1, *([1] * (total.dim() - 1)))
-            after_weights[name] = weights[name] - total / scale
-        after = inner_loss(k, v, after_weights, norm_weight, norm_bias).mean(-1)
+            after_weights[name] = weights[name] - total * last_step.view(-1, *([1] * (total.dim() - 1)))
+        after = inner_loss(k, v, after_weights, norm_weight, norm_bias, eps).mean(-1)
         hook = self.inner_loss_hook
         if hook is not None:
             hook(InnerLossTrace(start.clone(), k.shape[2], before, after))
@@ -435,20 +333,56 @@ class TTTLayer(StreamingModule[TTTState]):
             begin = end
         return bounds
 
-    def _run_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """A whole sequence from position 0, differentiable w.r.t. every parameter."""
+    def _scan(
+        self,
+        bounds: list[tuple[int, int]],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        eta: torch.Tensor,
+        weights: FastWeights,
+        pending: FastWeights | None,
+        causal: bool,
+    ) -> tuple[torch.Tensor, FastWeights, FastWeights | None]:
+        """Mini-batch pieces `bounds` of one parallel pass (positions relative to `q`'s first token, which is at
+        absolute position `bounds[0][0]`): outputs `[B, H, n, hd]` and the fast weights and pending sums after them."""
+        offset = bounds[0][0]
+        outputs = []
+        for begin, end in bounds:
+            piece = slice(begin - offset, end - offset)
+            start = torch.full((q.shape[0],), begin, dtype=torch.long, device=q.device)
+            out, sums, completes = self._segment(
+                q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], weights, pending, start, causal
+            )
+            weights, pending = advance_fast_weights(weights, pending, sums, completes, self.mini_batch_size)
+            outputs.append(out)
+        return torch.cat(outputs, dim=2), weights, pending
+
+    def _run_parallel(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor, causal: bool
+    ) -> torch.Tensor:
+        """A whole sequence from position 0, differentiable w.r.t. every parameter.
+
+        With gradients on, groups of `config.scan_checkpoint_group_size` mini-batches are checkpointed: backward keeps
+        the fast weights at group boundaries only and recomputes the inside of a group.
+        """
         B = q.shape[0]
         weights = {name: getattr(self, name).float().expand(B, *shape) for name, shape in
                    self.fast_weight_shapes().items()}
         pending: FastWeights | None = None
+        bounds = self._segment_bounds(q.shape[2], 0)
+        group = self.config.scan_checkpoint_group_size
+        grouped = group > 0 and torch.is_grad_enabled() and self.inner_loss_hook is None
+        group = group if grouped else len(bounds)
         outputs = []
-        for begin, end in self._segment_bounds(q.shape[2], 0):
-            piece = slice(begin, end)
-            start = torch.full((B,), begin, dtype=torch.long, device=q.device)
-            out, sums, completes = self._segment(
-                q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], weights, pending, start
-            )
-            weights, pending = advance_fast_weights(weights, pending, sums, completes, self.mini_batch_size)
+        for first in range(0, len(bounds), group):
+            members = bounds[first: first + group]
+            span = slice(members[0][0], members[-1][1])
+            inputs = (members, q[:, :, span], k[:, :, span], v[:, :, span], eta[:, :, span], weights, pending, causal)
+            if grouped:
+                out, weights, pending = checkpoint(self._scan, *inputs, use_reentrant=False)
+            else:
+                out, weights, pending = self._scan(*inputs)
             outputs.append(out)
         return torch.cat(outputs, dim=2)
 
@@ -459,10 +393,22 @@ class TTTLayer(StreamingModule[TTTState]):
             return None
         return int(phases[0]) if phases else 0
 
-    def _stream(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """Continue each item's stream; items may sit anywhere in their mini-batch (one token at a time then)."""
+    def _parallel(self, x: torch.Tensor) -> torch.Tensor:
+        """The parallel form from position 0: `x` `[B, T, dim]` -> `[B, H, T, hd]`; the non-causal form first pads
+        to whole mini-batches when the config says so."""
+        T = x.shape[1]
+        causal = self.config.minibatch_causal
+        if not causal and self.config.pad_to_minibatch and T % self.mini_batch_size:
+            x = F.pad(x, (0, 0, 0, self.mini_batch_size - T % self.mini_batch_size))
+        q, k, v, eta = self._project(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self._run_parallel(q, k, v, eta, causal)[:, :, :T]
+
+    def _stream(self, x: torch.Tensor) -> torch.Tensor:
+        """Continue each item's stream (causal form); items may sit anywhere in their mini-batch (one token at a time
+        then)."""
         state = self.streaming_state
-        T = q.shape[2]
+        T = x.shape[1]
+        q, k, v, eta = self._project(x, state.offset)
         eta = eta * state.exec_mask[:, None, None]
         phase = None if T == 1 else self._common_phase(state)
         outputs = []
@@ -470,7 +416,7 @@ class TTTLayer(StreamingModule[TTTState]):
             piece = slice(begin, end)
             out, sums, completes = self._segment(
                 q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], state.weights, state.pending,
-                state.offset + begin,
+                state.offset + begin, causal=True,
             )
             state.absorb(sums, completes, self.mini_batch_size)
             outputs.append(out)
@@ -481,23 +427,24 @@ class TTTLayer(StreamingModule[TTTState]):
         """`x` `[B, T, dim]` -> `[B, T, dim]`; outside streaming the sequence starts at position 0."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"TTTLayer expects [B, T, {self.dim}], got {list(x.shape)}")
-        q, k, v, eta = self._project(x)
         if x.shape[1] == 0:
-            out = q
+            out = x.new_zeros(x.shape[0], self.num_heads, 0, self.head_dim, dtype=torch.float32)
         elif self._streaming_state is not None:
-            out = self._stream(q, k, v, eta)
+            out = self._stream(x)
         else:
-            out = self._run_parallel(q, k, v, eta)
+            out = self._parallel(x)
         return self._output(out, x.dtype)
 
 
 class TTTBlock(StreamingContainer):
-    """Gated residual TTT block: `x + tanh(gating_alpha) * ttt_layer(x)`, `gating_alpha` `[dim]`."""
+    """Gated residual TTT block: `x + tanh(gating_alpha) * ttt_layer(x)`, `gating_alpha` `[dim]` (clamped to
+    `[-gate_clamp, gate_clamp]` before the tanh when the config has a `gate_clamp`)."""
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig | None = None, device=None, dtype=None) -> None:
         super().__init__()
         config = TTTConfig() if config is None else config
         self.initial_gating_alpha = config.initial_gating_alpha
+        self.gate_clamp = config.gate_clamp
         self.ttt_layer = TTTLayer(dim, num_heads, config, device=device, dtype=dtype)
         self.gating_alpha = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
         self.reset_parameters()
@@ -506,9 +453,16 @@ class TTTBlock(StreamingContainer):
         """Resets the gate (the TTT layer has its own `reset_parameters`)."""
         nn.init.constant_(self.gating_alpha, self.initial_gating_alpha)
 
+    def gate(self) -> torch.Tensor:
+        """`tanh(gating_alpha)` `[dim]`, after the clamp when configured."""
+        alpha = self.gating_alpha
+        if self.gate_clamp is not None:
+            alpha = alpha.clamp(-self.gate_clamp, self.gate_clamp)
+        return torch.tanh(alpha)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` `[B, T, dim]` -> `[B, T, dim]`."""
-        return x + torch.tanh(self.gating_alpha).to(x.dtype) * self.ttt_layer(x)
+        return x + self.gate().to(x.dtype) * self.ttt_layer(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -557,9 +511,30 @@ def parse_ttt_layers(spec: str | Sequence[int], num_layers: int) -> list[int]:
 class TTTConfig:
     """Where and how to place TTT blocks in the main transformer, validated once here.
 
-    `layers`: which layers get a block (see `parse_ttt_layers`); `base_lr` None: the variant's default
-    (`DEFAULT_BASE_LR`); `num_heads` None: the model's head count; `mlp_expansion`: hidden width of TTT-MLP in head
-    dims; `initial_gating_alpha`: the gate's initial value.
+    Placement and size: `layers` (see `parse_ttt_layers`); `variant` (`linear` / `mlp`); `mini_batch_size` (b);
+    `base_lr` (None: the variant's default, `DEFAULT_BASE_LR`); `num_heads` (None: the model's); `initial_gating_alpha`;
+    `mlp_layers` (depth of the inner MLP, >= 2); `mlp_expansion` (hidden width `int(head_dim * mlp_expansion)`, an int
+    or a float); `mlp_hidden_dims` (explicit hidden widths, `mlp_layers - 1` of them, overriding the expansion).
+
+    How it computes; the defaults are the reference TTT (ttt-lm-pytorch), and `from_moshi_finetune` sets each field to
+    what moshi-finetune's layer does:
+    - `output_projection`: apply `post_norm` and `wo` to the concatenated heads (theirs: False, the heads are the
+      output).
+    - `qk_l2_norm`: L2-normalise each head of q and k after the projections (theirs: True).
+    - `rope`, `rope_theta`: rotate q and k by their audio RoPE at position `t mod b` (after the L2 norm).
+    - `target_norm`: reconstruct `ttt_norm(v - k)` (unbiased std, eps 1e-5 outside the root) instead of `v - k`.
+    - `ln_eps`: eps of the inner LayerNorm (theirs: 1e-8).
+    - `minibatch_causal`: token i reads only the tokens <= i of its mini-batch (False: the whole mini-batch, later tokens
+      included; that form cannot stream, and streaming computes the causal one).
+    - `inner_step_divisor`: token i reads the gradient sum divided by its position i (`position`) or by b
+      (`mini_batch`; the weights carried to the next mini-batch are divided by b either way).
+    - `pad_to_minibatch`: the non-causal parallel form zero-pads the input to whole mini-batches, the padding taking
+      part in the last update (the causal form never pads: padding after the last token changes no output).
+    - `query_update_count`: how many times the queries read the mini-batch's update (theirs, 3+ inner layers: 2).
+    - `gate_clamp`: clamp `gating_alpha` to `[-c, c]` before the tanh (theirs: 3).
+    - `ttt_layer_context`, `other_layer_context`: attention context of the layers with / without a TTT block (None:
+      the model's).
+    Training: `scan_checkpoint_group_size` checkpoints the mini-batch scan in groups of that many mini-batches (0: off).
     """
 
     layers: str | list[int] = "middle"
@@ -568,25 +543,84 @@ class TTTConfig:
     base_lr: float | None = None
     num_heads: int | None = None
     initial_gating_alpha: float = 0.1
-    mlp_expansion: int = 4
+    mlp_layers: int = 2
+    mlp_expansion: float = 4
+    mlp_hidden_dims: list[int] | None = None
+    output_projection: bool = True
+    qk_l2_norm: bool = False
+    rope: bool = False
+    rope_theta: float = 10000.0
+    target_norm: bool = False
+    ln_eps: float = NORM_EPS
+    minibatch_causal: bool = True
+    inner_step_divisor: str = "position"
+    pad_to_minibatch: bool = False
+    query_update_count: int = 1
+    gate_clamp: float | None = None
+    ttt_layer_context: int | None = None
+    other_layer_context: int | None = None
+    scan_checkpoint_group_size: int = 16
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown TTT variant {self.variant!r}; expected one of {VARIANTS}")
         _check_positive_int("mini_batch_size", self.mini_batch_size)
-        _check_positive_int("mlp_expansion", self.mlp_expansion)
+        _check_positive_number("mlp_expansion", self.mlp_expansion)
         if self.num_heads is not None:
             _check_positive_int("num_heads", self.num_heads)
-        if self.base_lr is not None and not (isinstance(self.base_lr, (int, float)) and self.base_lr > 0):
-            raise ValueError(f"TTT base_lr must be a positive number or None, got {self.base_lr!r}")
+        if self.base_lr is not None:
+            _check_positive_number("base_lr", self.base_lr)
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)
         self.initial_gating_alpha = float(self.initial_gating_alpha)
+        self._check_mlp_shape()
+        for name in ("output_projection", "qk_l2_norm", "rope", "target_norm", "minibatch_causal", "pad_to_minibatch"):
+            _check_bool(name, getattr(self, name))
+        _check_positive_number("rope_theta", self.rope_theta)
+        _check_positive_number("ln_eps", self.ln_eps)
+        if self.inner_step_divisor not in STEP_DIVISORS:
+            raise ValueError(f"TTT inner_step_divisor must be one of {STEP_DIVISORS}, got {self.inner_step_divisor!r}")
+        if not self.minibatch_causal and self.inner_step_divisor == "position":
+            raise ValueError("TTT minibatch_causal=False reads the whole mini-batch, which has no per-position divisor: "
+                             "set inner_step_divisor='mini_batch'")
+        _check_positive_int("query_update_count", self.query_update_count)
+        if self.gate_clamp is not None:
+            _check_positive_number("gate_clamp", self.gate_clamp)
+        for name in ("ttt_layer_context", "other_layer_context"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        group = self.scan_checkpoint_group_size
+        if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+            raise ValueError(f"TTT scan_checkpoint_group_size must be a non-negative integer, got {group!r}")
+
+    def _check_mlp_shape(self) -> None:
+        _check_positive_int("mlp_layers", self.mlp_layers)
+        if self.mlp_layers < 2:
+            raise ValueError(f"TTT mlp_layers must be at least 2 (a TTT-MLP has a hidden layer), got {self.mlp_layers}")
+        if self.mlp_hidden_dims is None:
+            return
+        if isinstance(self.mlp_hidden_dims, tuple):
+            self.mlp_hidden_dims = list(self.mlp_hidden_dims)
+        if not isinstance(self.mlp_hidden_dims, list) or len(self.mlp_hidden_dims) != self.mlp_layers - 1:
+            raise ValueError(f"TTT mlp_hidden_dims must list mlp_layers - 1 = {self.mlp_layers - 1} widths, "
+                             f"got {self.mlp_hidden_dims!r}")
+        for width in self.mlp_hidden_dims:
+            _check_positive_int("mlp_hidden_dims entry", width)
 
     @property
     def learning_rate(self) -> float:
         """`base_lr`, or the variant's default when it is None."""
         return DEFAULT_BASE_LR[self.variant] if self.base_lr is None else float(self.base_lr)
+
+    def inner_dims(self, head_dim: int) -> list[int]:
+        """Widths `[hd, ..., hd]` of the inner model's layers: `[hd, hd]` for TTT-Linear, `[hd, h, ..., h, hd]` for
+        TTT-MLP (`mlp_layers` maps, `h = int(head_dim * mlp_expansion)` unless `mlp_hidden_dims` gives them)."""
+        if self.variant == "linear":
+            return [head_dim, head_dim]
+        hidden = self.mlp_hidden_dims or [int(head_dim * self.mlp_expansion)] * (self.mlp_layers - 1)
+        if min(hidden) < 1:
+            raise ValueError(f"TTT-MLP hidden width int({head_dim} * {self.mlp_expansion}) is zero")
+        return [head_dim, *hidden, head_dim]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TTTConfig:
@@ -599,11 +633,53 @@ class TTTConfig:
             raise ValueError(f"TTT config needs 'layers' ({_LAYER_SPEC_HELP})")
         return cls(**data)
 
+    @classmethod
+    def from_moshi_finetune(cls, section: Mapping[str, Any]) -> TTTConfig:
+        """The config computing what our users' moshi-finetune training computed, from the `ttt:` section of their
+        training YAML, verbatim (keys of their `TTTArgs`, their defaults for missing ones).
+
+        Keys that only steer training are accepted and named in one UserWarning; unknown keys raise a ValueError.
+        """
+        if not isinstance(section, Mapping):
+            raise TypeError(f"a moshi-finetune `ttt:` section must be a mapping, got {type(section).__name__}")
+        settings, note = finetune_section_settings(section)
+        config = cls(**settings)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        return config
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> TTTConfig:
+        """A `ttt` config section in either format, told apart by its keys: ours (`from_dict`), or a moshi-finetune
+        `ttt:` section (`from_moshi_finetune`) when it has a key only theirs has (`enable`, `ttt_mlp_layers`, ...)."""
+        if not isinstance(section, Mapping):
+            raise TypeError(f"a TTT config section must be a mapping, got {type(section).__name__}")
+        ours = {field.name for field in dataclasses.fields(cls)}
+        keys = set(section)
+        if keys <= ours or not keys & (FINETUNE_KEYS - ours):
+            return cls.from_dict(section)
+        return cls.from_moshi_finetune(section)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def layer_indices(self, num_layers: int) -> list[int]:
         return parse_ttt_layers(self.layers, num_layers)
+
+    def attention_contexts(self, num_layers: int) -> dict[int, int]:
+        """Attention context by layer index for the layers whose context this config changes."""
+        with_ttt = set(self.layer_indices(num_layers))
+        contexts = {}
+        for index in range(num_layers):
+            context = self.ttt_layer_context if index in with_ttt else self.other_layer_context
+            if context is not None:
+                contexts[index] = context
+        return contexts
+
+    def warn_if_streamed_non_causal(self) -> None:
+        """One UserWarning when this config's mini-batch is non-causal: streaming computes the causal form."""
+        if not self.minibatch_causal:
+            warnings.warn(CAUSAL_STREAMING_NOTE, UserWarning, stacklevel=3)
 
     def build_blocks(
         self, dim: int, model_num_heads: int, num_layers: int, device=None, dtype=None
@@ -613,3 +689,24 @@ class TTTConfig:
         return {
             index: TTTBlock(dim, heads, self, device=device, dtype=dtype) for index in self.layer_indices(num_layers)
         }
+
+
+__all__ = [
+    "DEFAULT_BASE_LR",
+    "InnerLossTrace",
+    "TTTBlock",
+    "TTTConfig",
+    "TTTLayer",
+    "TTTState",
+    "advance_fast_weights",
+    "dual_form_queries",
+    "gelu_tanh",
+    "gelu_tanh_derivative",
+    "head_layer_norm",
+    "head_layer_norm_l2_grad",
+    "inner_forward",
+    "inner_key_pass",
+    "inner_loss",
+    "parse_ttt_layers",
+    "weighted_gradient_sum",
+]

@@ -8,7 +8,9 @@ In moshi-finetune a TTT layer `i` of the main transformer is a hybrid wrapper ar
     transformer.layers.{i}.seq_modeling_block.forward_ssm_gating.gating_alpha
 
 Ours keeps the layer and adds `transformer.layers.{i}.ttt` (a `TTTBlock`): `ttt.gating_alpha` and
-`ttt.ttt_layer.<name>`. `FINETUNE_TTT_NAMES` lists the TTT renames. Layouts taken as theirs (those of
+`ttt.ttt_layer.<name>`. `FINETUNE_TTT_NAMES` lists the TTT renames; the layers of their 3+-layer inner MLP
+(`weights.N`, `biases.N`, N from 0) become our `W{N+1}`, `b{N+1}`. Their `backward_ssm_gating.gating_alpha` is never used
+by their forward pass and has no counterpart. Layouts taken as theirs (those of
 ttt-lm-pytorch / ttt-video-dit): `wq`, `wk`, `wv`, `wo` are `nn.Linear` (`weight` `[out, in]`, `bias`; a bare `wq`
 tensor is read as an `nn.Linear` weight), `learnable_ttt_lr_weight` is `[H, 1, dim]` (a stack of `nn.Linear(dim, 1)`
 weights; `[H, dim]` is accepted too) and `learnable_ttt_lr_bias` is `[H, 1]` (or `[H]`). Ours: `lr_gate.weight`
@@ -24,9 +26,11 @@ from collections.abc import Callable, Mapping
 import torch
 
 _LAYER_KEY = re.compile(r"^(?P<layer>(?:.*\.)?transformer\.layers\.\d+\.)(?P<rest>.+)$")
+_DEEP_MLP_KEY = re.compile(r"^(?P<kind>weights|biases)\.(?P<index>\d+)$")
 _HYBRID_TTT = "seq_modeling_block.ttt_layer.ttt."
 _HYBRID_GATE = "seq_modeling_block.forward_ssm_gating.gating_alpha"
 _HYBRID_PREFIX = "seq_modeling_block."
+_UNUSED_GATE = "seq_modeling_block.backward_ssm_gating.gating_alpha"
 _WRAPPED_PREFIXES = ("original_layer.", "seq_modeling_block.original_layer.")
 
 # Their name under `seq_modeling_block.ttt_layer.ttt.` -> ours under `ttt.ttt_layer.`.
@@ -74,14 +78,24 @@ _RESHAPES: dict[str, Callable[[str, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _our_ttt_name(name: str) -> str | None:
+    """Our name under `ttt.ttt_layer.` for their name under `seq_modeling_block.ttt_layer.ttt.` (None: no
+    counterpart)."""
+    deep = _DEEP_MLP_KEY.match(name)
+    if deep is not None:
+        return f"{'W' if deep['kind'] == 'weights' else 'b'}{int(deep['index']) + 1}"
+    return FINETUNE_TTT_NAMES.get(name)
+
+
 def _target_for_layer_key(key: str, tensor: torch.Tensor, layer: str, rest: str) -> tuple[str, torch.Tensor] | None:
     """Our key and tensor for one key of a transformer layer, or None when it has no counterpart."""
     if rest.startswith(_HYBRID_TTT):
         name = rest[len(_HYBRID_TTT):]
-        if name not in FINETUNE_TTT_NAMES:
+        ours = _our_ttt_name(name)
+        if ours is None:
             return None
         reshape = _RESHAPES.get(name)
-        return f"{layer}ttt.ttt_layer.{FINETUNE_TTT_NAMES[name]}", reshape(key, tensor) if reshape else tensor
+        return f"{layer}ttt.ttt_layer.{ours}", reshape(key, tensor) if reshape else tensor
     if rest == _HYBRID_GATE:
         return f"{layer}ttt.gating_alpha", tensor
     for prefix in _WRAPPED_PREFIXES:
@@ -121,10 +135,13 @@ def map_finetune_ttt_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
 
 
 def warn_unmatched_ttt_keys(unmatched: list[str], source: str = "checkpoint") -> None:
-    """Warn (UserWarning) about the checkpoint keys that `map_finetune_ttt_state_dict` could not place."""
+    """One note (UserWarning) naming the checkpoint keys that `map_finetune_ttt_state_dict` could not place."""
     if unmatched:
         listed = "\n  ".join(unmatched)
+        unused_gates = sum(1 for key in unmatched if key.endswith(_UNUSED_GATE))
+        reason = f" ({unused_gates} of them their backward_ssm_gating, which their forward never uses)" if unused_gates else ""
         warnings.warn(
-            f"{source}: {len(unmatched)} moshi-finetune TTT key(s) have no counterpart and were skipped:\n  {listed}",
+            f"{source}: {len(unmatched)} moshi-finetune TTT key(s) have no counterpart and were skipped{reason}:"
+            f"\n  {listed}",
             stacklevel=2,
         )
