@@ -34,7 +34,6 @@ from .ttt_inner import (
     NORM_EPS,
     FastWeights,
     KeyPass,
-    advance_fast_weights,
     dual_form_queries,
     gelu_tanh,
     gelu_tanh_derivative,
@@ -127,6 +126,18 @@ class TTTState(State):
             pending.add_(segment_sums[name])
             self.weights[name].sub_(pending * step.view(per_item))
             pending.mul_(keep.view(per_item))
+
+
+@dataclasses.dataclass
+class MiniBatch:
+    """One mini-batch of a parallel pass: its first position and its queries, keys, values `[B, H, n, hd]` and
+    learning rates `[B, H, n]`."""
+
+    start: int
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    eta: torch.Tensor
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -333,30 +344,17 @@ class TTTLayer(StreamingModule[TTTState]):
             begin = end
         return bounds
 
-    def _scan(
-        self,
-        bounds: list[tuple[int, int]],
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        eta: torch.Tensor,
-        weights: FastWeights,
-        pending: FastWeights | None,
-        causal: bool,
-    ) -> tuple[torch.Tensor, FastWeights, FastWeights | None]:
-        """Mini-batch pieces `bounds` of one parallel pass (positions relative to `q`'s first token, which is at
-        absolute position `bounds[0][0]`): outputs `[B, H, n, hd]` and the fast weights and pending sums after them."""
-        offset = bounds[0][0]
+    def _scan(self, pieces: list[MiniBatch], weights: FastWeights, causal: bool) -> tuple[torch.Tensor, FastWeights]:
+        """Consecutive whole mini-batches of one parallel pass (the last one may be partial), from `weights`: the
+        outputs `[B, H, n, hd]` and the fast weights the next mini-batch starts from."""
         outputs = []
-        for begin, end in bounds:
-            piece = slice(begin - offset, end - offset)
-            start = torch.full((q.shape[0],), begin, dtype=torch.long, device=q.device)
-            out, sums, completes = self._segment(
-                q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], weights, pending, start, causal
-            )
-            weights, pending = advance_fast_weights(weights, pending, sums, completes, self.mini_batch_size)
+        for piece in pieces:
+            start = torch.full((piece.q.shape[0],), piece.start, dtype=torch.long, device=piece.q.device)
+            out, sums, _ = self._segment(piece.q, piece.k, piece.v, piece.eta, weights, None, start, causal)
+            if piece.q.shape[2] == self.mini_batch_size:
+                weights = {name: weights[name] - total / self.mini_batch_size for name, total in sums.items()}
             outputs.append(out)
-        return torch.cat(outputs, dim=2), weights, pending
+        return torch.cat(outputs, dim=2), weights
 
     def _run_parallel(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor, causal: bool
@@ -366,23 +364,23 @@ class TTTLayer(StreamingModule[TTTState]):
         With gradients on, groups of `config.scan_checkpoint_group_size` mini-batches are checkpointed: backward keeps
         the fast weights at group boundaries only and recomputes the inside of a group.
         """
-        B = q.shape[0]
+        B, T = q.shape[0], q.shape[2]
         weights = {name: getattr(self, name).float().expand(B, *shape) for name, shape in
                    self.fast_weight_shapes().items()}
-        pending: FastWeights | None = None
-        bounds = self._segment_bounds(q.shape[2], 0)
+        bounds = self._segment_bounds(T, 0)
+        sizes = [end - begin for begin, end in bounds]
+        pieces = [MiniBatch(begin, *parts) for (begin, _), *parts in
+                  zip(bounds, *(tensor.split(sizes, dim=2) for tensor in (q, k, v, eta)), strict=True)]
         group = self.config.scan_checkpoint_group_size
         grouped = group > 0 and torch.is_grad_enabled() and self.inner_loss_hook is None
-        group = group if grouped else len(bounds)
+        group = group if grouped else len(pieces)
         outputs = []
-        for first in range(0, len(bounds), group):
-            members = bounds[first: first + group]
-            span = slice(members[0][0], members[-1][1])
-            inputs = (members, q[:, :, span], k[:, :, span], v[:, :, span], eta[:, :, span], weights, pending, causal)
+        for first in range(0, len(pieces), group):
+            members = pieces[first: first + group]
             if grouped:
-                out, weights, pending = checkpoint(self._scan, *inputs, use_reentrant=False)
+                out, weights = checkpoint(self._scan, members, weights, causal, use_reentrant=False)
             else:
-                out, weights, pending = self._scan(*inputs)
+                out, weights = self._scan(members, weights, causal)
             outputs.append(out)
         return torch.cat(outputs, dim=2)
 
@@ -698,7 +696,6 @@ __all__ = [
     "TTTConfig",
     "TTTLayer",
     "TTTState",
-    "advance_fast_weights",
     "dual_form_queries",
     "gelu_tanh",
     "gelu_tanh_derivative",

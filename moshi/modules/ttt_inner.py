@@ -193,24 +193,3 @@ def dual_form_queries(
             correction = correction + x @ pending[w] + pending[b]
         x = x @ weights[w] + weights[b] - read_scale * correction
     return x
-
-
-def advance_fast_weights(
-    weights: Mapping[str, torch.Tensor],
-    pending: Mapping[str, torch.Tensor] | None,
-    segment_sums: Mapping[str, torch.Tensor],
-    completes: torch.Tensor,
-    mini_batch_size: int,
-) -> tuple[FastWeights, FastWeights]:
-    """Fast weights and pending sums after a segment; items where `completes` `[B]` closed their mini-batch step.
-
-    The differentiable counterpart of `TTTState.absorb`, used by the parallel (training) form.
-    """
-    new_weights: FastWeights = {}
-    new_pending: FastWeights = {}
-    for name, segment_sum in segment_sums.items():
-        total = segment_sum if pending is None else pending[name] + segment_sum
-        closed = completes.view(-1, *([1] * (total.dim() - 1)))
-        new_weights[name] = torch.where(closed, weights[name] - total / mini_batch_size, weights[name])
-        new_pending[name] = torch.where(closed, torch.zeros_like(total), total)
-    return new_weights, new_pending
