@@ -31,7 +31,8 @@ def lm_config(args: argparse.Namespace, group: int) -> dict:
     return {
         "dim": args.dim, "num_heads": args.heads, "num_layers": args.num_layers, "hidden_scale": 4.125,
         "n_q": 16, "dep_q": 8, "card": 2048, "text_card": 4000, "context": args.context, "causal": True,
-        "norm": "rms_norm_f32", "gating": "silu", "positional_embedding": "rope", "delays": [0, 0] + [1] * 7 + [0] + [1] * 7,
+        "norm": "rms_norm_f32", "gating": "silu", "positional_embedding": "rope",
+        "delays": [0, 0] + [1] * 7 + [0] + [1] * 7,
         "depformer_dim": 256, "depformer_num_heads": 8, "depformer_num_layers": 2, "depformer_dim_feedforward": 1024,
         "depformer_multi_linear": True, "depformer_weights_per_step": True, "depformer_pos_emb": "none",
         "depformer_gating": "silu", "depformer_context": 8,
@@ -79,7 +80,8 @@ def run_child(args: argparse.Namespace) -> None:
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = peak_resident_mb()
-    print(json.dumps({"group": args.child_group, "step_peak_mb": peak - before, "seconds": time.perf_counter() - begin}))
+    seconds = time.perf_counter() - begin
+    print(json.dumps({"group": args.child_group, "step_peak_mb": peak - before, "seconds": seconds}))
 
 
 def measure(args: argparse.Namespace, group: int) -> dict:

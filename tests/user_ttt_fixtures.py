@@ -106,14 +106,16 @@ def streamed_logits(lm: LMModel, codes: torch.Tensor, chunk: int | None) -> tupl
     with lm_gen.streaming(codes.shape[0]):
         if chunk is None:
             for s in range(num_steps):
-                out = lm_gen.step_with_logits(users[:, :, s: s + 1], owns[:, :, s: s + 1], text_replace_tokens=text[:, s])
+                out = lm_gen.step_with_logits(users[:, :, s: s + 1], owns[:, :, s: s + 1],
+                                              text_replace_tokens=text[:, s])
                 if out is not None:
                     audio.append(out.audio_logits)
                     texts.append(out.text_logits)
         else:
             for s in range(0, num_steps, chunk):
                 part = slice(s, s + chunk)
-                out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=text[:, part])
+                out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part],
+                                                    text_replace_tokens=text[:, part])
                 audio.append(out.audio_logits)
                 texts.append(out.text_logits)
     audio_logits, text_logits = torch.cat(audio, dim=2), torch.cat(texts, dim=2)

@@ -134,7 +134,9 @@ class LMModel(StreamingContainer):
         main_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("depformer_")}
         self.ttt_config = ttt if ttt is None or isinstance(ttt, TTTConfig) else TTTConfig.from_section(ttt)
         num_layers = main_kwargs.get("num_layers", 0)
-        ttt_blocks = {} if self.ttt_config is None else self.ttt_config.build_blocks(dim, num_heads, num_layers, **factory)
+        ttt_blocks = {}
+        if self.ttt_config is not None:
+            ttt_blocks = self.ttt_config.build_blocks(dim, num_heads, num_layers, **factory)
         self.transformer = StreamingTransformer(
             d_model=dim, num_heads=num_heads, dim_feedforward=int(hidden_scale * dim), norm=norm, context=context,
             causal=causal, ttt_blocks=ttt_blocks, checkpointing=gradient_checkpointing, **factory, **main_kwargs,

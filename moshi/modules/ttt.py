@@ -256,7 +256,8 @@ class TTTLayer(StreamingModule[TTTState]):
         return q, k, v, eta
 
     def _output(self, inner_out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """`[B, H, T, hd]` fp32 -> heads concatenated -> (post LayerNorm over dim -> `wo`) -> `[B, T, dim]` in `dtype`."""
+        """`[B, H, T, hd]` fp32 -> heads concatenated -> (post LayerNorm over dim -> `wo`) -> `[B, T, dim]` in
+        `dtype`."""
         merged = inner_out.transpose(1, 2).flatten(2)
         if not self.config.output_projection:
             return merged.to(dtype)
@@ -522,8 +523,8 @@ class TTTConfig:
     - `rope`, `rope_theta`: rotate q and k by their audio RoPE at position `t mod b` (after the L2 norm).
     - `target_norm`: reconstruct `ttt_norm(v - k)` (unbiased std, eps 1e-5 outside the root) instead of `v - k`.
     - `ln_eps`: eps of the inner LayerNorm (theirs: 1e-8).
-    - `minibatch_causal`: token i reads only the tokens <= i of its mini-batch (False: the whole mini-batch, later tokens
-      included; that form cannot stream, and streaming computes the causal one).
+    - `minibatch_causal`: token i reads only the tokens <= i of its mini-batch (False: the whole mini-batch, later
+      tokens included; that form cannot stream, and streaming computes the causal one).
     - `inner_step_divisor`: token i reads the gradient sum divided by its position i (`position`) or by b
       (`mini_batch`; the weights carried to the next mini-batch are divided by b either way).
     - `pad_to_minibatch`: the non-causal parallel form zero-pads the input to whole mini-batches, the padding taking
@@ -579,8 +580,8 @@ class TTTConfig:
         if self.inner_step_divisor not in STEP_DIVISORS:
             raise ValueError(f"TTT inner_step_divisor must be one of {STEP_DIVISORS}, got {self.inner_step_divisor!r}")
         if not self.minibatch_causal and self.inner_step_divisor == "position":
-            raise ValueError("TTT minibatch_causal=False reads the whole mini-batch, which has no per-position divisor: "
-                             "set inner_step_divisor='mini_batch'")
+            raise ValueError("TTT minibatch_causal=False reads the whole mini-batch, which has no per-position "
+                             "divisor: set inner_step_divisor='mini_batch'")
         _check_positive_int("query_update_count", self.query_update_count)
         if self.gate_clamp is not None:
             _check_positive_number("gate_clamp", self.gate_clamp)

@@ -9,8 +9,8 @@ In moshi-finetune a TTT layer `i` of the main transformer is a hybrid wrapper ar
 
 Ours keeps the layer and adds `transformer.layers.{i}.ttt` (a `TTTBlock`): `ttt.gating_alpha` and
 `ttt.ttt_layer.<name>`. `FINETUNE_TTT_NAMES` lists the TTT renames; the layers of their 3+-layer inner MLP
-(`weights.N`, `biases.N`, N from 0) become our `W{N+1}`, `b{N+1}`. Their `backward_ssm_gating.gating_alpha` is never used
-by their forward pass and has no counterpart. Layouts taken as theirs (those of
+(`weights.N`, `biases.N`, N from 0) become our `W{N+1}`, `b{N+1}`. Their `backward_ssm_gating.gating_alpha` is never
+used by their forward pass and has no counterpart. Layouts taken as theirs (those of
 ttt-lm-pytorch / ttt-video-dit): `wq`, `wk`, `wv`, `wo` are `nn.Linear` (`weight` `[out, in]`, `bias`; a bare `wq`
 tensor is read as an `nn.Linear` weight), `learnable_ttt_lr_weight` is `[H, 1, dim]` (a stack of `nn.Linear(dim, 1)`
 weights; `[H, dim]` is accepted too) and `learnable_ttt_lr_bias` is `[H, 1]` (or `[H]`). Ours: `lr_gate.weight`
@@ -139,7 +139,9 @@ def warn_unmatched_ttt_keys(unmatched: list[str], source: str = "checkpoint") ->
     if unmatched:
         listed = "\n  ".join(unmatched)
         unused_gates = sum(1 for key in unmatched if key.endswith(_UNUSED_GATE))
-        reason = f" ({unused_gates} of them their backward_ssm_gating, which their forward never uses)" if unused_gates else ""
+        reason = ""
+        if unused_gates:
+            reason = f" ({unused_gates} of them their backward_ssm_gating, which their forward never uses)"
         warnings.warn(
             f"{source}: {len(unmatched)} moshi-finetune TTT key(s) have no counterpart and were skipped{reason}:"
             f"\n  {listed}",

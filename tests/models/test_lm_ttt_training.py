@@ -92,7 +92,8 @@ def ttt_parameter_names(model: LMModel) -> list[str]:
 
 
 def checkpoint_each_layer(model: LMModel) -> None:
-    """Layer-level activation checkpointing around each main-transformer layer (the TTT scan checkpoints nest inside)."""
+    """Layer-level activation checkpointing around each main-transformer layer (the TTT scan checkpoints nest
+    inside)."""
     for layer in model.transformer.layers:
         forward = layer.forward
         layer.forward = lambda x, *args, forward=forward: checkpoint(forward, x, *args, use_reentrant=False)
@@ -105,7 +106,8 @@ def test_every_ttt_parameter_gets_a_gradient(repository, gradient_checkpointing)
         checkpoint_each_layer(model)
     gradients = training_step(model, training_codes(model))
     names = ttt_parameter_names(model)
-    assert sorted(gradients) == sorted(names) and len(names) == sum(len(list(b.parameters())) for b in ttt_blocks(model))
+    assert sorted(gradients) == sorted(names)
+    assert len(names) == sum(len(list(block.parameters())) for block in ttt_blocks(model))
     for name in names:
         assert torch.isfinite(gradients[name]).all() and gradients[name].abs().sum() > 0, name
 
@@ -134,7 +136,8 @@ def save_trainable_modules(model: LMModel, path: Path) -> None:
     states = {}
     for module_name, module in model.named_modules():
         if all(p.requires_grad for p in module.parameters()):
-            states.update({f"{module_name}.{key}": value.detach().clone() for key, value in module.state_dict().items()})
+            states.update({f"{module_name}.{key}": value.detach().clone()
+                           for key, value in module.state_dict().items()})
     save_file(dict(sorted(states.items())), path)
 
 
