@@ -59,6 +59,21 @@ INNER_NORM_EPS = 1e-8
 GATE_CLAMP = 3.0
 
 
+FLOAT_KEYS = ("base_lr", "initial_gating_alpha", "ttt_mlp_expansion_factor", "rope_theta")
+INT_KEYS = ("mini_batch_size", "ttt_mlp_layers", "ttt_layer_context", "non_ttt_layer_context")
+
+
+def _as_number(key: str, value: Any) -> Any:
+    """A numeric string (YAML reads `1e-3` as a string) converted as their argument classes convert it."""
+    if not isinstance(value, str):
+        return value
+    convert = float if key in FLOAT_KEYS else int
+    try:
+        return convert(value)
+    except ValueError:
+        raise ValueError(f"moshi-finetune TTT key {key!r} must be a number, got {value!r}") from None
+
+
 def _require_bool(section: Mapping[str, Any], key: str) -> bool:
     value = section[key]
     if type(value) is not bool:
@@ -84,6 +99,7 @@ def finetune_section_settings(section: Mapping[str, Any]) -> tuple[dict[str, Any
     if unknown:
         raise ValueError(f"unknown moshi-finetune TTT key(s) {unknown}; their TTTArgs has {sorted(FINETUNE_KEYS)}")
     values = {**FINETUNE_DEFAULTS, **{key: section[key] for key in FINETUNE_DEFAULTS if key in section}}
+    values.update({key: _as_number(key, values[key]) for key in (*FLOAT_KEYS, *INT_KEYS)})
     ignored = [key for key in TRAINING_ONLY_KEYS if key in section]
     enabled = _require_bool(values, "enable")
     use_rope = _require_bool(values, "use_rope")

@@ -39,7 +39,7 @@ from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
 PROGRAM = "python -m moshi_eval.librilight"
 DEFAULT_OUTPUT = "librilight_results.json"
 MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
-               "lora_weights")
+               "lora_weights", "ttt_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--mimi-config", help="Mimi config JSON")
     model.add_argument("--tokenizer", help="text tokenizer (not used for scoring; avoids a download)")
     model.add_argument("--ttt-weights", help="separate TTT weights file")
+    model.add_argument("--ttt-config", help="YAML/JSON whose `ttt:` section sets the TTT layers, e.g. a moshi-finetune "
+                                            "training YAML (replaces the LM config's `ttt`)")
     model.add_argument("--lora-weights", help="LoRA weights file")
     model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="LM dtype (default auto)")

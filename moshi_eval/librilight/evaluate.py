@@ -15,7 +15,7 @@ from ..scoring.codes_cache import CodesCache, default_cache_dir
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
 from ..scoring.fingerprint import digest
-from ..scoring.models import model_identity
+from ..scoring.models import model_flags, model_identity
 from ..scoring.prepare import ItemPreparer, source_identity
 from ..scoring.rank_report import RankReport
 from ..scoring.sanity import WorseThanUniformWarning
@@ -87,6 +87,7 @@ class LibriLightRun:
         self.user_stream = resolve_user_stream(config.user_stream, self.shape)
         self.codebook_weights = config.resolved_codebook_weights(self.shape.dep_q)
         self.identity = model_identity(lm, model_source)
+        self.model_flags = model_flags(lm)
         self.finished: dict[str, SequenceLosses] = {}
         self.discovery_skips: list[Skip] = []
         self.sequence_skips: list[Skip] = []
@@ -147,6 +148,7 @@ class LibriLightRun:
         sampling = {"seed": config.seed, "temp_text": config.temp_text, "top_k_text": config.top_k_text}
         return digest({
             "model": self.identity["fingerprint"], "dtype": self.identity["dtype"],
+            **({"ttt": self.identity["ttt_config"]} if "ttt_config" in self.identity else {}),
             "text_policy": config.text_policy, "sampling": sampling if config.text_policy == "sample" else None,
             "user_stream": self.user_stream, "max_sequence_length": config.max_sequence_length,
             "mimi": encoder.mimi_fingerprint if encoder is not None else None,
@@ -260,12 +262,13 @@ class LibriLightRun:
             frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)),
             positions=list(self.config.positions), window=self.config.window, bin_size=self.config.bin_size,
             codebook_weights=self.codebook_weights, config=config, model=self.identity, timing=timing,
-            skipped=skipped, complete=complete, legacy_keys=self.config.legacy_keys)
+            skipped=skipped, complete=complete, legacy_keys=self.config.legacy_keys, model_flags=self.model_flags)
 
     def report(self, result: LibriLightResult) -> None:
         data = result.write_json(self.config.output) if self.config.output else result.to_dict()
         for flag in data["flags"]:
-            warnings.warn(flag, WorseThanUniformWarning, stacklevel=3)
+            if flag not in result.model_flags:
+                warnings.warn(flag, WorseThanUniformWarning, stacklevel=3)
         if self.config.output:
             self.log(f"results written to {self.config.output}")
         if self.config.plot:

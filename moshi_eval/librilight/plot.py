@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import position_key
+
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
 
 
@@ -96,6 +98,12 @@ def model_label(data: dict[str, Any]) -> str:
     return data.get("model", {}).get("class", "model")
 
 
+def worse_than_uniform(data: dict[str, Any]) -> bool:
+    """Whether a window loss is above ln(card) (the figure then draws that line)."""
+    losses = (data[f"librilight_loss_{position_key(position)}"] for position in data["positions"])
+    return any(loss is not None and loss > data["uniform_loss"] for loss in losses)
+
+
 def result_figure(data: dict[str, Any]) -> Any:
     """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below."""
     figure, (main, codebooks) = new_figure(2, [1.4, 1.0])
@@ -104,7 +112,7 @@ def result_figure(data: dict[str, Any]) -> Any:
                                                            "bins)")
     draw_slope(main, data, x, y, "tab:red", f"least-squares fit: {slope_text(data.get('librilight_slope'))}")
     mark_windows(main, data, label=f"window loss (mean of the {data['window']} frames before the marker)")
-    if data["flags"]:
+    if worse_than_uniform(data):
         main.axhline(data["uniform_loss"], color="black", linewidth=0.6, linestyle="-.",
                      label="ln(card): uniform guess")
     main.set_ylabel("cross-entropy (nats)")

@@ -36,6 +36,7 @@ class LibriLightResult:
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     complete: bool = True
     legacy_keys: bool = False
+    model_flags: list[str] = dataclasses.field(default_factory=list)
 
     def per_frame(self) -> list[np.ndarray]:
         return [sequence.frame_losses(self.codebook_weights) for sequence in self.sequences]
@@ -83,9 +84,7 @@ class LibriLightResult:
             "complete": self.complete,
             "windows": windows,
             "curve": self.curve_dict(curve, counts),
-            "flags": above_uniform_flags(
-                {f"librilight_loss_{position_key(p)}": headline[f"librilight_loss_{position_key(p)}"]
-                 for p in self.positions}, self.card),
+            "flags": self.model_flags + self.uniform_flags(headline),
             "uniform_loss": uniform_loss(self.card),
             "card": self.card,
             "frame_rate": self.frame_rate,
@@ -99,6 +98,12 @@ class LibriLightResult:
             "timing": self.timing,
             "format_version": FORMAT_VERSION,
         })
+
+    def uniform_flags(self, headline: dict[str, Any]) -> list[str]:
+        """The window losses worse than uniform guessing, as flags."""
+        return above_uniform_flags(
+            {f"librilight_loss_{position_key(p)}": headline[f"librilight_loss_{position_key(p)}"]
+             for p in self.positions}, self.card)
 
     def integer_keyed_losses(self, headline: dict[str, Any], progression: list[tuple[int, float]]
                              ) -> dict[str, float | None]:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from moshi.models import loaders
+from moshi.modules.ttt import TTTConfig
 
 from .fingerprint import weights_fingerprint
 from .preflight import check_file_reference, check_hf_repo
+from .settings_file import ConfigError, read_settings_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TTT_CAUSAL_FORM_FLAG = (
+    "ttt_causal_form: the model's TTT config reads each mini-batch non-causally (minibatch_causal=False, as "
+    "moshi-finetune trains), which cannot stream; these losses are of its causal form, not of its training function "
+    "(docs/ttt.md)"
+)
 
 
 @dataclasses.dataclass
@@ -27,6 +36,7 @@ class ModelSpec:
     tokenizer: str | None = None
     ttt_weights: str | None = None
     lora_weights: str | None = None
+    ttt_config: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
@@ -61,7 +71,9 @@ def load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any 
 def _load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
     if spec.hf_repo is None and spec.moshi_weights is None:
         raise ValueError("no model given: pass --hf-repo, or --moshi-weights (with --lm-config), or use --demo")
-    optional = {"ttt_weights": spec.ttt_weights} if spec.ttt_weights else {}
+    optional: dict[str, Any] = {"ttt_weights": spec.ttt_weights} if spec.ttt_weights else {}
+    if spec.ttt_config is not None:
+        optional["lm_kwargs_overrides"] = {"ttt": read_ttt_config(spec.ttt_config)}
     if spec.hf_repo is not None:
         info = loaders.CheckpointInfo.from_hf_repo(
             spec.hf_repo, moshi_weights=spec.moshi_weights, mimi_weights=spec.mimi_weights, tokenizer=spec.tokenizer,
@@ -73,6 +85,20 @@ def _load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any
     lm = loaders.get_moshi_lm(spec.moshi_weights, lm_kwargs=lm_kwargs, device=device, dtype=dtype,
                               lora_weights=spec.lora_weights, **optional)
     return lm.eval(), None
+
+
+def read_ttt_config(path: str | Path) -> TTTConfig:
+    """The TTT config in the `ttt:` section of a YAML file (a moshi-finetune training YAML, read as their `TTTArgs`)
+    or a JSON file (their `training_config.json`, or our format); a ConfigError names the file."""
+    path = Path(path)
+    data = loaders.read_config_file(path, "TTT config") if path.suffix.lower() == ".json" else read_settings_file(path)
+    section = data.get("ttt")
+    if not section or not isinstance(section, Mapping):
+        raise ConfigError(f"the TTT config {path} has no `ttt:` section (a mapping of TTT settings)")
+    try:
+        return TTTConfig.from_section(section)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from error
 
 
 def load_mimi(spec: ModelSpec, lm: Any, device: str, info: Any | None) -> Any:
@@ -107,4 +133,14 @@ def model_identity(lm: Any, source: dict[str, Any] | None = None) -> dict[str, A
         "text_card": int(lm.text_card),
         "delays": [int(d) for d in lm.delays],
         "ttt_layers": count_ttt_layers(lm),
+        **({"ttt_config": lm.ttt_config.to_dict()} if getattr(lm, "ttt_config", None) is not None else {}),
     }
+
+
+def model_flags(lm: Any) -> list[str]:
+    """What the results must say about how the model was scored: its TTT layers streamed in their causal form when
+    its config is non-causal."""
+    config = getattr(lm, "ttt_config", None)
+    if config is not None and not config.minibatch_causal and count_ttt_layers(lm):
+        return [TTT_CAUSAL_FORM_FLAG]
+    return []

@@ -84,7 +84,8 @@ def read_settings_section(path: str | Path, section: str) -> SettingsSection:
         notes.append(f"{path}: reading its {section!r} section; ignoring the {len(left_out)} training key(s) around "
                      f"it ({listed(left_out, limit=40)})")
     notes.extend(f"{path}: its {name!r} section is not applied (a training file's {name} settings are never used "
-                 "implicitly; the model is evaluated as its checkpoint and LM config define it)"
+                 "implicitly; the model is evaluated as its checkpoint and LM config define it, or as a "
+                 f"`--{name}-config` file sets them)"
                  for name in NEVER_APPLIED_SECTIONS if name in left_out)
     return SettingsSection(path, section, dict(values), notes, left_out)
 

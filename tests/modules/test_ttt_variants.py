@@ -61,6 +61,14 @@ def test_training_only_keys_are_named_in_one_note():
     assert not caught
 
 
+def test_numeric_strings_convert_as_their_argument_classes_do():
+    """YAML reads `1e-3` as a string; their loader converts it to the field's type."""
+    config = finetune_config({"enable": True, "base_lr": "1e-3", "mini_batch_size": "8", "rope_theta": "5e2"})
+    assert (config.base_lr, config.mini_batch_size, config.rope_theta) == (1e-3, 8, 500.0)
+    with pytest.raises(ValueError, match="base_lr"):
+        finetune_config({"enable": True, "base_lr": "fast"})
+
+
 def test_a_disabled_section_has_no_layers():
     with pytest.warns(UserWarning, match="enable"):
         config = TTTConfig.from_moshi_finetune({"layers": "all"})
