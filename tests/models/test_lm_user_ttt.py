@@ -36,9 +36,11 @@ def test_parallel_forward_matches_their_training_code(user_case):
     assert torch.equal(again.logits.nan_to_num(), output.logits.nan_to_num()), "a second forward must not differ"
 
 
-def test_adapter_only_file_over_the_base_weights(user_case):
-    if user_case.consolidated is None:
-        pytest.skip("local cases are adapter-only: the parallel-forward test already loads them this way")
+@pytest.mark.parametrize("name", SHARED_CASES)
+def test_adapter_only_file_over_the_base_weights(parity_dir, name):
+    """The shared cases also hold their adapter-only file (the local cases hold nothing else, and the parallel-forward
+    test loads them that way)."""
+    user_case = load_user_case(parity_dir, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lm = loaders.get_moshi_lm(user_case.base_weights, user_case.config | {"ttt": user_case.ttt_config()},
@@ -95,8 +97,12 @@ def test_checkpoint_info_reads_their_section_from_config_json(parity_dir, tmp_pa
                   tokenizer_name="tokenizer.model")
     (tmp_path / "config.json").write_text(json.dumps(config))
     info = loaders.CheckpointInfo.from_hf_repo(tmp_path)
-    with pytest.warns(UserWarning, match="ignored key"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         lm = info.get_moshi(dtype=torch.float32)
+    notes = [str(w.message) for w in caught]
+    assert any("ignored key(s)" in note and "persistent_states" in note for note in notes)
+    assert any("backward_ssm_gating" in note for note in notes)
     assert not lm.ttt_config.minibatch_causal and lm.ttt_config.query_update_count == 2
     with torch.no_grad():
         assert max_logit_difference(lm(case.io["codes"]), case.io) <= TOLERANCE
