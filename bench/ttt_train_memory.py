@@ -10,6 +10,7 @@ side, with the ratios.
 
     python bench/ttt_train_memory.py [--scope both] [--frames 3000] [--dim 1024] [--heads 16] [--num-layers 2]
                                      [--group 16] [--variant mlp] [--device cpu] [--threads N]
+                                     [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def lm_config(args: argparse.Namespace, group: int) -> dict:
         "depformer_gating": "silu", "depformer_context": 8,
         "ttt": {"layers": "all", "variant": args.variant, "mini_batch_size": args.mini_batch_size,
                 "scan_checkpoint_group_size": group},
+        "gradient_checkpointing": args.gradient_checkpointing,
     }
 
 
@@ -117,6 +119,8 @@ def measure(args: argparse.Namespace, scope: str, group: int) -> dict:
     for name in ("frames", "dim", "heads", "num_layers", "context", "batch", "mini_batch_size", "variant", "device",
                  "threads"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.gradient_checkpointing:
+        command.append("--gradient-checkpointing")
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=child_environment())
     if result.returncode:
         raise SystemExit(f"error: the {scope} run with scan_checkpoint_group_size={group} failed:\n"
@@ -137,6 +141,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16, help="scan_checkpoint_group_size of the checkpointed run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (0: torch's default)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="the LM also recomputes each layer in backward (moshi-finetune's gradient_checkpointing)")
     parser.add_argument("--scope", default="both", choices=("lm", "layer", "both"),
                         help="a whole LM step, one TTT layer alone, or both")
     parser.add_argument("--child-scope", default=None, help=argparse.SUPPRESS)
@@ -150,7 +156,8 @@ def main() -> None:
     per_mini_batch = args.batch * args.heads * (head_dim * hidden * (2 if args.variant == "mlp" else 1)) * 4 / 2**20
     print(f"{args.frames} frames, batch {args.batch}, {args.num_layers} TTT-{args.variant} layers of dim {args.dim} "
           f"({args.heads} heads), mini-batch {args.mini_batch_size}: {-(-args.frames // args.mini_batch_size)} "
-          f"mini-batches, {per_mini_batch:.1f} MB of fast weights each per layer; device {args.device}", flush=True)
+          f"mini-batches, {per_mini_batch:.1f} MB of fast weights each per layer; device {args.device}; LM "
+          f"gradient_checkpointing {args.gradient_checkpointing}", flush=True)
     print(f"{'scope':>6} | {'scan_checkpoint_group_size':>26} | {'step peak (MB)':>14} | {'step time (s)':>13}",
           flush=True)
     for scope in ("lm", "layer") if args.scope == "both" else (args.scope,):

@@ -3,9 +3,9 @@
 Its `get_fsdp_model` builds the LM on the meta device through `CheckpointInfo.get_moshi(..., lm_kwargs_overrides=
 {"gradient_checkpointing", "lora", ...}, load_weight=False)` and assigns the checkpoint with `load_state_dict(strict=
 False, assign=True)`; every parameter must then be real, so the TTT layers' initial weights travel in the checkpoint.
-A step is `model(codes=...)` and a masked cross-entropy on text and audio, then backward. Its `Checkpointer` saves,
-on one process, the state dict of every module whose parameters all train (the TTT blocks when only they train), or
-the whole state dict. (`condition_tensors=None` is left out of the call until `LMModel.forward` accepts it.)
+A step is `model(codes=..., condition_tensors=None)` and a masked cross-entropy on text and audio, then backward. Its
+`Checkpointer` saves, on one process, the state dict of every module whose parameters all train (the TTT blocks when
+only they train), or the whole state dict.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from moshi.models import loaders
 from moshi.models.lm import LMModel
@@ -76,7 +75,7 @@ def training_codes(lm: LMModel) -> torch.Tensor:
 def training_step(model: LMModel, codes: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward, text + audio losses, backward; the gradients by parameter name."""
     model.train()
-    output = model(codes=codes)
+    output = model(codes=codes, condition_tensors=None)
     text_loss = masked_cross_entropy(output.text_logits, codes[:, :1], output.text_mask)
     audio_loss = masked_cross_entropy(output.logits, codes[:, 1: 1 + model.dep_q], output.mask)
     (text_loss + audio_loss).backward()
@@ -91,19 +90,10 @@ def ttt_parameter_names(model: LMModel) -> list[str]:
     return [name for name, _ in model.named_parameters() if ".ttt." in name]
 
 
-def checkpoint_each_layer(model: LMModel) -> None:
-    """Layer-level activation checkpointing around each main-transformer layer (the TTT scan checkpoints nest
-    inside)."""
-    for layer in model.transformer.layers:
-        forward = layer.forward
-        layer.forward = lambda x, *args, forward=forward: checkpoint(forward, x, *args, use_reentrant=False)
-
-
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_every_ttt_parameter_gets_a_gradient(repository, gradient_checkpointing):
     model = build_like_moshi_finetune(repository, gradient_checkpointing, train_only_ttt=True)
-    if gradient_checkpointing:
-        checkpoint_each_layer(model)
+    assert model.transformer.checkpointing is gradient_checkpointing
     gradients = training_step(model, training_codes(model))
     names = ttt_parameter_names(model)
     assert sorted(gradients) == sorted(names)
@@ -113,15 +103,14 @@ def test_every_ttt_parameter_gets_a_gradient(repository, gradient_checkpointing)
 
 
 def test_checkpointing_keeps_the_gradients(repository):
-    """Full fine-tuning: no checkpointing, the grouped mini-batch scan, and the scan nested in layer checkpoints give
-    the same gradients for every parameter."""
+    """Full fine-tuning: no checkpointing, the grouped mini-batch scan, and the grouped scan nested in moshi-finetune's
+    `gradient_checkpointing` (each layer recomputed in backward) give the same gradients for every parameter."""
     codes = None
     results = []
     for group, per_layer in ((0, False), (2, False), (2, True)):
         model = build_like_moshi_finetune(repository, per_layer, train_only_ttt=False, scan_group=group)
         assert {block.ttt_layer.config.scan_checkpoint_group_size for block in ttt_blocks(model)} == {group}
-        if per_layer:
-            checkpoint_each_layer(model)
+        assert model.transformer.checkpointing is per_layer
         codes = training_codes(model) if codes is None else codes
         results.append(training_step(model, codes))
     assert len(results[0]) == sum(1 for _ in model.parameters())
