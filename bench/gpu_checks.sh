@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one short run (about 3 minutes on an H200), each under its own time limit:
+# The checks that need a CUDA GPU, in one short run (about 3 minutes on an H200 before the paper-metrics check, whose
+# GPU time is not measured yet), each under its own time limit:
 # CUDA-graph tests, step_with_logits / step at 7B, TTT cost, Mimi encoding speed, LibriLight one-pass vs two-pass and
-# chunked scoring of 24k frames at 7B.
+# chunked scoring of 24k frames at 7B, paper-metrics batched scoring vs one forward per file at 7B.
 #     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
 # The CUDA tests and the 7B config read the fixtures in ../shared/parity, as the CPU tests do.
 set -u -o pipefail
@@ -28,3 +29,4 @@ check ttt_cuda 60 "$PY" bench/ttt.py --device cuda --dtype bfloat16
 check mimi_cuda 60 "$PY" -m bench.mimi --device cuda
 check librilight_7b 300 "$PY" bench/librilight.py --7b --skip-memory --chunk-frames 24000 --chunk-size 1024 \
     --greedy-frames 1024
+check paper_metrics_7b 240 "$PY" bench/paper_metrics.py --7b --utterances 512 --batch-size 64

@@ -21,8 +21,9 @@ cross-stream score of an utterance placed in the user stream).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.models.loaders import mimi_codebooks
+from moshi.modules.transformer import StreamingMultiheadAttention
 
 from .sanity import NonFiniteLossError
 from .text_policy import CHUNKED_TEXT_POLICIES, check_text_policy, forced_text_token
@@ -136,6 +138,25 @@ def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
     return undefined
 
 
+@contextlib.contextmanager
+def attention_bounded_to(lm: LMModel, steps: int) -> Iterator[None]:
+    """Inside the block, the main transformer's attention context is at most `steps` (restored afterwards).
+
+    When no sequence streams more than `steps` steps between resets, no query reaches further back than `steps` anyway,
+    so the attention is the same; the KV caches, sized by the context, then hold `steps` entries instead of the model's
+    full context (3000 for Moshi): short utterances can be batched without gigabytes of caches.
+    """
+    layers = [module for module in lm.transformer.modules() if isinstance(module, StreamingMultiheadAttention)]
+    saved = [layer.context for layer in layers]
+    for layer in layers:
+        layer.context = steps if layer.context is None else min(layer.context, steps)
+    try:
+        yield
+    finally:
+        for layer, context in zip(layers, saved):
+            layer.context = context
+
+
 class StepScorer:
     """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time."""
 
@@ -171,9 +192,9 @@ class StepScorer:
             if self.text_policy == "sample":
                 torch.manual_seed(self.seed)
             lm_gen = self.make_lm_gen()
-            with lm_gen.streaming(batch_size):
-                _BatchRun(self, lm_gen, batch_size, max(item.num_frames for item in queue)).run(
-                    queue, on_sequence, on_frames)
+            longest = queue[0].num_frames
+            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
+                _BatchRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
         finally:
             self.lm.train(was_training)
 
@@ -361,8 +382,9 @@ class ChunkedScorer:
         self.lm.eval()
         try:
             lm_gen = LMGen(self.lm, use_sampling=False, support_out_of_sync=True)
-            with lm_gen.streaming(batch_size):
-                _ChunkedRun(self, lm_gen, batch_size, queue[0].num_frames).run(queue, on_sequence, on_frames)
+            longest = queue[0].num_frames
+            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
+                _ChunkedRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
         finally:
             self.lm.train(was_training)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lm_fixtures import load_case
 
+from moshi.models.lm import LMModel
 from moshi_eval.scoring.scorer import ChunkedScorer, ScoringItem, StepScorer, token_cross_entropy
 
 LENGTHS = (23, 9, 41, 5, 17, 30, 12)
@@ -95,3 +96,28 @@ def test_text_policy_is_checked(lm):
         ChunkedScorer(lm, text_policy="sample")
     with pytest.raises(ValueError, match="'bogus'"):
         StepScorer(lm, text_policy="bogus")
+
+
+def test_caches_are_sized_by_the_longest_sequence_not_the_context(parity_dir, items):
+    """A model with Moshi's 3000-frame context scores short sequences with caches of their length, the same losses as
+    its parallel forward, and gets its context back afterwards."""
+    config = load_case(parity_dir, "lm_moshiko_tiny").config | {"context": 3000}
+    torch.manual_seed(3)
+    lm = LMModel(**config).eval()
+    short = [ScoringItem(item.sequence_id, item.own, item.user) for item in items if item.num_frames <= 30]
+    longest = max(item.num_frames for item in short) + max(lm.delays)
+    attention = lm.transformer.layers[0].self_attn
+    capacities = []
+
+    def finished(scored) -> None:
+        capacities.append(attention.streaming_state.keys.shape[2])
+        got[scored.sequence_id] = scored.codebook_losses
+
+    for scorer in (ChunkedScorer(lm, text_policy="zero", chunk_size=8), StepScorer(lm, text_policy="zero")):
+        got: dict[str, np.ndarray] = {}
+        scorer.run(short, 3, finished)
+        assert set(capacities) == {longest} and attention.context == 3000
+        for item in short:
+            user = item.user if item.user is not None else torch.full_like(item.own, lm.zero_token_id)
+            expected, defined = forward_losses(lm, item.own, user, item.own)
+            np.testing.assert_allclose(got[item.sequence_id][defined], expected[defined], atol=1e-4, rtol=0)
