@@ -17,7 +17,7 @@ from ..scoring.models import ModelSpec
 from .config import OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
-from .section import read_user_section
+from .section import IGNORED_NOTE, read_user_section
 
 MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
                "lora_weights")
@@ -111,7 +111,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def notes_for(ignored: list[str], librilight: Mapping[str, Any]) -> list[str]:
     notes = []
     if ignored:
-        notes.append(f"ignoring {', '.join(ignored)} (training-loop settings)")
+        notes.append(f"ignoring {', '.join(ignored)} ({IGNORED_NOTE})")
     if librilight:
         notes.append(f"LibriLight keys ({', '.join(sorted(librilight))}) are run by python -m moshi_eval.librilight")
     return notes

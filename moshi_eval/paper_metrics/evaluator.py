@@ -22,7 +22,7 @@ from ..librilight import evaluate_librilight_long_context
 from .config import PaperMetricsConfig
 from .evaluate import run_paper_metrics
 from .pairs import BENCHMARKS
-from .section import UserSection, read_user_section
+from .section import IGNORED_NOTE, UserSection, read_user_section
 
 
 class PaperMetricsEvaluator:
@@ -36,8 +36,8 @@ class PaperMetricsEvaluator:
         self.section: UserSection = read_user_section(config or {}, "config")
         self.base = self.section.config()
         if self.section.ignored:
-            warnings.warn(f"paper_metrics: ignoring key(s) {', '.join(self.section.ignored)} (they steer the training "
-                          "loop, not the evaluation)", UserWarning, stacklevel=2)
+            warnings.warn(f"paper_metrics: ignoring key(s) {', '.join(self.section.ignored)} ({IGNORED_NOTE})",
+                          UserWarning, stacklevel=2)
 
     def evaluate_swuggy(self, model: Any, max_samples: int | None = None) -> dict[str, float]:
         return self.evaluate(model, ["swuggy"], max_samples)

@@ -2,8 +2,9 @@
 
 Their paper-metrics keys map onto `PaperMetricsConfig`: `<bench>_audio_dir` -> `<bench>_dir`, `<bench>_gold_csv` ->
 `<bench>_gold`, `<bench>_max_pairs`, `paper_metrics_use_silence: true` -> `other_stream="silence"`,
-`paper_metrics_use_user_stream: true` -> `stream="user"`. Keys that only steered their training loop or their
-logging (`paper_metrics_eval`, `paper_metrics_freq`, `<bench>_stream_config`, ...) are left out and named in `ignored`;
+`paper_metrics_use_user_stream: true` -> `stream="user"`. Keys that steered their training loop, plots or dashboards,
+or that their evaluator never read (`paper_metrics_eval`, `paper_metrics_freq`, `<bench>_stream_config`,
+`use_silence_codes`, ...) are left out and named in `ignored`;
 `librilight_*` keys (and the other keys `moshi_eval.librilight` reads) go to `librilight`. Field names of
 `PaperMetricsConfig` are accepted as they are; any other key is an error naming it.
 """
@@ -25,10 +26,15 @@ SWITCHES = {
     "paper_metrics_use_silence": ("other_stream", "silence", "zero"),
     "paper_metrics_use_user_stream": ("stream", "user", "own"),
 }
-IGNORED = frozenset({"paper_metrics_eval", "paper_metrics_freq", "use_silence_codes",
-                     *(f"{bench}_stream_config" for bench in BENCHMARKS)})
+IGNORED = frozenset({
+    "paper_metrics_eval", "paper_metrics_freq",  # when their training loop evaluates
+    "save_results_json", "results_dir", "use_silence_codes",  # read by none of their evaluation code
+    "ttt_fig5_enable", "ttt_fig5_layers", "ttt_fig5_max_T", "ttt_fig5_smooth",  # their TTT inner-loop plots
+    *(f"{bench}_stream_config" for bench in BENCHMARKS),  # labels for their dashboards
+})
+IGNORED_NOTE = "training-loop, plotting and logging switches, or keys their evaluator never read"
 LIBRILIGHT_PREFIX = "librilight_"
-LIBRILIGHT_KEYS = frozenset({"first_codebook_weight_multiplier", "long_context_audio_dir", "long_context_max_files"})
+LIBRILIGHT_KEYS = frozenset({"first_codebook_weight_multiplier"})
 
 
 @dataclasses.dataclass
