@@ -10,7 +10,9 @@ prediction (it would need frames after the end) and is stored as NaN, as `LMMode
 Several sequences share one batch: each slot of the batch takes the next sequence as soon as its previous one ends (the
 slot alone is reset with `reset_streaming(mask)`), so nothing an item does touches the others. `StepScorer` stops a
 slot with nothing left (`set_exec_mask`); `ChunkedScorer` refills slots between calls and lets an idle slot run on
-padding. Only per-frame, per-codebook losses are kept: float32, on CPU.
+padding. While they score, the main transformer's attention context is cut to the longest sequence
+(`attention_bounded_to`: same attention, KV caches of that length). Only per-frame, per-codebook losses are kept:
+float32, on CPU.
 
 Text policies (`text_policy`): `greedy`, `sample` (per step only), `pad` and `zero` (no text at all).
 
