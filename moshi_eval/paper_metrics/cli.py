@@ -14,7 +14,9 @@ from typing import Any
 
 from ..librilight.config import ConfigError
 from ..scoring.models import ModelSpec
+from ..scoring.store import store_dir_for
 from .config import OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
+from .errors import with_one_line_errors
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
 from .section import IGNORED_NOTE, read_user_section
@@ -159,17 +161,28 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
                                   progress=not getattr(args, "quiet", False))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def interruption_note(args: argparse.Namespace) -> str:
+    """What an interrupted run leaves behind, and how to go on."""
+    given = vars(args)
+    if not given.get("resume", True):
+        return "nothing was kept (--no-resume); run the command again to start over"
+    output = given.get("output", DEFAULT_OUTPUT)
+    return (f"finished utterances are kept in {store_dir_for(output)}; run the same command again to resume "
+            "from them")
+
+
+def run_command(args: argparse.Namespace) -> int:
     from ..scoring.distributed import init_distributed, shutdown_distributed
 
     try:
         data = run_evaluation(args)
         if init_distributed().is_main:
             print_summary(data)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         shutdown_distributed()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return with_one_line_errors(lambda: run_command(args), interruption_note(args))

@@ -121,3 +121,18 @@ def test_two_torchrun_ranks_equal_one_process(tmp_path, checkpoint):
     assert {k: v for k, v in one.items() if k.endswith(("_accuracy", "_samples"))} == {
         k: v for k, v in two.items() if k.endswith(("_accuracy", "_samples"))}
     assert ranks.stdout.count("paper_metrics_avg") == 1
+
+
+def test_ctrl_c_says_what_is_kept(tmp_path, checkpoint, capsys, monkeypatch):
+    from moshi_eval.paper_metrics import evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_paper_metrics", interrupted)
+    output = tmp_path / "run.json"
+    assert main([f"--tstory-dir={DATA / 'tstory'}", *checkpoint, "--output", str(output), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (f"interrupted: finished utterances are kept in {tmp_path / 'run.sequences'}; run the same command "
+                "again to resume from them")
+    assert err == [expected]

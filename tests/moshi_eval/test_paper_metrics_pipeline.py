@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 from paper_metrics_helpers import DATA, copy_sets, demo_mimi, set_dirs, small_lm
 
 from moshi_eval.paper_metrics import evaluate_paper_metrics
@@ -133,3 +134,14 @@ def test_evaluator_class_of_the_users_scripts(lm, tmp_path, cache_dir):
         no_swuggy.evaluate_swuggy(lm)
     with pytest.raises(ValueError, match="LibriLight is not configured"):
         no_swuggy.evaluate_librilight_long_context(lm)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_utterance(cache_dir):
+    from moshi_eval.scoring.sanity import NonFiniteLossError
+
+    broken = small_lm()
+    with torch.no_grad():
+        broken.linears[3].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"tstory/\d_9f8e7d6c-000\d_(in)?correct.wav' at frame 0, codebook 3"):
+        evaluate_paper_metrics(broken, demo_mimi(), {"tstory_dir": str(DATA / "tstory"), "cache_dir": str(cache_dir)},
+                               progress=False)
