@@ -363,6 +363,20 @@ class StepWithLogits(Mapping):
         return len(self.__dataclass_fields__)
 
 
+STEP_WITH_LOGITS_MIGRATION = "docs/step_with_logits.md, section \"Migrating from teacher_forcing_tokens\""
+
+
+def removed_keyword_error(method: str, keywords: dict[str, Any]) -> TypeError:
+    """The TypeError for keywords a method does not take; `teacher_forcing_tokens` gets what replaces it."""
+    if "teacher_forcing_tokens" in keywords:
+        return TypeError(
+            f"{method}() no longer takes teacher_forcing_tokens: give the audio to score as depformer_replace_tokens "
+            "in the delayed layout (moshi.models.lm_utils.teacher_forced_step_inputs builds it from [B, dep_q, T] "
+            "codes) and take the targets from out.tokens (out.tokens[:, 1:] is the frame out.audio_logits predicts), "
+            f"or score whole sequences with moshi_eval.librilight; see {STEP_WITH_LOGITS_MIGRATION}")
+    return TypeError(f"{method}() got an unexpected keyword argument {min(keywords)!r}")
+
+
 @dataclasses.dataclass
 class LMGenState(State):
     """The delayed token ring (tokens, logits and per-item positions, see `moshi.models.lm_ring`), the CUDA-graphed
@@ -457,10 +471,12 @@ class LMGen(StreamingModule[LMGenState]):
         """
         state, lm = self.streaming_state, self.lm_model
         B, needed = state.batch_size, self.num_user_streams
+        expected = f"[B={B}, n_q - dep_q={needed}, {steps}]"
         if input_tokens.dim() != 3 or input_tokens.shape[0] != B or input_tokens.shape[2] != steps:
-            raise ValueError(f"input_tokens must be [B={B}, {needed}, {steps}], got {list(input_tokens.shape)}")
+            raise ValueError(f"input_tokens must be {expected}, got {list(input_tokens.shape)}")
         if input_tokens.shape[1] < needed:
-            raise ValueError(f"input_tokens has {input_tokens.shape[1]} user streams, the model needs {needed}")
+            raise ValueError(f"input_tokens must be {expected} (the user stream has {needed} codebooks; extra rows are "
+                             f"ignored), got {list(input_tokens.shape)}: {input_tokens.shape[1]} user codebooks")
         user = input_tokens[:, :needed]
         lm.check_token_range(user, lm.card, "input_tokens (user audio)")
         if depformer_replace_tokens is not None:
@@ -562,13 +578,17 @@ class LMGen(StreamingModule[LMGenState]):
         return None if self._no_frame_yet() else frames.tokens
 
     def step_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
-                         *, text_replace_tokens: torch.Tensor | None = None) -> StepWithLogits | None:
+                         *, text_replace_tokens: torch.Tensor | None = None,
+                         **removed: torch.Tensor) -> StepWithLogits | None:
         """`step`, plus the logits behind the returned tokens, from the same streaming state.
 
         The depformer always runs (teacher-forced with `depformer_replace_tokens`), so
         `cross_entropy(out.audio_logits[:, k, 0], out.tokens[:, 1 + k, 0])` is the model's loss on codebook k of the
-        returned frame. Returns None exactly when `step` would.
+        returned frame. Returns None exactly when `step` would. The keyword `teacher_forcing_tokens` of earlier
+        research versions is refused with a TypeError saying what replaces it.
         """
+        if removed:
+            raise removed_keyword_error("step_with_logits", removed)
         out = self.step_frame(input_tokens, depformer_replace_tokens, text_replace_tokens=text_replace_tokens)
         return None if self._no_frame_yet() else out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import sentencepiece
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -506,14 +508,22 @@ def _read_lm_state(
 
 def _read_weights(path: str | Path, what: str, device: torch.device | str) -> dict[str, torch.Tensor]:
     """A safetensors state dict; moshi-finetune TTT layouts are renamed to ours (see `moshi.modules.ttt_checkpoint`)."""
-    path = _require_safetensors(path, what)
-    state = load_file(path, device=str(device))
+    state = _load_safetensors(path, what, device)
     if any(marker in key for key in state for marker in _FINETUNE_TTT_MARKERS):
         from ..modules.ttt_checkpoint import map_finetune_ttt_state_dict, warn_unmatched_ttt_keys
 
         state, unmatched = map_finetune_ttt_state_dict(state)
         warn_unmatched_ttt_keys(unmatched, source=str(path))
     return state
+
+
+def _load_safetensors(path: str | Path, what: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The tensors of an existing safetensors file; a corrupt file is a ValueError naming it."""
+    path = _require_safetensors(path, what)
+    try:
+        return load_file(path, device=str(device))
+    except SafetensorError as error:
+        raise ValueError(f"{what} {path} is not a readable safetensors file: {error}") from error
 
 
 def _cast_floats_like(state: dict[str, torch.Tensor], model: nn.Module, dtype: torch.dtype) -> None:
@@ -529,18 +539,17 @@ def _cast_floats_like(state: dict[str, torch.Tensor], model: nn.Module, dtype: t
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> None:
     """Load `state` into `model` (assigning the tensors), raising a ValueError that lists any key mismatch."""
     ttt_prefixes = _ttt_key_prefixes(model)
+    _check_shapes(model, state, source)
     _cast_floats_like(state, model, dtype)
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         missing_ttt = [key for key in result.missing_keys if key.startswith(ttt_prefixes)] if ttt_prefixes else []
-        message = _key_mismatch_message(source, result.missing_keys, result.unexpected_keys)
+        hint = ""
         if missing_ttt:
-            message += (
-                f"\n  the config has a `ttt` section but the weights lack its {len(missing_ttt)} TTT keys "
-                f"({', '.join(missing_ttt)}): pass `ttt_weights` (or `ttt_name` in config.json) naming a safetensors "
-                "file that holds them"
-            )
-        raise ValueError(message)
+            hint = (f"the config has a `ttt` section but the weights lack its {len(missing_ttt)} TTT keys "
+                    f"({_first_keys(missing_ttt)}): pass `ttt_weights` (or `ttt_name` in config.json) naming a "
+                    "safetensors file that holds them")
+        raise WeightsMismatchError(source, result.missing_keys, result.unexpected_keys, hint=hint)
 
 
 def _ttt_key_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -552,13 +561,45 @@ def _ttt_key_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{name}." for name, module in model.named_modules() if isinstance(module, TTTBlock))
 
 
-def _key_mismatch_message(source: str, missing: list[str], unexpected: list[str]) -> str:
-    lines = [f"weights in {source} do not match the model:"]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    return "\n".join(lines)
+LISTED_KEYS = 10
+
+
+def _first_keys(keys: list[str]) -> str:
+    """The first `LISTED_KEYS` keys, then how many more."""
+    shown = ", ".join(keys[:LISTED_KEYS])
+    return shown + (f", ... ({len(keys) - LISTED_KEYS} more)" if len(keys) > LISTED_KEYS else "")
+
+
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the model. The message lists the first offending keys of each kind; `missing`,
+    `unexpected` and `mismatched` (`(key, shape in the file, shape in the model)`) hold all of them."""
+
+    def __init__(self, source: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                 mismatched: Sequence[tuple[str, list[int], list[int]]] = (), hint: str = "") -> None:
+        self.source = source
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        lines = [f"weights in {source} do not match the model:"]
+        if self.mismatched:
+            shapes = [f"{key} {file_shape} in the file, {model_shape} in the model"
+                      for key, file_shape, model_shape in self.mismatched]
+            lines.append(f"  shape mismatch ({len(shapes)}; is the config the one these weights were trained with?): "
+                         f"{_first_keys(shapes)}")
+        if self.missing:
+            lines.append(f"  missing keys ({len(self.missing)}): {_first_keys(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected keys ({len(self.unexpected)}): {_first_keys(self.unexpected)}")
+        if hint:
+            lines.append(f"  {hint}")
+        super().__init__("\n".join(lines))
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """WeightsMismatchError listing the tensors of `state` whose shapes differ from the model's."""
+    expected = model.state_dict()
+    mismatched = [(key, list(value.shape), list(expected[key].shape)) for key, value in state.items()
+                  if key in expected and value.shape != expected[key].shape]
+    if mismatched:
+        raise WeightsMismatchError(source, mismatched=mismatched)
 
 
 def _add_lora(
@@ -575,13 +616,13 @@ def _add_lora(
         replace_all_linear_with_lora(model, rank, scaling, device=device, dtype=dtype)
     else:
         replace_all_linear_with_lora(model, rank, scaling, device="meta", dtype=dtype)
-        path = _require_safetensors(lora_weights, "LoRA weights")
-        state = load_file(path, device=str(device))
+        state = _load_safetensors(lora_weights, "LoRA weights", device)
+        _check_shapes(model, state, f"LoRA file {lora_weights}")
         _cast_floats_like(state, model, dtype)
         result = model.load_state_dict(state, strict=False, assign=True)
         missing_adapters = [key for key in result.missing_keys if ".lora_A." in key or ".lora_B." in key]
         if missing_adapters or result.unexpected_keys:
-            raise ValueError(_key_mismatch_message(f"LoRA file {path}", missing_adapters, result.unexpected_keys))
+            raise WeightsMismatchError(f"LoRA file {lora_weights}", missing_adapters, result.unexpected_keys)
     if fuse:
         replace_lora_with_linear(model)
 
@@ -608,11 +649,11 @@ def get_mimi(
     config = default_mimi_config() if mimi_config is None else mimi_config
     model = MimiModel.from_config(config, device=device)
     if filename is not None:
-        path = _require_safetensors(filename, "Mimi weights")
-        state = load_file(path, device=str(device))
+        state = _load_safetensors(filename, "Mimi weights", device)
+        _check_shapes(model, state, str(filename))
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(_key_mismatch_message(str(path), result.missing_keys, result.unexpected_keys))
+            raise WeightsMismatchError(str(filename), result.missing_keys, result.unexpected_keys)
     model.set_num_codebooks(num_codebooks)
     model.eval()
     return model

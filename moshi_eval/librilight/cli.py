@@ -1,38 +1,52 @@
 """`python -m moshi_eval.librilight`: evaluate a checkpoint, run the demo, or `compare` result files.
 
-Settings come from the defaults, then `--config eval.yaml`, then the flags given on the command line (flags win).
+Settings come from the defaults, then `--config FILE` (an eval.yaml, or a training YAML whose `paper_metrics:` section
+is read), then the flags given on the command line (flags win; a data flag such as `--audio-dir` replaces the file's
+data source as a whole). Notes about the settings are printed on stderr, one line each. Paths, model files and the
+device are checked before anything is loaded; every expected failure is one `error:` line with exit code 2, and Ctrl-C
+says where the partial results are and how to resume (exit code 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..scoring.cli_errors import run_command
 from ..scoring.models import ModelSpec
+from ..scoring.notes import print_notes
+from ..scoring.preflight import check_input_path, check_output_file, check_output_folder, check_plot_file
+from ..scoring.store import store_dir_for
 from ..scoring.text_policy import TEXT_POLICIES
 from .config import (
     SCORING_MODES,
     USER_STREAMS,
     LibriLightConfig,
-    load_config_file,
+    config_field_names,
     parse_float_list,
     parse_positions,
     position_key,
 )
+from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
 
+PROGRAM = "python -m moshi_eval.librilight"
+DEFAULT_OUTPUT = "librilight_results.json"
 MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
                "lora_weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m moshi_eval.librilight",
+        prog=PROGRAM,
         description="Exact long-context audio loss of a Moshi model on LibriLight (one streaming pass, teacher "
-                    "forced). `python -m moshi_eval.librilight compare a.json b.json --output cmp.png` overlays runs.",
+                    f"forced). `{PROGRAM} compare a.json b.json --output cmp.png` overlays runs.",
         argument_default=argparse.SUPPRESS)
     data = parser.add_argument_group("data")
     data.add_argument("--audio-dir", help="LibriLight tree <speaker>/<book>/<chapter>.flac, or a folder of audio files")
@@ -40,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--codes", nargs="+", help="pre-encoded *.safetensors files or folders ('codes' [K, T])")
     data.add_argument("--layout", choices=("auto", "librilight", "files"), help="how to read --audio-dir")
     data.add_argument("--max-chapters", type=int, help="chapters joined per book (default 3)")
+    books = data.add_mutually_exclusive_group()
+    books.add_argument("--book", dest="books", action="append", metavar="SPEAKER/BOOK",
+                       help="evaluate this book of the tree only (repeatable)")
+    books.add_argument("--all-books", dest="books", action="store_const", const=None,
+                       help="evaluate every book, whatever book the config file selects")
+    data.add_argument("--max-files", type=int, help="only the first N sequences in name order")
     data.add_argument("--num-sequences", type=int, help="evaluate a seeded random subset of this many sequences")
     data.add_argument("--min-snr", type=float, help="skip books with a chapter below this SNR")
     data.add_argument("--min-duration", type=float, help="skip sequences shorter than this many seconds")
@@ -49,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
     data.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
     model = parser.add_argument_group("model")
-    model.add_argument("--hf-repo", help="Hugging Face repo of the checkpoint (e.g. kyutai/moshiko-pytorch-bf16)")
+    model.add_argument("--hf-repo", help="Hugging Face repo of the checkpoint (e.g. kyutai/moshiko-pytorch-bf16), or "
+                                         "a local folder with the same layout")
     model.add_argument("--moshi-weights", help="LM weights (local file or hf://repo/file)")
     model.add_argument("--lm-config", help="LM config.json")
     model.add_argument("--mimi-weights", help="Mimi weights")
@@ -76,35 +97,83 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--positions", type=parse_positions, help="window ends in frames, e.g. 8k,16k,24k")
     scoring.add_argument("--window", type=int, help="window length in frames (default 1000)")
     scoring.add_argument("--bin-size", type=int, help="frames per point of the curve (default 100)")
+    scoring.add_argument("--check-every", type=int, help="steps between checks for non-finite losses (default 250)")
     output = parser.add_argument_group("output")
-    output.add_argument("--output", help="results JSON (default librilight_results.json)")
-    output.add_argument("--plot", help="PNG of the curves")
+    output.add_argument("--output", help=f"results JSON (default {DEFAULT_OUTPUT})")
+    output.add_argument("--plot", help="image of the curves (.png, .pdf, .svg, ...)")
+    output.add_argument("--legacy-keys", action="store_true",
+                        help="also write librilight_loss_<frames> keys (librilight_loss_8000, one every 1000 frames) "
+                             "for scripts that parse integer suffixes")
     output.add_argument("--no-resume", dest="resume", action="store_false", help="recompute finished sequences")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--config", help="eval.yaml with settings (librilight_* keys accepted)")
+    parser.add_argument("--config", help="settings file: an eval.yaml, or a training YAML (its paper_metrics section)")
     parser.add_argument("--demo", action="store_true", help="random-weight demo on synthetic audio (< 1 min on CPU)")
     return parser
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m moshi_eval.librilight compare",
+    parser = argparse.ArgumentParser(prog=f"{PROGRAM} compare",
                                      description="Overlay several LibriLight result files in one plot.")
     parser.add_argument("results", nargs="+", help="result JSON files")
     parser.add_argument("--labels", nargs="+", help="one label per file (default: file names)")
-    parser.add_argument("--output", required=True, help="PNG to write")
+    parser.add_argument("--output", required=True, help="image to write (.png, .pdf, .svg, ...)")
     return parser
 
 
-def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Config-file values overridden by the flags given on the command line."""
+def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Config-file values overridden by the flags given on the command line, and the notes to print. See
+    `settings_from_file` for which values came from the file."""
     given = vars(args)
-    settings = load_config_file(given["config"]) if "config" in given else {}
-    fields = set(LibriLightConfig.__dataclass_fields__)
-    settings.update({key: value for key, value in given.items() if key in fields})
-    return settings
+    mapped = read_config_file(given["config"]) if "config" in given else MappedSettings({})
+    settings, notes = dict(mapped.values), list(mapped.notes)
+    fields = set(config_field_names())
+    flags = {key: value for key, value in given.items() if key in fields}
+    if any(name in flags for name in DATA_SOURCE_FIELDS):
+        replaced = [name for name in (*DATA_SOURCE_FIELDS, *sorted(mapped.source_fields)) if name in settings]
+        if mapped.source_fields & set(replaced):
+            notes.append(f"{given['config']}: the data given on the command line replaces the file's data source "
+                         f"and what goes with it ({', '.join(replaced)})")
+        for name in replaced:
+            del settings[name]
+    settings.update(flags)
+    return settings, notes
 
 
-def print_summary(data: dict[str, Any]) -> None:
+def settings_from_file(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, str]:
+    """`{field: config file}` for the settings the command line did not give."""
+    given = vars(args)
+    if "config" not in given:
+        return {}
+    return {name: given["config"] for name in settings if name not in given}
+
+
+def setting_label(name: str, config_file: str | None) -> str:
+    """How errors name a setting: its flag, or the field and the file it came from."""
+    return f"{name} (from {config_file})" if config_file else f"--{name.replace('_', '-')}"
+
+
+def check_before_work(config: LibriLightConfig, spec: ModelSpec | None, from_file: dict[str, str]) -> None:
+    """Everything that can be checked without loading a model or reading audio (ConfigError naming the flag, or the
+    setting and the file it came from)."""
+
+    def label(name: str) -> str:
+        return setting_label(name, from_file.get(name))
+
+    check_output_file(config.output, label("output"))
+    if config.plot:
+        check_plot_file(config.plot, label("plot"))
+    if config.use_cache and config.cache_dir:
+        check_output_folder(config.cache_dir, label("cache_dir"))
+    if config.audio_dir:
+        check_input_path(config.audio_dir, label("audio_dir"), folder=True)
+    for name in ("audio_files", "codes"):
+        for entry in getattr(config, name) or ():
+            check_input_path(entry, label(name))
+    if spec is not None:
+        spec.check_local_files()
+
+
+def print_summary(data: dict[str, Any], output: str | None) -> None:
     lines = [f"{'metric':<28} value"]
     for position in data["positions"]:
         key = f"librilight_loss_{position_key(position)}"
@@ -113,78 +182,126 @@ def print_summary(data: dict[str, Any]) -> None:
         lines.append(f"{key:<28} {'null' if value is None else f'{value:.4f}'}  ({count} sequences)")
     slope = data["librilight_slope"]
     lines.append(f"{'librilight_slope':<28} {'null' if slope is None else f'{slope:.4e}'} per frame")
-    lines.append(f"{'librilight_samples':<28} {data['librilight_samples']}")
-    print("\n".join(lines))
+    lines.append(f"{'librilight_samples':<28} {data['librilight_samples']} frames")
+    lines.append(sequences_line(data, output))
+    print("\n".join(lines), flush=True)
 
 
-def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
+def sequences_line(data: dict[str, Any], output: str | None) -> str:
+    """`sequences: 3 scored (1 resumed), 2 skipped (...)`."""
+    resumed = data.get("timing", {}).get("resumed_sequences", 0)
+    skipped = len(data["skipped"])
+    where = f" (listed under 'skipped' in {output})" if skipped and output else ""
+    return (f"sequences: {data['num_sequences']} scored{f' ({resumed} resumed)' if resumed else ''}, "
+            f"{skipped} skipped{where}")
+
+
+def run_evaluation(config: LibriLightConfig, spec: ModelSpec, device: str, dtype_name: str,
+                   quiet: bool) -> dict[str, Any]:
     import torch
 
-    from ..scoring.distributed import default_device, init_distributed
     from ..scoring.models import load_lm, load_mimi, resolve_dtype
     from ..scoring.scorer import ModelShape
     from .evaluate import evaluate_librilight, resolve_user_stream
 
-    settings = merged_settings(args)
-    settings.setdefault("output", "librilight_results.json")
-    config = LibriLightConfig(**settings)
-    context = init_distributed()
-    device = getattr(args, "device", None) or default_device(context)
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
-    spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+    dtype = resolve_dtype(dtype_name, device)
     lm, info = load_lm(spec, device, dtype)
     needs_mimi = config.codes is None or resolve_user_stream(config.user_stream, ModelShape.of(lm)) == "silence"
     mimi = load_mimi(spec, lm, device, info) if needs_mimi else None
     with torch.no_grad():
-        result = evaluate_librilight(lm, mimi, config, model_source=spec.describe(),
-                                     progress=not getattr(args, "quiet", False))
+        result = evaluate_librilight(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
     return result.to_dict()
 
 
-def run_compare(argv: list[str]) -> int:
+@dataclasses.dataclass
+class Invocation:
+    """What this command was asked to do, for the message printed when it is interrupted."""
+
+    argv: list[str]
+    config: LibriLightConfig | None = None
+
+    def resume_command(self) -> str:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
+        return shlex.join([*PROGRAM.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
+
+    def interrupted(self) -> str:
+        config = self.config
+        if config is None or not config.output:
+            return f"nothing was computed yet; rerun with: {self.resume_command()}"
+        if not config.resume:
+            return (f"finished sequences are in {config.output} but were not kept for resuming (--no-resume); rerun "
+                    f"with: {self.resume_command()}")
+        store = store_dir_for(config.output)
+        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
+        partial = f" (partial results in {config.output})" if Path(config.output).is_file() else ""
+        return f"{kept} finished sequence(s) kept in {store}/{partial}; resume with: {self.resume_command()}"
+
+
+def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
+    from ..scoring.devices import resolve_device, select_device
+    from ..scoring.distributed import init_distributed
+
+    settings, notes = merged_settings(args)
+    context = init_distributed()
+    if context.is_main:
+        print_notes(notes)
+    quiet = getattr(args, "quiet", False)
+    demo = getattr(args, "demo", False)
+    device = resolve_device(getattr(args, "device", "cpu" if demo else None), context.local_rank)
+    select_device(device)
+    if demo:
+        from .demo import demo_settings, run_demo
+
+        config = LibriLightConfig(**demo_settings(settings))
+        invocation.config = config
+        check_before_work(config, None, settings_from_file(args, settings))
+        data = run_demo(config, device, quiet)
+    else:
+        settings.setdefault("output", DEFAULT_OUTPUT)
+        config = LibriLightConfig(**settings)
+        invocation.config = config
+        spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+        check_before_work(config, spec, settings_from_file(args, settings))
+        data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), quiet)
+    if context.is_main:
+        print_summary(data, config.output)
+    return 0
+
+
+def compare_command(argv: list[str]) -> int:
     from .plot import plot_comparison
 
     args = build_compare_parser().parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.results):
-        raise SystemExit(f"--labels has {len(args.labels)} entries for {len(args.results)} result files")
+        raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.results)} result files")
+    check_plot_file(args.output, "--output")
     labels = args.labels or [Path(path).stem for path in args.results]
     runs = []
     for label, path in zip(labels, args.results):
         try:
             runs.append((label, json.loads(Path(path).read_text())))
         except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"cannot read result file {path}: {error}") from error
+            raise ValueError(f"cannot read result file {path}: {error}") from error
     plot_comparison(runs, args.output)
     print(f"comparison written to {args.output}")
     return 0
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
-    return f"[librilight] warning: {message}\n"
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
-        return run_compare(argv[1:])
+        return run_command(lambda: compare_command(argv[1:]))
     args = build_parser().parse_args(argv)
-    from ..scoring.distributed import init_distributed, shutdown_distributed
+    from ..scoring.distributed import shutdown_distributed
 
+    invocation = Invocation(argv)
     try:
-        if getattr(args, "demo", False):
-            from .demo import run_demo
-
-            data = run_demo(merged_settings(args), getattr(args, "device", None), getattr(args, "quiet", False))
-        else:
-            data = run_evaluation(args)
-        if init_distributed().is_main:
-            print_summary(data)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return run_command(lambda: evaluate_command(args, invocation), invocation.interrupted)
     finally:
         shutdown_distributed()
-    return 0

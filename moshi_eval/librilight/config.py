@@ -1,45 +1,23 @@
-"""Evaluation settings: one dataclass, built from keyword arguments, a YAML file or a legacy config dict.
+"""Evaluation settings: one dataclass with its checks, and the parsers of the command line's list values.
 
-Researchers' existing YAML files use `librilight_*` keys and a `librilight_streaming` section; those are mapped onto the
-fields below. Keys from older evaluation scripts that no longer mean anything are accepted with a warning naming them,
-and any other unknown key is an error.
+Settings files and the keys of researchers' own files (`librilight_*`, a training YAML's `paper_metrics:` section) are
+mapped onto these fields in `config_keys.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from ..scoring.settings_file import ConfigError
 from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
 
 USER_STREAMS = ("silence", "zero")
 SCORING_MODES = ("step", "chunked")
 DEFAULT_POSITIONS = (8000, 16000, 24000)
 
-LEGACY_KEYS = {
-    "librilight_audio_dir": "audio_dir",
-    "librilight_max_chapters": "max_chapters",
-    "first_codebook_weight_multiplier": "first_codebook_weight",
-}
-STREAMING_SECTION = "librilight_streaming"
-STREAMING_SECTION_KEYS = {"max_sequence_length": "max_sequence_length"}
-OBSOLETE_KEYS = frozenset(
-    {
-        "use_fixed_streaming",
-        "verify_loss_computation",
-        "ttt_verification_enabled",
-        "memory_check_enabled",
-        "ttt_optimize_chunk_size",
-        "ttt_prefer_efficiency",
-    }
-)
-
-
-class ConfigError(ValueError):
-    """A settings file or value that cannot be used; the message names it."""
+__all__ = ["ConfigError", "LibriLightConfig", "config_field_names", "parse_float_list", "parse_positions",
+           "position_key"]
 
 
 @dataclasses.dataclass
@@ -51,6 +29,8 @@ class LibriLightConfig:
     codes: list[str] | None = None
     layout: str = "auto"
     max_chapters: int = 3
+    books: list[str] | None = None
+    max_files: int | None = None
     num_sequences: int | None = None
     min_snr: float | None = None
     min_duration: float | None = None
@@ -76,6 +56,8 @@ class LibriLightConfig:
     output: str | None = None
     plot: str | None = None
     resume: bool = True
+    legacy_keys: bool = False
+    check_every: int = 250
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,11 +76,14 @@ class LibriLightConfig:
         if self.user_stream is not None and self.user_stream not in USER_STREAMS:
             raise ValueError(f"user_stream must be one of {USER_STREAMS}, got {self.user_stream!r}")
         for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "encode_chunk_frames",
-                     "chunk_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.num_sequences is not None and self.num_sequences < 1:
-            raise ValueError(f"num_sequences must be at least 1, got {self.num_sequences!r}")
+                     "chunk_size", "check_every", "num_sequences", "max_files"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        for book in self.books or ():
+            parts = str(book).split("/")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"books are named SPEAKER/BOOK (e.g. 100/emerald_city_librivox), got {book!r}")
         if not self.positions:
             raise ValueError("positions must list at least one frame position")
         for position in self.positions:
@@ -133,95 +118,6 @@ class LibriLightConfig:
 
 def config_field_names() -> list[str]:
     return [field.name for field in dataclasses.fields(LibriLightConfig)]
-
-
-def normalize_config_mapping(raw: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-    """Map a user's mapping (new names, legacy `librilight_*` names, obsolete keys) onto `LibriLightConfig` fields.
-
-    Obsolete keys are dropped with one warning naming them all; unknown keys raise ValueError naming them and `source`.
-    """
-    fields = set(config_field_names())
-    result: dict[str, Any] = {}
-    obsolete: list[str] = []
-    unknown: list[str] = []
-
-    def put(field_name: str, value: Any, key: str) -> None:
-        if field_name in result and result[field_name] != value:
-            raise ValueError(f"{source}: {key!r} sets {field_name} again with a different value")
-        result[field_name] = value
-
-    for key, value in raw.items():
-        if key == STREAMING_SECTION:
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{source}: {STREAMING_SECTION!r} must be a mapping, got {type(value).__name__}")
-            for sub_key, sub_value in value.items():
-                if sub_key in STREAMING_SECTION_KEYS:
-                    put(STREAMING_SECTION_KEYS[sub_key], sub_value, f"{STREAMING_SECTION}.{sub_key}")
-                elif sub_key in OBSOLETE_KEYS:
-                    obsolete.append(f"{STREAMING_SECTION}.{sub_key}")
-                else:
-                    unknown.append(f"{STREAMING_SECTION}.{sub_key}")
-        elif key in LEGACY_KEYS:
-            put(LEGACY_KEYS[key], value, key)
-        elif key in fields:
-            put(key, value, key)
-        elif key in OBSOLETE_KEYS:
-            obsolete.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(fields))}")
-    if obsolete:
-        warnings.warn(
-            f"{source}: ignoring obsolete key(s) {', '.join(sorted(obsolete))}: the evaluation is exact and streaming "
-            "by construction, these settings no longer mean anything",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-    return coerce_field_types(result, source)
-
-
-def coerce_field_types(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Turn YAML scalars into the field types (a single path into a list, a comma string of positions into ints)."""
-    out = dict(values)
-    for name in ("audio_files", "codes", "exclude_genres"):
-        if isinstance(out.get(name), str | Path):
-            out[name] = [str(out[name])]
-    if isinstance(out.get("positions"), str):
-        out["positions"] = parse_positions(out["positions"])
-    if isinstance(out.get("codebook_weights"), str):
-        out["codebook_weights"] = parse_float_list(out["codebook_weights"])
-    if isinstance(out.get("exclude_genres"), Sequence):
-        out["exclude_genres"] = [str(genre) for genre in out["exclude_genres"]]
-    for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "num_sequences", "seed",
-                 "chunk_size"):
-        if out.get(name) is not None:
-            try:
-                out[name] = int(out[name])
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{source}: {name} must be an integer, got {out[name]!r}") from error
-    if out.get("positions") is not None:
-        out["positions"] = [int(p) for p in out["positions"]]
-    return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read an `eval.yaml` (or JSON) file into normalized `LibriLightConfig` keyword arguments."""
-    import yaml
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ValueError(f"cannot read config file {path}: {error}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {error}") from error
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
-    return normalize_config_mapping(raw, source=str(path))
 
 
 def parse_positions(text: str) -> list[int]:

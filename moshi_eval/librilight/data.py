@@ -1,15 +1,18 @@
 """Finding the sequences to evaluate: LibriLight trees, plain audio files and pre-encoded codes.
 
-A LibriLight tree is `<root>/<speaker>/<book>/<chapter>.flac` with a `<chapter>.json` next to each chapter (LibriLight's
-metadata: `snr`, `book_meta.genre`, `book_meta.meta_genre`, ...). Each book gives one sequence made of its first
-`max_chapters` chapters in sorted order, joined end to end. If one of those chapters cannot be used (no metadata, not
-readable as audio) the whole book is skipped with the reason, so that a sequence is always made of consecutive chapters.
-Anything skipped is listed; with `strict` the first skip is an error instead.
+A LibriLight tree is `<root>/<speaker>/<book>/<chapter>.flac`, usually with a `<chapter>.json` next to each chapter
+(LibriLight's metadata: `snr`, `book_meta.genre`, `book_meta.meta_genre`, ...). Each book gives one sequence made of its
+first `max_chapters` chapters in sorted order, joined end to end. A chapter without its `.json` gets no metadata and is
+still scored, unless a filter needs the metadata. If one of those chapters cannot be used (not readable as audio,
+unreadable metadata) the whole book is skipped with the reason, so that a sequence is always made of consecutive
+chapters. `books` (`SPEAKER/BOOK` ids) restricts a tree to those books; a book that is not there is an error listing the
+closest ones. Anything skipped is listed; with `strict` the first skip is an error instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import random
 from collections.abc import Iterable
@@ -38,10 +41,11 @@ def read_chapter(path: Path, with_metadata: bool) -> Chapter:
     return dataclasses.replace(chapter, metadata=read_chapter_metadata(path))
 
 
-def read_chapter_metadata(audio_path: Path) -> dict[str, Any]:
+def read_chapter_metadata(audio_path: Path) -> dict[str, Any] | None:
+    """The chapter's LibriLight metadata, None when it has no `.json`; DataError when the file is unreadable."""
     json_path = audio_path.with_suffix(".json")
     if not json_path.is_file():
-        raise DataError(f"{audio_path}: missing LibriLight metadata file {json_path.name}")
+        return None
     try:
         metadata = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -72,7 +76,9 @@ def filter_reason(source: SequenceSource, min_snr: float | None, min_duration: f
         return f"shorter than min_duration ({source.duration:.1f} s < {min_duration} s)"
     if min_snr is not None:
         for chapter in source.chapters:
-            snr = (chapter.metadata or {}).get("snr")
+            if chapter.metadata is None:
+                return f"{chapter.path.name} has no LibriLight metadata (.json), which min_snr needs"
+            snr = chapter.metadata.get("snr")
             if snr is None:
                 return f"{chapter.path.name} has no 'snr' in its metadata (min_snr is set)"
             if float(snr) < min_snr:
@@ -80,6 +86,8 @@ def filter_reason(source: SequenceSource, min_snr: float | None, min_duration: f
     excluded = {genre.lstrip("*").strip().lower() for genre in exclude_genres}
     if excluded:
         for chapter in source.chapters:
+            if chapter.metadata is None:
+                return f"{chapter.path.name} has no LibriLight metadata (.json), which exclude_genres needs"
             hit = chapter_genres(chapter.metadata) & excluded
             if hit:
                 return f"{chapter.path.name} has excluded genre(s) {', '.join(sorted(hit))}"
@@ -93,6 +101,35 @@ def is_librilight_tree(root: Path) -> bool:
             if any(p.suffix.lower() in AUDIO_SUFFIXES for p in book.iterdir()):
                 return True
     return False
+
+
+def book_ids(root: Path) -> list[str]:
+    """Every `<speaker>/<book>` directory of a tree, sorted."""
+    return sorted(f"{speaker.name}/{book.name}" for speaker in root.iterdir() if speaker.is_dir()
+                  for book in speaker.iterdir() if book.is_dir())
+
+
+def missing_books_message(root: Path, missing: list[str]) -> str:
+    """Which requested books are not in `root`, each with the closest books that are."""
+    available = book_ids(root)
+    described = []
+    for book in missing:
+        speaker = book.split("/")[0]
+        close = difflib.get_close_matches(book, available, n=3, cutoff=0.5)
+        close += [other for other in available if other.startswith(f"{speaker}/") and other not in close][:3]
+        described.append(f"{book} (close matches: {', '.join(close)})" if close else f"{book} (no close match)")
+    return (f"book(s) not found in {root}: {'; '.join(described)}; the tree holds {len(available)} book(s) as "
+            "<speaker>/<book>/<chapter>")
+
+
+def discover_books(root: Path, books: list[str], max_chapters: int, skips: SkipCollector) -> list[SequenceSource]:
+    """The requested `SPEAKER/BOOK` books of a tree only (the rest of the tree is not read); DataError for a missing
+    book."""
+    missing = [book for book in books if not (root / book).is_dir()]
+    if missing:
+        raise DataError(missing_books_message(root, missing))
+    found = (discover_book(root, root / book, max_chapters, skips) for book in dict.fromkeys(books))
+    return [source for source in found if source is not None]
 
 
 def discover_librilight(root: Path, max_chapters: int, skips: SkipCollector) -> list[SequenceSource]:
@@ -194,9 +231,11 @@ def discover_codes(entries: list[str]) -> list[SequenceSource]:
     return sequences
 
 
-def select_sequences(sequences: list[SequenceSource], num_sequences: int | None, seed: int) -> list[SequenceSource]:
-    """All sequences sorted by id, or a seeded random subset of `num_sequences` of them (also sorted by id)."""
-    ordered = sorted(sequences, key=lambda source: source.sequence_id)
+def select_sequences(sequences: list[SequenceSource], num_sequences: int | None, seed: int,
+                     max_files: int | None = None) -> list[SequenceSource]:
+    """All sequences sorted by id (the first `max_files` of them when set), or a seeded random subset of
+    `num_sequences` of those (also sorted by id)."""
+    ordered = sorted(sequences, key=lambda source: source.sequence_id)[:max_files]
     if num_sequences is None or num_sequences >= len(ordered):
         return ordered
     chosen = random.Random(seed).sample(range(len(ordered)), num_sequences)
@@ -216,12 +255,17 @@ def discover_sequences(
     exclude_genres: Iterable[str] = (),
     seed: int = 0,
     strict: bool = False,
+    books: list[str] | None = None,
+    max_files: int | None = None,
 ) -> Discovery:
     """Everything the inputs describe, filtered and selected; DataError when nothing usable is found."""
     given = [name for name, value in (("audio_dir", audio_dir), ("audio_files", audio_files), ("codes", codes))
              if value]
     if len(given) != 1:
         raise DataError(f"give exactly one of audio_dir, audio_files or codes (got {', '.join(given) or 'none'})")
+    if books and not audio_dir:
+        raise DataError(f"books ({', '.join(books)}) select books of a LibriLight tree given as audio_dir, not "
+                        f"{given[0]}")
     skips = SkipCollector(strict)
     if codes:
         sequences = discover_codes(codes)
@@ -234,7 +278,12 @@ def discover_sequences(
         if not root.is_dir():
             raise DataError(f"{root}: audio directory not found")
         use_tree = layout == "librilight" or (layout == "auto" and is_librilight_tree(root))
-        if use_tree:
+        if books and not use_tree:
+            raise DataError(f"books ({', '.join(books)}) select books of a LibriLight tree "
+                            f"<speaker>/<book>/<chapter>, but {root} is read as plain audio files (layout {layout})")
+        if books:
+            sequences = discover_books(root, books, max_chapters, skips)
+        elif use_tree:
             sequences = discover_librilight(root, max_chapters, skips)
         else:
             files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -250,4 +299,4 @@ def discover_sequences(
     if not kept:
         details = "; ".join(f"{s.path}: {s.reason}" for s in skips.skipped[:5])
         raise DataError(f"no usable sequences found in {described}" + (f" ({details})" if details else ""))
-    return Discovery(sequences=select_sequences(kept, num_sequences, seed), skipped=skips.skipped)
+    return Discovery(sequences=select_sequences(kept, num_sequences, seed, max_files), skipped=skips.skipped)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import LibriLightConfig
+
 DEMO_SAMPLE_RATE = 16000
 DEMO_SPEAKERS = 2
 DEMO_BOOKS_PER_SPEAKER = 2
@@ -140,29 +142,33 @@ def write_demo_tree(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def run_demo(given: dict[str, Any], device: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Build the demo models and data, evaluate with the `given` settings over the demo's, write JSON and PNG; returns
-    the results dict."""
-    print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr, flush=True)
+def demo_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """The demo's settings with the `given` ones over them; results and plot next to each other by default."""
     settings = DEMO_SETTINGS | given
     settings.setdefault("output", "librilight_demo.json")
     settings.setdefault("plot", str(Path(settings["output"]).with_suffix(".png")))
+    return settings
+
+
+def run_demo(config: LibriLightConfig, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+    """Build the demo models and data, evaluate with `config` (its data replaced by the demo's), write JSON and PNG;
+    returns the results dict."""
+    print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr, flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the demo model is tiny: intra-op threads only add synchronisation overhead
     try:
-        return evaluate_demo(settings, device or "cpu", quiet=quiet)
+        return evaluate_demo(config, device, quiet=quiet)
     finally:
         torch.set_num_threads(threads)
 
 
-def evaluate_demo(settings: dict[str, Any], device: str, quiet: bool) -> dict[str, Any]:
-    from .config import LibriLightConfig
+def evaluate_demo(config: LibriLightConfig, device: str, quiet: bool) -> dict[str, Any]:
     from .evaluate import evaluate_librilight
 
     with tempfile.TemporaryDirectory(prefix="librilight_demo_") as folder:
         root = write_demo_tree(Path(folder) / "librilight")
-        settings.setdefault("cache_dir", str(Path(folder) / "codes_cache"))
-        config = LibriLightConfig(**settings | {"audio_dir": str(root)})
+        config = config.replace(audio_dir=str(root), audio_files=None, codes=None,
+                                cache_dir=config.cache_dir or str(Path(folder) / "codes_cache"))
         lm = build_demo_lm().to(device)
         mimi = build_demo_mimi().to(device)
         result = evaluate_librilight(

@@ -22,7 +22,8 @@ from ..scoring.sanity import WorseThanUniformWarning
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
 from ..scoring.sources import DataError, SequenceSource, Skip
 from ..scoring.store import SequenceStore, store_dir_for
-from .config import LibriLightConfig, normalize_config_mapping
+from .config import LibriLightConfig
+from .config_keys import normalize_config_mapping
 from .data import discover_sequences
 from .results import LibriLightResult, SequenceLosses
 
@@ -54,7 +55,9 @@ def evaluate_librilight(
 def evaluate_librilight_long_context(model: Any, mimi: Any | None,
                                      config: Mapping[str, Any] | LibriLightConfig | None = None) -> dict[str, Any]:
     """`librilight_loss_8k/16k/24k`, `librilight_slope`, `librilight_samples` (and the rest of `to_dict()`) for code
-    written against the older `PaperMetricsEvaluator.evaluate_librilight_long_context`; `config` may use its keys."""
+    written against the older `PaperMetricsEvaluator.evaluate_librilight_long_context`; `config` may use its keys
+    (ignored and mapped keys are reported as `UserWarning`s). For a logger that takes only numbers, use
+    `evaluate_librilight(...).flat_metrics()`."""
     if config is None or isinstance(config, LibriLightConfig):
         parsed = config or LibriLightConfig()
     else:
@@ -104,7 +107,7 @@ class LibriLightRun:
             audio_dir=config.audio_dir, audio_files=config.audio_files, codes=config.codes, layout=config.layout,
             max_chapters=config.max_chapters, num_sequences=config.num_sequences, min_snr=config.min_snr,
             min_duration=config.min_duration, exclude_genres=config.exclude_genres, seed=config.seed,
-            strict=config.strict)
+            strict=config.strict, books=config.books, max_files=config.max_files)
         self.sources = discovery.sequences
         self.discovery_skips = list(discovery.skipped)
         self.log(f"{len(self.sources)} sequence(s) selected, {len(self.discovery_skips)} input(s) skipped")
@@ -224,7 +227,7 @@ class LibriLightRun:
         if config.mode == "chunked":
             return ChunkedScorer(self.lm, text_policy=config.text_policy, chunk_size=config.chunk_size)
         return StepScorer(self.lm, text_policy=config.text_policy, seed=config.seed, temp_text=config.temp_text,
-                          top_k_text=config.top_k_text)
+                          top_k_text=config.top_k_text, check_every=config.check_every)
 
     def gather(self) -> None:
         """Collect every rank's finished sequences and skips (identical on all ranks afterwards)."""
@@ -257,7 +260,7 @@ class LibriLightRun:
             frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)),
             positions=list(self.config.positions), window=self.config.window, bin_size=self.config.bin_size,
             codebook_weights=self.codebook_weights, config=config, model=self.identity, timing=timing,
-            skipped=skipped, complete=complete)
+            skipped=skipped, complete=complete, legacy_keys=self.config.legacy_keys)
 
     def report(self, result: LibriLightResult) -> None:
         data = result.write_json(self.config.output) if self.config.output else result.to_dict()

@@ -4,11 +4,13 @@ Inputs are arrays `[T_i, K]` (float, NaN where a codebook of a frame has no defi
 the (weighted) mean over the frame's defined codebooks. The window loss at position P is, for each sequence of at least
 P frames, the mean per-frame loss over frames [P - W, P), averaged over those sequences (None when no sequence reaches
 P). The mean curve is, at each frame index, the mean per-frame loss over the sequences long enough to have that frame;
-the slope is the least-squares slope of that curve against the frame index.
+the slope is the least-squares slope of that curve against the frame index. The progression is the window loss at every
+multiple of a step (1000 frames) that some sequence reaches.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -26,6 +28,28 @@ def window_loss(per_frame: Sequence[np.ndarray], position: int, window: int) -> 
     means = [nanmean_or_none(losses[position - window: position]) for losses in per_frame if len(losses) >= position]
     means = [m for m in means if m is not None]
     return (float(np.mean(means)) if means else None), len(means)
+
+
+def progression(per_frame: Sequence[np.ndarray], step: int, window: int) -> list[tuple[int, float]]:
+    """`(position, window loss)` at every multiple of `step` (from `window` on) up to the longest sequence."""
+    longest = max((len(losses) for losses in per_frame), default=0)
+    points = []
+    for position in range(step, longest + 1, step):
+        if position >= window:
+            loss, _ = window_loss(per_frame, position, window)
+            if loss is not None:
+                points.append((position, loss))
+    return points
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss): the perplexity of a mean cross-entropy in nats (inf past float range; None for None)."""
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 def codebook_window_losses(codebook_losses: Sequence[np.ndarray], position: int, window: int) -> list[float | None]:

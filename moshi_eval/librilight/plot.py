@@ -1,5 +1,10 @@
 """Figures of results (matplotlib, an optional dependency): one run's curve and per-codebook panel, or several runs
-overlaid. Both read the dicts written by `LibriLightResult.to_dict()`, so they also work from saved JSON files."""
+overlaid. Both read the dicts written by `LibriLightResult.to_dict()`, so they also work from saved JSON files.
+
+The x axis spans the frames that were scored; each window is shaded over the frames it averages and marked at its end
+position, the position its label names (`8k` at frame 8000); the least-squares line is in the legend with its slope;
+legends sit outside the data, to the right of the axes.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,45 @@ from typing import Any
 
 import numpy as np
 
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+
 
 def new_figure(rows: int, height_ratios: list[float]) -> tuple[Any, list[Any]]:
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise RuntimeError("plotting needs matplotlib: pip install matplotlib (part of the 'eval' extra)") from error
-    figure = Figure(figsize=(10, 3.2 * sum(height_ratios)), layout="constrained")
+    figure = Figure(figsize=(11, 3.2 * sum(height_ratios)), layout="constrained")
     axes = figure.subplots(rows, 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": height_ratios})[:, 0]
     return figure, list(axes)
 
 
+def scored_frames(data: dict[str, Any]) -> int:
+    """Frames of the longest scored sequence (the extent of the curve)."""
+    lengths = [sequence["num_frames"] for sequence in data.get("sequences", [])]
+    if lengths:
+        return max(lengths)
+    curve = data["curve"]
+    return (curve["start"][-1] + curve["bin_size"]) if curve["start"] else 0
+
+
+def bin_centres(data: dict[str, Any]) -> np.ndarray:
+    """The middle frame of each bin of the curve (the last bin may be cut short by the end of the data)."""
+    curve = data["curve"]
+    starts = np.asarray(curve["start"], dtype=float)
+    ends = np.minimum(starts + curve["bin_size"], scored_frames(data))
+    return (starts + ends) / 2
+
+
+def as_floats(values: list[float | None]) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
 def curve_points(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Bin centres (frames) and binned mean losses, NaN bins removed."""
-    curve = data["curve"]
-    centres = np.asarray(curve["start"], dtype=float) + curve["bin_size"] / 2
-    losses = np.asarray([np.nan if v is None else v for v in curve["loss"]], dtype=float)
+    losses = as_floats(data["curve"]["loss"])
     keep = np.isfinite(losses)
-    return centres[keep], losses[keep]
+    return bin_centres(data)[keep], losses[keep]
 
 
 def add_minutes_axis(axis: Any, frame_rate: float) -> None:
@@ -33,18 +59,19 @@ def add_minutes_axis(axis: Any, frame_rate: float) -> None:
     minutes.set_xlabel("minutes")
 
 
-def mark_windows(axis: Any, data: dict[str, Any], color: str | None = None, label_values: bool = True) -> None:
-    """Shade each window [P - W, P) and put a marker at its loss."""
+def mark_windows(axis: Any, data: dict[str, Any], color: str | None = None, label: str | None = "window loss",
+                 label_values: bool = True) -> None:
+    """Shade each window [P - W, P) that has a loss and put a marker at P, where its label says it ends."""
+    color = color or "tab:orange"
     for key, window in data["windows"].items():
-        axis.axvline(window["position"], color="grey", linestyle=":", linewidth=0.8)
         if window["loss"] is None:
             continue
-        axis.axvspan(window["start"], window["position"], color=color or "tab:orange", alpha=0.12)
-        centre = (window["start"] + window["position"]) / 2
-        axis.plot([centre], [window["loss"]], marker="o", color=color or "tab:orange")
+        axis.axvspan(window["start"], window["position"], color=color, alpha=0.12, linewidth=0)
+        axis.plot([window["position"]], [window["loss"]], marker="o", linestyle="none", color=color, label=label)
+        label = None
         if label_values:
-            axis.annotate(f"{key}: {window['loss']:.3f}", (centre, window["loss"]), textcoords="offset points",
-                          xytext=(4, 6), fontsize=8)
+            axis.annotate(f"{key}: {window['loss']:.3f}", (window["position"], window["loss"]),
+                          textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=8)
 
 
 def slope_text(slope: float | None) -> str:
@@ -53,12 +80,12 @@ def slope_text(slope: float | None) -> str:
     return f"slope {slope:+.3e} / frame ({slope * 1000:+.4f} per 1k frames)"
 
 
-def draw_slope(axis: Any, data: dict[str, Any], x: np.ndarray, y: np.ndarray, color: str) -> None:
+def draw_slope(axis: Any, data: dict[str, Any], x: np.ndarray, y: np.ndarray, color: str, label: str) -> None:
     slope = data.get("librilight_slope")
     if slope is None or x.size < 2:
         return
     intercept = float(np.mean(y) - slope * np.mean(x))
-    axis.plot(x, intercept + slope * x, linestyle="--", linewidth=1, color=color)
+    axis.plot(x, intercept + slope * x, linestyle="--", linewidth=1, color=color, label=label)
 
 
 def model_label(data: dict[str, Any]) -> str:
@@ -69,45 +96,55 @@ def model_label(data: dict[str, Any]) -> str:
     return data.get("model", {}).get("class", "model")
 
 
-def plot_result(data: dict[str, Any], path: str | Path) -> None:
-    """Loss against position (minutes on top), windows marked, slope annotated; per-codebook curves below."""
+def result_figure(data: dict[str, Any]) -> Any:
+    """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below."""
     figure, (main, codebooks) = new_figure(2, [1.4, 1.0])
     x, y = curve_points(data)
-    main.plot(x, y, color="tab:blue", linewidth=1.2, label="mean per-frame loss")
-    draw_slope(main, data, x, y, "tab:red")
-    mark_windows(main, data)
+    main.plot(x, y, color="tab:blue", linewidth=1.2, label=f"mean per-frame loss ({data['curve']['bin_size']}-frame "
+                                                           "bins)")
+    draw_slope(main, data, x, y, "tab:red", f"least-squares fit: {slope_text(data.get('librilight_slope'))}")
+    mark_windows(main, data, label=f"window loss (mean of the {data['window']} frames before the marker)")
     if data["flags"]:
         main.axhline(data["uniform_loss"], color="black", linewidth=0.6, linestyle="-.",
                      label="ln(card): uniform guess")
     main.set_ylabel("cross-entropy (nats)")
     main.set_title(f"LibriLight: {model_label(data)} ({data['num_sequences']} sequences, "
                    f"{data['librilight_samples']} frames)\n{slope_text(data.get('librilight_slope'))}", fontsize=10)
-    main.legend(fontsize=8, loc="upper right")
+    main.legend(fontsize=8, **LEGEND_OUTSIDE)
+    main.set_xlim(0, max(scored_frames(data), 1))
     add_minutes_axis(main, data["frame_rate"])
-    centres = np.asarray(data["curve"]["start"], dtype=float) + data["curve"]["bin_size"] / 2
     for index, values in enumerate(data["curve"]["codebooks"]):
-        series = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-        codebooks.plot(centres, series, linewidth=0.9, label=f"codebook {index}")
+        codebooks.plot(bin_centres(data), as_floats(values), linewidth=0.9, label=f"codebook {index}")
     codebooks.set_xlabel("frame position (12.5 frames per second)" if data["frame_rate"] == 12.5 else "frame position")
     codebooks.set_ylabel("per-codebook loss")
-    codebooks.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.savefig(path, dpi=120)
+    if data["curve"]["codebooks"]:
+        codebooks.legend(fontsize=7, **LEGEND_OUTSIDE)
+    return figure
 
 
-def plot_comparison(runs: list[tuple[str, dict[str, Any]]], path: str | Path) -> None:
-    """Several results overlaid in one plot, each with its windows and slope."""
+def comparison_figure(runs: list[tuple[str, dict[str, Any]]]) -> Any:
+    """Several results overlaid in one plot, each with its windows and least-squares line."""
     if not runs:
         raise ValueError("compare needs at least one result file")
     figure, (axis,) = new_figure(1, [1.4])
-    colors = [f"C{i % 10}" for i in range(len(runs))]
-    for (label, data), color in zip(runs, colors):
+    for index, (label, data) in enumerate(runs):
+        color = f"C{index % 10}"
         x, y = curve_points(data)
-        axis.plot(x, y, color=color, linewidth=1.2, label=f"{label}: {slope_text(data.get('librilight_slope'))}")
-        draw_slope(axis, data, x, y, color)
-        mark_windows(axis, data, color=color, label_values=False)
+        axis.plot(x, y, color=color, linewidth=1.2, label=label)
+        draw_slope(axis, data, x, y, color, f"{label}: least-squares fit, {slope_text(data.get('librilight_slope'))}")
+        mark_windows(axis, data, color=color, label=None, label_values=False)
     axis.set_xlabel("frame position")
     axis.set_ylabel("cross-entropy (nats)")
-    axis.set_title("LibriLight loss against position")
-    axis.legend(fontsize=8)
+    axis.set_title("LibriLight loss against position (markers: window losses at their end positions)")
+    axis.legend(fontsize=8, **LEGEND_OUTSIDE)
+    axis.set_xlim(0, max(max(scored_frames(data) for _, data in runs), 1))
     add_minutes_axis(axis, runs[0][1]["frame_rate"])
-    figure.savefig(path, dpi=120)
+    return figure
+
+
+def plot_result(data: dict[str, Any], path: str | Path) -> None:
+    result_figure(data).savefig(path, dpi=120)
+
+
+def plot_comparison(runs: list[tuple[str, dict[str, Any]]], path: str | Path) -> None:
+    comparison_figure(runs).savefig(path, dpi=120)

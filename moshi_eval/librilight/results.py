@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..scoring.files import json_safe, write_json_atomic
+from ..scoring.files import is_finite_number, json_safe, write_json_atomic
 from ..scoring.records import SequenceLosses
 from ..scoring.sanity import above_uniform_flags, uniform_loss
 from . import metrics
 from .config import position_key
 
 FORMAT_VERSION = 1
+PROGRESSION_STEP = 1000
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class LibriLightResult:
     timing: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     complete: bool = True
+    legacy_keys: bool = False
 
     def per_frame(self) -> list[np.ndarray]:
         return [sequence.frame_losses(self.codebook_weights) for sequence in self.sequences]
@@ -49,11 +51,13 @@ class LibriLightResult:
         per_frame = self.per_frame()
         curve, counts = metrics.mean_curve(per_frame)
         headline: dict[str, Any] = {}
+        perplexities: dict[str, Any] = {}
         windows: dict[str, Any] = {}
         for position in self.positions:
             key = position_key(position)
             loss, reaching = metrics.window_loss(per_frame, position, self.window)
             headline[f"librilight_loss_{key}"] = loss
+            perplexities[f"librilight_perplexity_{key}"] = metrics.perplexity(loss)
             windows[key] = {
                 "position": position,
                 "start": position - self.window,
@@ -63,11 +67,17 @@ class LibriLightResult:
                     [s.codebook_losses for s in self.sequences], position, self.window),
                 "minutes": position / self.frame_rate / 60.0,
             }
+        progression = metrics.progression(per_frame, PROGRESSION_STEP, self.window)
+        if self.legacy_keys:
+            headline |= self.integer_keyed_losses(headline, progression)
+        headline |= perplexities
         headline["librilight_slope"] = metrics.least_squares_slope(curve)
         headline["librilight_samples"] = int(sum(np.isfinite(losses).sum() for losses in per_frame))
         return json_safe({
             **headline,
             "librilight_mean_loss": metrics.nanmean_or_none(np.concatenate(per_frame)) if per_frame else None,
+            "librilight_progression": [{"position": position, "loss": loss, "perplexity": metrics.perplexity(loss)}
+                                       for position, loss in progression],
             "num_sequences": len(self.sequences),
             "complete": self.complete,
             "windows": windows,
@@ -88,6 +98,21 @@ class LibriLightResult:
             "timing": self.timing,
             "format_version": FORMAT_VERSION,
         })
+
+    def integer_keyed_losses(self, headline: dict[str, Any], progression: list[tuple[int, float]]
+                             ) -> dict[str, float | None]:
+        """`librilight_loss_<frames>` for the positions that are multiples of 1000 and every progression point, as
+        older analysis scripts parse them (`librilight_loss_8000` next to `librilight_loss_8k`)."""
+        keyed = {f"librilight_loss_{p}": headline[f"librilight_loss_{position_key(p)}"]
+                 for p in self.positions if p % 1000 == 0}
+        keyed |= {f"librilight_loss_{position}": loss for position, loss in progression}
+        return dict(sorted(keyed.items(), key=lambda item: int(item[0].rsplit("_", 1)[1])))
+
+    def flat_metrics(self) -> dict[str, int | float]:
+        """The `librilight_*` numbers of `to_dict()` that are finite ints or floats, for loggers (wandb, a training
+        logger) that take nothing else: no lists, dicts, None or NaN."""
+        return {key: value for key, value in self.to_dict().items()
+                if key.startswith("librilight_") and is_finite_number(value)}
 
     def curve_dict(self, curve: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
         codebook_curves = []

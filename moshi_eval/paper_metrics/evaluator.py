@@ -13,12 +13,12 @@ benchmark alone; `evaluate_all` scores every configured one in one batched run, 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from ..librilight import evaluate_librilight_long_context
+from ..scoring.files import is_finite_number
 from .config import PaperMetricsConfig
 from .evaluate import run_paper_metrics
 from .pairs import BENCHMARKS
@@ -99,5 +99,4 @@ class PaperMetricsEvaluator:
 
 def finite_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Only the finite int and float values (what training loggers accept)."""
-    return {key: value for key, value in metrics.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+    return {key: value for key, value in metrics.items() if is_finite_number(value)}

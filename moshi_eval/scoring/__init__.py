@@ -6,9 +6,14 @@
 - `sources`, `records`: the sequences to score (audio files or a codes file) and their scores.
 - `audio`, `encoding`, `codes_cache`, `prepare`: reading and resampling audio, Mimi encoding with a shared codes cache,
   turning sources into scoring items.
-- `models`: loading the LM and Mimi from command-line flags; `fingerprint`: stable identities of weights and files.
+- `models`: loading the LM and Mimi from command-line flags; `fingerprint`: stable identities of weights and files;
+  `devices`: the device from `--device` (`cuda` -> `cuda:<index>`).
 - `files`, `store`: atomic result files and per-sequence records for resuming; `distributed`, `rank_report`: sharding
   over `torchrun` ranks; `sanity`: non-finite and worse-than-uniform losses.
+- `settings_file`, `notes`: settings files (a training YAML's section, e.g. `paper_metrics:`), unknown keys with
+  suggestions, notes printed on stderr or warned as `UserWarning`s.
+- `cli_errors`, `preflight`: command lines end with one `error:` line per expected failure (exit 2) or a resume hint
+  on Ctrl-C (exit 130); paths, model files and a path-like `--hf-repo` are checked before any work.
 
 Benchmarks (`moshi_eval.librilight`, `moshi_eval.paper_metrics`) build on these pieces.
 """

@@ -101,10 +101,3 @@ def shutdown_distributed() -> None:
     """Forget the context: every rank has read what it needs once `all_gather_bytes` or `barrier` returned."""
     global _context
     _context = None
-
-
-def default_device(context: DistributedContext) -> str:
-    """`cuda:<local rank>` when GPUs are present, else `cpu`."""
-    if torch.cuda.is_available():
-        return f"cuda:{context.local_rank % torch.cuda.device_count()}"
-    return "cpu"

@@ -43,6 +43,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
             os.unlink(temporary)
 
 
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite: what JSON and training loggers take as a number."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def json_safe(value: Any) -> Any:
     """Floats that are NaN or infinite become None (JSON has no NaN); numpy scalars become Python numbers."""
     if isinstance(value, dict):

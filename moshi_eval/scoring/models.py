@@ -10,6 +10,7 @@ import torch
 from moshi.models import loaders
 
 from .fingerprint import weights_fingerprint
+from .preflight import check_file_reference, check_hf_repo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,6 +31,15 @@ class ModelSpec:
     def describe(self) -> dict[str, Any]:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
+    def check_local_files(self) -> None:
+        """Before loading anything: a `--hf-repo` that looks like a path is a folder, every local file exists
+        (ConfigError naming the flag)."""
+        if self.hf_repo is not None:
+            check_hf_repo(self.hf_repo)
+        for name, value in dataclasses.asdict(self).items():
+            if name != "hf_repo" and value is not None:
+                check_file_reference(str(value), f"--{name.replace('_', '-')}")
+
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
@@ -40,7 +50,15 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 
 def load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
-    """The LM in eval mode, and the `CheckpointInfo` when it came from a Hugging Face repo."""
+    """The LM in eval mode, and the `CheckpointInfo` when it came from a Hugging Face repo. An unsupported
+    configuration is a NotImplementedError naming where the configuration came from."""
+    try:
+        return _load_lm(spec, device, dtype)
+    except NotImplementedError as error:
+        raise NotImplementedError(f"{spec.lm_config or spec.hf_repo or 'the default LM config'}: {error}") from error
+
+
+def _load_lm(spec: ModelSpec, device: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
     if spec.hf_repo is None and spec.moshi_weights is None:
         raise ValueError("no model given: pass --hf-repo, or --moshi-weights (with --lm-config), or use --demo")
     optional = {"ttt_weights": spec.ttt_weights} if spec.ttt_weights else {}

@@ -160,7 +160,11 @@ def attention_bounded_to(lm: LMModel, steps: int) -> Iterator[None]:
 
 
 class StepScorer:
-    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time."""
+    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time.
+
+    Losses are checked every `check_every` steps and when a sequence ends: a non-finite loss stops the run then, naming
+    the sequence, frame and codebook.
+    """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
                  top_k_text: int = 25, check_every: int = 250) -> None:
@@ -351,7 +355,7 @@ class ChunkedScorer:
     call's end (outputs never read); before the next call it is reset alone and takes the next sequence. Sequences are
     taken longest first, so short utterances of similar lengths run in rounds of one call each, and long ones keep
     every slot busy. Text policies `greedy` (speculation), `pad` and `zero`. `acceptance_rate` is the share of
-    main-transformer steps that were kept.
+    main-transformer steps that were kept. A non-finite loss stops the run at the end of the call that produced it.
     """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", chunk_size: int = 64) -> None:
@@ -415,6 +419,7 @@ class _ChunkedRun:
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.slots: list[ScoringItem | None] = [None] * batch_size
         self.slot_steps = [0] * batch_size
+        self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
         self.text_token = forced_text_token(scorer.lm, scorer.text_policy)
 
     def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
@@ -499,18 +504,25 @@ class _ChunkedRun:
         index = frame.clamp(0, self.max_frames - 1)
         targets = self.targets.gather(2, index[:, None].expand(-1, self.shape.dep_q, -1))
         losses = token_cross_entropy(audio_logits, targets).transpose(1, 2)
+        self.raise_on_non_finite(losses, frame, scoring)
         rows = torch.arange(self.batch_size, device=self.device)[:, None].expand_as(frame)
         self.losses[rows[scoring], index[scoring]] = losses[scoring]
         return int(scoring.sum())
 
+    def raise_on_non_finite(self, losses: torch.Tensor, frame: torch.Tensor, scoring: torch.Tensor) -> None:
+        """NonFiniteLossError for the first non-finite loss `[B, C, dep_q]` of the call at a defined frame and codebook
+        of a slot's sequence (padding is never read)."""
+        defined = scoring[:, :, None] & (frame[:, :, None] + self.own_delays < self.lengths[:, None, None])
+        bad = (defined & ~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            slot, step, codebook = (int(value) for value in bad[0])
+            item = self.slots[slot]
+            raise NonFiniteLossError(item.sequence_id if item else f"slot {slot}", int(frame[slot, step]), codebook)
+
     def finish(self, index: int, item: ScoringItem) -> ScoredSequence:
-        """The item's losses, NaN where a codebook's frame is undefined; a non-finite loss is an error."""
+        """The item's losses, NaN where a codebook's frame is undefined (non-finite losses were errors already)."""
         length = item.num_frames
         result = self.losses[index, :length].cpu().numpy().astype(np.float32, copy=True)
-        defined = ~undefined_predictions(length, self.shape.own_delays)
-        bad = np.argwhere(defined & ~np.isfinite(result))
-        if len(bad):
-            raise NonFiniteLossError(item.sequence_id, int(bad[0, 0]), int(bad[0, 1]))
-        result[~defined] = np.nan
+        result[undefined_predictions(length, self.shape.own_delays)] = np.nan
         self.slots[index] = None
         return ScoredSequence(item.sequence_id, result)

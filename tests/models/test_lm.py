@@ -77,8 +77,13 @@ def test_wrong_number_of_codebooks_is_a_clear_error(lm_case):
     with pytest.raises(ValueError, match=r"\[B, 17, T\]"):
         lm(codes[:, :-1])
     lm_gen = LMGen(lm, use_sampling=False)
-    with lm_gen.streaming(lm_case.batch_size), pytest.raises(ValueError, match="user streams"):
-        lm_gen.step(torch.zeros(lm_case.batch_size, 3, 1, dtype=torch.long))
+    batch, user = lm_case.batch_size, lm.n_q - lm.dep_q
+    expected = rf"\[B={batch}, n_q - dep_q={user}, 1\]"
+    with lm_gen.streaming(batch):
+        with pytest.raises(ValueError, match=expected + r".*got \[" + f"{batch}, 3, 1" + r"\]"):
+            lm_gen.step(torch.zeros(batch, 3, 1, dtype=torch.long))
+        with pytest.raises(ValueError, match=expected + r".*got \[" + f"{batch}, {user}" + r"\]"):
+            lm_gen.step_with_logits(torch.zeros(batch, user, dtype=torch.long))
 
 
 def test_tokens_outside_vocabulary_are_a_clear_error(lm_case):

@@ -140,6 +140,13 @@ def test_missing_weights_file_is_named(tiny: TinyLM, tmp_path: Path) -> None:
         _load_tiny(tiny, filename=tmp_path / "nowhere.safetensors")
 
 
+def test_corrupt_weights_file_is_named(tiny: TinyLM, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(tiny.weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt.safetensors is not a readable safetensors file"):
+        _load_tiny(tiny, filename=corrupt)
+
+
 def test_no_filename_gives_a_random_model_on_the_device(tiny: TinyLM) -> None:
     model = loaders.get_moshi_lm(None, tiny.config, dtype=torch.float32)
     logits, _ = _outputs(model, tiny.codes)
@@ -231,9 +238,21 @@ def test_ttt_weights_load_from_their_own_file(tiny: TinyLM, tmp_path: Path) -> N
 
 def test_missing_ttt_weights_are_named(tiny: TinyLM) -> None:
     ttt_keys = set(LMModel(**_ttt_config(tiny), device="meta").state_dict()) - set(load_file(tiny.weights))
-    with pytest.raises(ValueError, match="ttt_weights") as error:
+    with pytest.raises(loaders.WeightsMismatchError, match="ttt_weights") as error:
         _load_tiny(tiny, config=_ttt_config(tiny))
-    assert all(key in str(error.value) for key in ttt_keys)
+    assert set(error.value.missing) == ttt_keys and len(ttt_keys) > loaders.LISTED_KEYS
+    message = str(error.value)
+    assert f"missing keys ({len(ttt_keys)})" in message and f"({len(ttt_keys) - loaders.LISTED_KEYS} more)" in message
+    assert sum(key in message for key in ttt_keys) == loaders.LISTED_KEYS
+
+
+def test_shape_mismatch_names_the_first_tensors(tiny: TinyLM) -> None:
+    wider = {**tiny.config, "dim": tiny.config["dim"] * 2}
+    with pytest.raises(loaders.WeightsMismatchError, match="shape mismatch") as error:
+        _load_tiny(tiny, config=wider)
+    key, in_file, in_model = error.value.mismatched[0]
+    assert in_file != in_model and key in str(error.value)
+    assert f"{in_file} in the file, {in_model} in the model" in str(error.value)
 
 
 def _as_finetune_key(key: str) -> str:

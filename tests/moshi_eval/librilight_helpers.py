@@ -85,3 +85,22 @@ def assert_results_close(got, expected, tolerance: float = 1e-6, where: str = "r
         assert isinstance(got, float | int) and abs(got - expected) <= tolerance, f"{where}: {got} != {expected}"
     else:
         assert got == expected, f"{where}: {got!r} != {expected!r}"
+
+
+def save_demo_checkpoint(folder: Path, lm_seed: int = 1, mimi_seed: int = 2) -> tuple:
+    """The demo-sized LM (with TTT) and Mimi saved as local weights and configs, as a user would have them; returns
+    the two models and the command-line flags that load them."""
+    from safetensors.torch import save_file
+
+    from moshi_eval.librilight.demo import DEMO_LM_CONFIG, DEMO_MIMI_CONFIG, build_demo_lm, build_demo_mimi
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lm, mimi = build_demo_lm(seed=lm_seed), build_demo_mimi(seed=mimi_seed)
+    save_file(lm.state_dict(), str(folder / "lm.safetensors"))
+    save_file(mimi.state_dict(), str(folder / "mimi.safetensors"))
+    (folder / "lm_config.json").write_text(json.dumps(DEMO_LM_CONFIG | {"model_type": "moshi"}))
+    (folder / "mimi_config.json").write_text(json.dumps(DEMO_MIMI_CONFIG))
+    flags = ["--moshi-weights", str(folder / "lm.safetensors"), "--lm-config", str(folder / "lm_config.json"),
+             "--mimi-weights", str(folder / "mimi.safetensors"), "--mimi-config", str(folder / "mimi_config.json"),
+             "--device", "cpu"]
+    return lm, mimi, flags

@@ -6,47 +6,33 @@ from __future__ import annotations
 import json
 
 import pytest
-from librilight_helpers import assert_results_close, comparable, write_tree_for_cli
-from safetensors.torch import save_file
+from librilight_helpers import assert_results_close, comparable, save_demo_checkpoint, write_tree_for_cli
 
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
-from moshi_eval.librilight.demo import DEMO_LM_CONFIG, DEMO_MIMI_CONFIG, build_demo_lm, build_demo_mimi
 
 pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
 
-@pytest.fixture
-def local_checkpoint(tmp_path):
-    """Demo-sized LM (with TTT) and Mimi saved as local weights and configs, as a user would have them."""
-    lm, mimi = build_demo_lm(seed=1), build_demo_mimi(seed=2)
-    save_file(lm.state_dict(), str(tmp_path / "lm.safetensors"))
-    save_file(mimi.state_dict(), str(tmp_path / "mimi.safetensors"))
-    (tmp_path / "lm_config.json").write_text(json.dumps(DEMO_LM_CONFIG | {"model_type": "moshi"}))
-    (tmp_path / "mimi_config.json").write_text(json.dumps(DEMO_MIMI_CONFIG))
-    return lm, mimi
-
-
-def test_cli_end_to_end_with_legacy_yaml(tmp_path, local_checkpoint, capsys):
+def test_cli_end_to_end_with_legacy_yaml(tmp_path, capsys):
+    lm, mimi, model_flags = save_demo_checkpoint(tmp_path / "checkpoint")
     tree = write_tree_for_cli(tmp_path / "tree")
     (tmp_path / "eval.yaml").write_text(
         f"librilight_audio_dir: {tree}\nlibrilight_max_chapters: 2\nlibrilight_streaming:\n"
         "  max_sequence_length: 40\n  ttt_verification_enabled: true\npositions: [20, 30]\nwindow: 10\n")
     output = tmp_path / "out" / "results.json"
-    with pytest.warns(DeprecationWarning, match="ttt_verification_enabled"):
-        status = main([
-            "--config", str(tmp_path / "eval.yaml"), "--moshi-weights", str(tmp_path / "lm.safetensors"),
-            "--lm-config", str(tmp_path / "lm_config.json"), "--mimi-weights", str(tmp_path / "mimi.safetensors"),
-            "--mimi-config", str(tmp_path / "mimi_config.json"), "--batch-size", "2", "--output", str(output),
-            "--plot", str(tmp_path / "out" / "curve.png"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    status = main(["--config", str(tmp_path / "eval.yaml"), *model_flags, "--batch-size", "2", "--output", str(output),
+                   "--plot", str(tmp_path / "out" / "curve.png"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert status == 0
-    assert "librilight_loss_20" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "librilight_loss_20" in captured.out and "sequences: 2 scored, 0 skipped" in captured.out
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "librilight_streaming.ttt_verification_enabled" in notes[0]
     data = json.loads(output.read_text())
     assert (tmp_path / "out" / "curve.png").stat().st_size > 0
     assert data["config"]["max_chapters"] == 2 and data["config"]["max_sequence_length"] == 40
     assert data["config"]["user_stream"] == "silence" and data["model"]["ttt_layers"] == 2
     assert [s["num_frames"] for s in data["sequences"]] == [40, 40]
-    lm, mimi = local_checkpoint
     api = evaluate_librilight(lm, mimi, audio_dir=str(tree), max_chapters=2, max_sequence_length=40,
                               positions=[20, 30], window=10, cache_dir=str(tmp_path / "cache"),
                               progress=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from moshi_eval.librilight.config import LibriLightConfig, load_config_file, parse_positions
+from moshi_eval.librilight.config import LibriLightConfig, parse_positions
+from moshi_eval.librilight.config_keys import load_config_file
+from moshi_eval.scoring.notes import SettingsNoteWarning
 
 
 def test_legacy_yaml_keys(tmp_path):
@@ -20,7 +22,7 @@ def test_obsolete_keys_warn_by_name(tmp_path):
     path = tmp_path / "eval.yaml"
     path.write_text("librilight_audio_dir: /d\nuse_fixed_streaming: true\nttt_prefer_efficiency: false\n"
                     "librilight_streaming:\n  verify_loss_computation: true\n  memory_check_enabled: true\n")
-    with pytest.warns(DeprecationWarning) as record:
+    with pytest.warns(SettingsNoteWarning) as record:
         settings = load_config_file(path)
     message = str(record[0].message)
     for key in ("use_fixed_streaming", "ttt_prefer_efficiency", "verify_loss_computation", "memory_check_enabled"):

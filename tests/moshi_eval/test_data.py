@@ -79,3 +79,50 @@ def test_codes_files_are_checked(tmp_path):
     not_codes.write_text("x")
     with pytest.raises(DataError, match="safetensors"):
         discover_sequences(codes=[str(not_codes)])
+
+
+def test_books_select_exactly_those_books(tmp_path):
+    write_books(tmp_path, SPECS)
+    assert ids(discover_sequences(audio_dir=str(tmp_path), books=["3/e", "1/a"])) == ["1/a", "3/e"]
+    with pytest.raises(DataError) as error:
+        discover_sequences(audio_dir=str(tmp_path), books=["1/aa", "9/zz"])
+    message = str(error.value)
+    assert "book(s) not found in" in message and "1/aa (close matches: 1/a" in message
+    assert "9/zz (no close match)" in message and "5 book(s)" in message
+    with pytest.raises(DataError, match="read as plain audio files"):
+        discover_sequences(audio_dir=str(tmp_path), books=["1/a"], layout="files")
+    with pytest.raises(DataError, match="select books of a LibriLight tree"):
+        discover_sequences(codes=[str(tmp_path)], books=["1/a"])
+
+
+def test_books_read_only_what_they_name(tmp_path, monkeypatch):
+    from moshi_eval.librilight import data
+
+    write_books(tmp_path, SPECS)
+    read = []
+    original = data.read_chapter
+    monkeypatch.setattr(data, "read_chapter", lambda path, with_metadata: read.append(path) or original(
+        path, with_metadata))
+    discover_sequences(audio_dir=str(tmp_path), books=["2/c"])
+    assert {path.parent.name for path in read} == {"c"}
+
+
+def test_max_files_takes_the_first_in_name_order(tmp_path):
+    write_books(tmp_path, SPECS)
+    assert ids(discover_sequences(audio_dir=str(tmp_path), max_files=2)) == ["1/a", "1/b"]
+    for name in ("c", "a", "b"):
+        write_chapter(tmp_path / "files", name, tone(0.5, 16000, 220.0, 0), 16000, None)
+    assert ids(discover_sequences(audio_dir=str(tmp_path / "files"), max_files=2)) == ["a.flac", "b.flac"]
+
+
+def test_chapters_without_metadata_are_scored_unless_a_filter_needs_it(tmp_path):
+    for chapter in range(2):
+        write_chapter(tmp_path / "1" / "plain", f"{chapter:02d}", tone(1.0, 16000, 200.0, chapter), 16000,
+                      None if chapter == 1 else chapter_metadata())
+    found = discover_sequences(audio_dir=str(tmp_path))
+    assert ids(found) == ["1/plain"] and found.skipped == []
+    assert [chapter.metadata is None for chapter in found.sequences[0].chapters] == [False, True]
+    for setting in ({"min_snr": 5.0}, {"exclude_genres": ["poetry"]}):
+        with pytest.raises(DataError, match=r"01.flac has no LibriLight metadata \(.json\), which "
+                                            f"{next(iter(setting))} needs"):
+            discover_sequences(audio_dir=str(tmp_path), **setting)

@@ -109,6 +109,8 @@ def write_broken_tree(root):
     (garbage / "ch0.json").write_text(json.dumps(chapter_metadata()))
     (root / "3" / "empty").mkdir()
     write_chapter(root / "3" / "no_json", "ch0", tone(1.0, 16000, 300.0, 4), 16000, None)
+    write_chapter(root / "3" / "bad_json", "ch0", tone(1.0, 16000, 330.0, 5), 16000, None)
+    (root / "3" / "bad_json" / "ch0.json").write_text("{not json")
     (root / "1" / "a" / "notes.txt").write_text("not audio")
 
 
@@ -116,22 +118,23 @@ def test_bad_inputs_are_listed_skips(tmp_path, mimi):
     write_broken_tree(tmp_path / "tree")
     result = evaluate_librilight(build_demo_lm(), mimi, audio_dir=str(tmp_path / "tree"), positions=[20], window=10,
                                  cache_dir=str(tmp_path / "cache"), batch_size=2, progress=False)
-    assert [s.sequence_id for s in result.sequences] == ["1/a", "1/b", "2/c"]
+    assert [s.sequence_id for s in result.sequences] == ["1/a", "1/b", "2/c", "3/no_json"]
     reasons = {skip["path"].replace(str(tmp_path / "tree") + "/", ""): skip["reason"] for skip in result.skipped}
     assert "not an audio file" in reasons["1/a/notes.txt"]
     assert "empty book directory" in reasons["3/empty"]
-    assert "missing LibriLight metadata" in reasons["3/no_json"]
+    assert "not valid JSON" in reasons["3/bad_json"] and "3/no_json" not in reasons
     assert "not a readable audio file" in reasons["3/garbage"]
     assert "truncated" in reasons["3/truncated"]
     assert result.to_dict()["skipped"] == result.skipped
 
 
-@pytest.mark.parametrize("broken", ["notes", "truncated", "garbage", "empty", "no_json"])
+@pytest.mark.parametrize("broken", ["notes", "truncated", "garbage", "empty", "bad_json"])
 def test_strict_turns_each_skip_into_an_error(tmp_path, mimi, broken):
     root = tmp_path / "tree"
     write_broken_tree(root)
-    keep = {"notes": [], "truncated": ["truncated"], "garbage": ["garbage"], "empty": ["empty"], "no_json": ["no_json"]}
-    for name in ("truncated", "garbage", "empty", "no_json"):
+    keep = {"notes": [], "truncated": ["truncated"], "garbage": ["garbage"], "empty": ["empty"],
+            "bad_json": ["bad_json"]}
+    for name in ("truncated", "garbage", "empty", "bad_json"):
         if name not in keep[broken]:
             for path in sorted((root / "3" / name).glob("*")):
                 path.unlink()

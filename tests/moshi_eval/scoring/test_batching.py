@@ -90,3 +90,36 @@ def test_non_finite_loss_names_sequence_and_frame(case, tmp_path):
     assert error.value.sequence_id == "poisoned"
     assert (error.value.frame, error.value.codebook) == (5, 1)
     assert "poisoned" in str(error.value) and "frame 5" in str(error.value)
+
+
+def poisoned_model_and_codes(case, tmp_path, frames: int, bad_frame: int):
+    lm = case.model()
+    poisoned = lm.card - 1
+    with torch.no_grad():
+        lm.emb[0].weight[poisoned] = float("nan")
+    own = random_codes(torch.Generator().manual_seed(2), 8, frames, lm.card - 1)
+    own[0, bad_frame] = poisoned
+    write_codes(tmp_path, "long", own)
+    return lm
+
+
+@pytest.mark.parametrize(("mode", "check_every", "chunk_size"), [("step", 16, 1024), ("chunked", 250, 16)])
+def test_non_finite_loss_stops_the_run_early(case, tmp_path, monkeypatch, mode, check_every, chunk_size):
+    """A NaN at frame 3 of 400 stops the run after `check_every` steps (per step) or at the end of its chunk."""
+    from moshi.models.lm import LMGen
+
+    lm = poisoned_model_and_codes(case, tmp_path, frames=400, bad_frame=3)
+    calls = []
+    for name in ("step_with_logits", "step_chunk_with_logits"):
+        original = getattr(LMGen, name)
+        monkeypatch.setattr(LMGen, name, lambda self, *a, _original=original, **k: calls.append(1) or _original(
+            self, *a, **k))
+    with pytest.raises(NonFiniteLossError) as error:
+        evaluate_librilight(lm, None, codes=[str(tmp_path)], user_stream="zero", positions=[10], window=5,
+                            mode=mode, check_every=check_every, chunk_size=chunk_size, text_policy="pad",
+                            progress=False)
+    assert error.value.sequence_id == "long"
+    if mode == "step":
+        assert (error.value.frame, error.value.codebook) == (3, 1) and len(calls) == check_every
+    else:  # a parallel pass spreads the NaN over its chunk (masked attention weights times NaN values)
+        assert error.value.frame < chunk_size and len(calls) == 1

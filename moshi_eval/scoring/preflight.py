@@ -1,0 +1,110 @@
+"""Checks a command line runs before any work, so that a mistyped path fails in a second, not after an evaluation.
+
+Each check raises `ConfigError` naming the flag and the path: output files that could not be written (a directory, a
+parent that is a file or not writable, a plot format matplotlib cannot write), input files and folders that do not
+exist, and a `--hf-repo` that looks like a local path but names no folder (it would otherwise be tried as a Hugging
+Face repository id, with network retries).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .settings_file import ConfigError
+
+HF_REFERENCE = "hf://"
+FILE_REFERENCE = "file://"
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The closest ancestor of `path` (itself excluded) that exists."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """`path` can be created or replaced as a file: not a directory, under a writable directory (created later)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name (e.g. {path / 'results.json'})")
+    ancestor = existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise ConfigError(f"{flag} {path}: {ancestor} is a file, so no folder can be created there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {ancestor} (permission denied)")
+
+
+def plot_formats() -> dict[str, str]:
+    """File extensions matplotlib can write, with their descriptions; ConfigError without matplotlib."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as error:
+        raise ConfigError("plotting needs matplotlib: pip install matplotlib (part of the 'eval' extra)") from error
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def check_plot_file(path: str | Path, flag: str = "--plot") -> None:
+    """An output file whose extension matplotlib can write."""
+    check_output_file(path, flag)
+    extension = Path(path).suffix.lower().lstrip(".")
+    formats = plot_formats()
+    if extension not in formats:
+        kind = f".{extension}" if extension else "a file without extension"
+        raise ConfigError(f"{flag} {path}: cannot write a plot as {kind}; use one of "
+                          f"{', '.join('.' + name for name in sorted(formats))}")
+
+
+def check_output_folder(path: str | Path, flag: str) -> None:
+    """`path` is, or can be created as, a writable directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a folder")
+    target = path if path.exists() else existing_ancestor(path)
+    if not target.is_dir():
+        raise ConfigError(f"{flag} {path}: {target} is a file, so no folder can be created there")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {target} (permission denied)")
+
+
+def check_input_path(path: str | Path, flag: str, folder: bool = False) -> None:
+    """`path` exists (as a folder when `folder`, else as anything) and can be read."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: no such {'folder' if folder else 'file or folder'}")
+    if folder and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a folder")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag} {path}: cannot be read (permission denied)")
+
+
+def check_file_reference(reference: str, flag: str) -> None:
+    """A local file reference (a path or `file://<path>`) names an existing file; `hf://` references are not
+    checked."""
+    if reference.startswith(HF_REFERENCE):
+        return
+    path = Path(reference.removeprefix(FILE_REFERENCE))
+    if not path.is_file():
+        raise ConfigError(f"{flag} {reference}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+
+
+def looks_like_local_path(text: str) -> bool:
+    """True for what a person types as a path rather than a Hub id `<owner>/<name>`: absolute, relative with `.`/`~`,
+    backslashes, or more than one `/`."""
+    return (text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
+            or os.path.isabs(text))
+
+
+def check_hf_repo(value: str, flag: str = "--hf-repo") -> None:
+    """A `--hf-repo` that looks like a local path must be an existing folder (Hub ids are left to the Hub)."""
+    path = Path(value)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"{flag} {value}: is a file; give the checkpoint folder (holding config.json) or a Hugging "
+                          "Face repository id such as kyutai/moshiko-pytorch-bf16")
+    if looks_like_local_path(value):
+        raise ConfigError(f"{flag} {value}: no such local folder (a Hugging Face repository id looks like "
+                          "kyutai/moshiko-pytorch-bf16)")

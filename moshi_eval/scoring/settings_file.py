@@ -1,0 +1,128 @@
+"""Settings files shared by every evaluation: a YAML (or JSON) file read whole, or one section of it.
+
+Researchers keep their evaluation settings inside training YAML files, in a section such as `paper_metrics:`, next to
+training keys (`batch_size`, `optim`, `ttt`, ...). `read_settings_section(path, "paper_metrics")` returns the raw
+mapping of that section together with one-line notes saying what around it was left out; a file without the section
+is read whole. Turning raw keys into an evaluation's settings is each evaluation's own business (LibriLight:
+`moshi_eval.librilight.config_keys`); the helpers here give all of them the same errors (`ConfigError`, naming the file)
+and the same message for unknown keys, with the closest known key suggested.
+
+A training file's `ttt:` section is never applied implicitly: reading a section leaves it out with a note.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+NEVER_APPLIED_SECTIONS = ("ttt",)
+LISTED_KEYS = 8
+
+
+class ConfigError(ValueError):
+    """A settings file or value that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingsSection:
+    """The raw keys read from a settings file, and notes on what was left out (one line each)."""
+
+    path: Path
+    section: str | None
+    values: dict[str, Any]
+    notes: list[str]
+    left_out: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """How messages name where the keys come from: `file.yaml` or `file.yaml [paper_metrics]`."""
+        return f"{self.path} [{self.section}]" if self.section else str(self.path)
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML or JSON file (empty for an empty file); ConfigError naming the file otherwise."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not a text file ({error.reason})") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+    return dict(raw)
+
+
+def read_settings_section(path: str | Path, section: str) -> SettingsSection:
+    """The keys of `section` in the file at `path` (the whole file when it has no such section).
+
+    When the section is there, every other top-level key is left out, named in one note, and each section of
+    `NEVER_APPLIED_SECTIONS` (`ttt`) gets a note of its own.
+    """
+    path = Path(path)
+    raw = read_settings_file(path)
+    if section not in raw:
+        return SettingsSection(path, None, raw, [])
+    values = raw[section]
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config file {path}: the {section!r} section must be a mapping of keys, "
+                          f"got {type(values).__name__}")
+    left_out = tuple(key for key in raw if key != section)
+    notes = []
+    if left_out:
+        notes.append(f"{path}: reading its {section!r} section; ignoring the {len(left_out)} training key(s) around "
+                     f"it ({listed(left_out, limit=40)})")
+    notes.extend(f"{path}: its {name!r} section is not applied (a training file's {name} settings are never used "
+                 "implicitly; the model is evaluated as its checkpoint and LM config define it)"
+                 for name in NEVER_APPLIED_SECTIONS if name in left_out)
+    return SettingsSection(path, section, dict(values), notes, left_out)
+
+
+def listed(names: Iterable[str], limit: int = LISTED_KEYS) -> str:
+    """`a, b, c` -- at most `limit` names, then how many more."""
+    names = list(names)
+    shown = ", ".join(str(name) for name in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def closest_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key most like `key` (a typo, or the same name with or without a prefix such as `librilight_`)."""
+    known = list(known)
+    matches = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if matches:
+        return matches[0]
+    stripped = {name.split("_", 1)[1]: name for name in known if "_" in name}
+    for candidate in (key, key.split("_", 1)[-1]):
+        if candidate in known and candidate != key:
+            return candidate
+        if candidate in stripped and stripped[candidate] != key:
+            return stripped[candidate]
+    return None
+
+
+def unknown_keys_message(source: str, unknown: Iterable[str], fields: Iterable[str],
+                         renamed: Mapping[str, str] | None = None) -> str:
+    """One line naming the unknown keys of `source`, each with the closest known key (and the field it maps onto)."""
+    fields = sorted(fields)
+    renamed = dict(renamed or {})
+    described = []
+    for key in sorted(unknown):
+        guess = closest_key(key, [*fields, *renamed])
+        if guess is None:
+            described.append(repr(key))
+        elif guess in renamed and renamed[guess] != guess:
+            described.append(f"{key!r} (did you mean {guess!r}, which sets {renamed[guess]}?)")
+        else:
+            described.append(f"{key!r} (did you mean {guess!r}?)")
+    return f"{source}: unknown key(s) {', '.join(described)}; known keys: {', '.join(fields)}"

@@ -1,0 +1,42 @@
+"""Acceptance 6: `--device cuda` becomes an explicit `cuda:<index>` (what `torch.cuda.set_device` needs); unusable
+devices are errors naming the value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moshi_eval.scoring.devices import resolve_device, select_device
+from moshi_eval.scoring.settings_file import ConfigError
+
+
+@pytest.mark.parametrize(("requested", "local_rank", "count", "expected"), [
+    ("cuda", 0, 1, "cuda:0"),
+    ("cuda", 3, 2, "cuda:1"),
+    ("cuda:1", 0, 2, "cuda:1"),
+    ("cpu", 0, 2, "cpu"),
+    (None, 0, 0, "cpu"),
+    (None, 5, 4, "cuda:1"),
+])
+def test_devices_are_explicit(requested, local_rank, count, expected):
+    device = resolve_device(requested, local_rank, cuda_count=count)
+    assert device == expected
+    assert torch.device(device).type != "cuda" or torch.device(device).index is not None
+
+
+@pytest.mark.parametrize(("requested", "count", "message"), [
+    ("cuda", 0, "--device cuda: no CUDA device is visible"),
+    ("cuda:2", 2, r"--device cuda:2: only 2 CUDA device\(s\) are visible \(cuda:0 to cuda:1\)"),
+    ("gpu", 1, "--device 'gpu' is not a device"),
+])
+def test_unusable_devices_are_named(requested, count, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(requested, cuda_count=count)
+
+
+def test_selecting_cuda_passes_an_indexed_device(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    select_device(resolve_device("cuda", local_rank=0, cuda_count=1))
+    select_device("cpu")
+    assert chosen == [torch.device("cuda:0")]
