@@ -1,26 +1,33 @@
 """`python -m moshi_eval.paper_metrics`: score a checkpoint on sWUGGY, sBLIMP, sStoryCloze and tStoryCloze.
 
-Settings come from the defaults, then `--config` (a YAML file: the `paper_metrics:` section of a training YAML, or a
-file of settings), then the flags given on the command line (flags win).
+Settings come from the defaults, then `--config FILE` (a training YAML whose `paper_metrics:` section is read, or a
+file of settings), then the flags given on the command line (flags win). Notes about the settings are printed on
+stderr, one line each. Paths, model files and the device are checked before anything is loaded; every expected failure
+is one `error:` line with exit code 2, and Ctrl-C says how many utterances are kept and how to resume (exit code 130),
+through the command-line pieces every evaluation shares (`moshi_eval.scoring`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import shlex
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from ..librilight.config import ConfigError
+from ..scoring.cli_errors import run_command
 from ..scoring.models import ModelSpec
+from ..scoring.notes import print_notes
+from ..scoring.preflight import check_input_path, check_output_file, check_output_folder
+from ..scoring.settings_file import ConfigError, read_settings_section
 from ..scoring.store import store_dir_for
-from .config import OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
-from .errors import with_one_line_errors
+from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
-from .section import IGNORED_NOTE, read_user_section
+from .section import read_user_section
 
+PROGRAM = "python -m moshi_eval.paper_metrics"
 MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
                "lora_weights")
 SECTION = "paper_metrics"
@@ -36,7 +43,7 @@ def parse_float_list(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m moshi_eval.paper_metrics",
+        prog=PROGRAM,
         description="sWUGGY, sBLIMP, spoken and topic StoryCloze accuracies of a Moshi model: every utterance scored "
                     "as one exact teacher-forced sequence, many utterances per batch.",
         argument_default=argparse.SUPPRESS)
@@ -86,46 +93,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a YAML file: its `paper_metrics:` section when it has one, else the whole file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ValueError(f"cannot read config file {path}: {error}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {error}") from error
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
-    section = raw.get(SECTION, raw)
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"config file {path}: '{SECTION}' must be a mapping, got {type(section).__name__}")
-    user = read_user_section(section, source=str(path))
-    for note in notes_for(user.ignored, user.librilight):
-        print(f"[paper_metrics] note: {path}: {note}", file=sys.stderr)
-    return user.paper_metrics
+def read_config(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Settings from a file (its `paper_metrics:` section when it has one, else the whole file) and the notes on it."""
+    section = read_settings_section(path, SECTION)
+    user = read_user_section(section.values, section.source)
+    return user.paper_metrics, [*section.notes, *user.notes(librilight_elsewhere=True)]
 
 
-def notes_for(ignored: list[str], librilight: Mapping[str, Any]) -> list[str]:
-    notes = []
-    if ignored:
-        notes.append(f"ignoring {', '.join(ignored)} ({IGNORED_NOTE})")
-    if librilight:
-        notes.append(f"LibriLight keys ({', '.join(sorted(librilight))}) are run by python -m moshi_eval.librilight")
-    return notes
-
-
-def merged_settings(args: argparse.Namespace) -> dict[str, Any]:
+def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Config-file values overridden by the flags given on the command line, and the notes to print."""
     given = vars(args)
-    settings = load_config_file(given["config"]) if "config" in given else {}
+    settings, notes = read_config(given["config"]) if "config" in given else ({}, [])
     fields = set(PaperMetricsConfig.__dataclass_fields__)
     settings.update({key: value for key, value in given.items() if key in fields})
     settings.setdefault("output", DEFAULT_OUTPUT)
-    return settings
+    return settings, notes
+
+
+def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: str | None,
+                      given: set[str]) -> None:
+    """What can be checked without loading a model or reading audio (ConfigError naming the flag, or the setting and
+    the file it came from)."""
+
+    def label(name: str) -> str:
+        from_file = config_file is not None and name not in given
+        return f"{name} (from {config_file})" if from_file else f"--{name.replace('_', '-')}"
+
+    if not config.benchmarks:
+        raise ConfigError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
+                          "--tstory-dir (or a --config naming them)")
+    check_output_file(config.output, label("output"))
+    if config.zerospeech_submission:
+        check_output_folder(config.zerospeech_submission, label("zerospeech_submission"))
+    if config.use_cache and config.cache_dir:
+        check_output_folder(config.cache_dir, label("cache_dir"))
+    for bench in config.benchmarks:
+        check_input_path(getattr(config, f"{bench}_dir"), label(f"{bench}_dir"), folder=True)
+        if bench in GOLD_BENCHMARKS:
+            check_input_path(config.gold_file(bench), label(f"{bench}_gold"))
+    spec.check_local_files()
 
 
 def print_summary(data: dict[str, Any]) -> None:
@@ -135,54 +141,72 @@ def print_summary(data: dict[str, Any]) -> None:
             lines.append(f"{bench + '_accuracy':<28} {data[bench + '_accuracy']:>8.4f}  {data[bench + '_samples']}"
                          f"  (sum {data[bench + '_accuracy_sum']:.4f}, mean {data[bench + '_accuracy_mean']:.4f})")
     lines.append(f"{'paper_metrics_avg':<28} {data['paper_metrics_avg']:>8.4f}")
-    print("\n".join(lines))
+    timing = data["timing"]
+    resumed = timing.get("resumed_utterances", 0)
+    lines.append(f"utterances: {len(data['utterances'])} scored{f' ({resumed} resumed)' if resumed else ''}")
+    print("\n".join(lines), flush=True)
 
 
-def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from ..scoring.distributed import default_device, init_distributed
+def run_evaluation(config: PaperMetricsConfig, spec: ModelSpec, device: str, dtype_name: str,
+                   quiet: bool) -> dict[str, Any]:
     from ..scoring.models import load_lm, load_mimi, resolve_dtype
     from .evaluate import evaluate_paper_metrics
 
-    config = PaperMetricsConfig(**merged_settings(args))
-    if not config.benchmarks:
-        raise ValueError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
-                         "--tstory-dir (or a --config naming them)")
-    context = init_distributed()
-    device = getattr(args, "device", None) or default_device(context)
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
-    spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
-    lm, info = load_lm(spec, device, dtype)
+    lm, info = load_lm(spec, device, resolve_dtype(dtype_name, device))
     mimi = load_mimi(spec, lm, device, info)
-    return evaluate_paper_metrics(lm, mimi, config, model_source=spec.describe(),
-                                  progress=not getattr(args, "quiet", False))
+    return evaluate_paper_metrics(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
 
 
-def interruption_note(args: argparse.Namespace) -> str:
-    """What an interrupted run leaves behind, and how to go on."""
-    given = vars(args)
-    if not given.get("resume", True):
-        return "nothing was kept (--no-resume); run the command again to start over"
-    output = given.get("output", DEFAULT_OUTPUT)
-    return (f"finished utterances are kept in {store_dir_for(output)}; run the same command again to resume "
-            "from them")
+@dataclasses.dataclass
+class Invocation:
+    """What this command was asked to do, for the message printed when it is interrupted."""
+
+    argv: list[str]
+    config: PaperMetricsConfig | None = None
+
+    def resume_command(self) -> str:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
+        return shlex.join([*PROGRAM.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
+
+    def interrupted(self) -> str:
+        config = self.config
+        if config is None or not config.output:
+            return f"nothing was computed yet; rerun with: {self.resume_command()}"
+        if not config.resume:
+            return f"finished utterances were not kept (--no-resume); rerun with: {self.resume_command()}"
+        store = store_dir_for(config.output)
+        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
+        return f"{kept} finished utterance(s) kept in {store}/; resume with: {self.resume_command()}"
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from ..scoring.distributed import init_distributed, shutdown_distributed
+def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
+    from ..scoring.devices import resolve_device, select_device
+    from ..scoring.distributed import init_distributed
 
-    try:
-        data = run_evaluation(args)
-        if init_distributed().is_main:
-            print_summary(data)
-    finally:
-        shutdown_distributed()
+    settings, notes = merged_settings(args)
+    context = init_distributed()
+    if context.is_main:
+        print_notes(notes)
+    config = PaperMetricsConfig(**settings)
+    invocation.config = config
+    spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+    check_before_work(config, spec, getattr(args, "config", None), set(vars(args)))
+    device = resolve_device(getattr(args, "device", None), context.local_rank)
+    select_device(device)
+    data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), getattr(args, "quiet", False))
+    if context.is_main:
+        print_summary(data)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return with_one_line_errors(lambda: run_command(args), interruption_note(args))
+    from ..scoring.distributed import shutdown_distributed
+
+    invocation = Invocation(argv)
+    try:
+        return run_command(lambda: evaluate_command(args, invocation), invocation.interrupted)
+    finally:
+        shutdown_distributed()

@@ -7,22 +7,25 @@
 
 `config` is their `paper_metrics:` section (see `section.py`); the tokenizer is accepted and not used (scores are on
 audio only); `device` is recorded, the model and Mimi run where they are. Each `evaluate_<bench>` method scores that
-benchmark alone; `evaluate_all` scores every configured one in one batched run, then LibriLight when the section has
-`librilight_*` keys. A benchmark asked for but not configured is an error, not a zero.
+benchmark alone; `evaluate_all` scores every configured one in one batched run, then LibriLight when the section names
+its data (`librilight_audio_dir` or `librilight_concatenated_dir`), read from the same section with the defaults of
+their evaluator (`moshi_eval.librilight.config_keys`). A benchmark asked for but not configured is an error, not a zero.
+Notes on ignored keys are `UserWarning`s.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ..librilight import evaluate_librilight_long_context
+from ..librilight import LibriLightConfig, evaluate_librilight
+from ..librilight.config_keys import map_settings
 from ..scoring.files import is_finite_number
+from ..scoring.notes import warn_notes
 from .config import PaperMetricsConfig
 from .evaluate import run_paper_metrics
 from .pairs import BENCHMARKS
-from .section import IGNORED_NOTE, UserSection, read_user_section
+from .section import UserSection, read_user_section
 
 
 class PaperMetricsEvaluator:
@@ -33,11 +36,10 @@ class PaperMetricsEvaluator:
         self.mimi = mimi_encoder
         self.tokenizer = interleaved_tokenizer
         self.device = device
-        self.section: UserSection = read_user_section(config or {}, "config")
+        self.raw = dict(config or {})
+        self.section: UserSection = read_user_section(self.raw, "config")
         self.base = self.section.config()
-        if self.section.ignored:
-            warnings.warn(f"paper_metrics: ignoring key(s) {', '.join(self.section.ignored)} ({IGNORED_NOTE})",
-                          UserWarning, stacklevel=2)
+        warn_notes(self.section.notes(librilight_elsewhere=False))
 
     def evaluate_swuggy(self, model: Any, max_samples: int | None = None) -> dict[str, float]:
         return self.evaluate(model, ["swuggy"], max_samples)
@@ -58,9 +60,13 @@ class PaperMetricsEvaluator:
         return self.evaluate(model, [dataset], max_samples)
 
     def evaluate_librilight_long_context(self, model: Any) -> dict[str, float]:
-        if not self.section.librilight:
-            raise ValueError("LibriLight is not configured: the section has no librilight_* keys")
-        return finite_numbers(evaluate_librilight_long_context(model, self.mimi, self.section.librilight))
+        """LibriLight's flat metrics (`librilight_loss_8k`, perplexities, slope, samples, ...) for the section."""
+        if not self.section.names_librilight:
+            raise ValueError("LibriLight is not configured: set librilight_audio_dir in the section")
+        mapped = map_settings(self.section.librilight, "config", old_evaluator_defaults=True)
+        warn_notes(mapped.notes)
+        result = evaluate_librilight(model, self.mimi, LibriLightConfig(**mapped.values), progress=False)
+        return result.flat_metrics()
 
     def evaluate_librilight_only(self, model: Any) -> dict[str, float]:
         return self.evaluate_librilight_long_context(model)
@@ -69,11 +75,12 @@ class PaperMetricsEvaluator:
         return self.evaluate(model, self.base.benchmarks, None)
 
     def evaluate_all(self, model: Any) -> dict[str, float]:
-        """Every configured benchmark, then LibriLight when configured; `paper_metrics_avg` over the benchmarks."""
-        if not self.base.benchmarks and not self.section.librilight:
-            raise ValueError("nothing to evaluate: the section names no benchmark folder and no librilight_* keys")
+        """Every configured benchmark, then LibriLight when the section names its data; `paper_metrics_avg` is over
+        the four benchmarks."""
+        if not self.base.benchmarks and not self.section.names_librilight:
+            raise ValueError("nothing to evaluate: the section names no benchmark folder and no librilight_audio_dir")
         metrics = self.evaluate(model, self.base.benchmarks, None) if self.base.benchmarks else {}
-        if self.section.librilight:
+        if self.section.names_librilight:
             metrics.update(self.evaluate_librilight_long_context(model))
         return metrics
 

@@ -4,9 +4,9 @@ Their paper-metrics keys map onto `PaperMetricsConfig`: `<bench>_audio_dir` -> `
 `<bench>_gold`, `<bench>_max_pairs`, `paper_metrics_use_silence: true` -> `other_stream="silence"`,
 `paper_metrics_use_user_stream: true` -> `stream="user"`. Keys that steered their training loop, plots or dashboards,
 or that their evaluator never read (`paper_metrics_eval`, `paper_metrics_freq`, `<bench>_stream_config`,
-`use_silence_codes`, ...) are left out and named in `ignored`;
-`librilight_*` keys (and the other keys `moshi_eval.librilight` reads) go to `librilight`. Field names of
-`PaperMetricsConfig` are accepted as they are; any other key is an error naming it.
+`use_silence_codes`, ...) are left out with a note; `librilight_*` keys are LibriLight's (`moshi_eval.librilight` reads
+the same section, see `librilight.config_keys`). Field names of `PaperMetricsConfig` are accepted as they are; any
+other key is an error suggesting the closest known key.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..scoring.settings_file import ConfigError, listed, unknown_keys_message
 from .config import PaperMetricsConfig
 from .pairs import BENCHMARKS
 
@@ -35,27 +36,47 @@ IGNORED = frozenset({
 IGNORED_NOTE = "training-loop, plotting and logging switches, or keys their evaluator never read"
 LIBRILIGHT_PREFIX = "librilight_"
 LIBRILIGHT_KEYS = frozenset({"first_codebook_weight_multiplier"})
+LIBRILIGHT_DATA_KEYS = ("librilight_audio_dir", "librilight_concatenated_dir")
 
 
 @dataclasses.dataclass
 class UserSection:
-    """A users' section split up: our settings, the LibriLight part, and the keys left out."""
+    """A users' section split up: our settings, the LibriLight keys, the keys left out, and where it came from."""
 
     paper_metrics: dict[str, Any]
     librilight: dict[str, Any]
     ignored: list[str]
+    source: str = "paper_metrics"
 
     def config(self, **overrides: Any) -> PaperMetricsConfig:
         return PaperMetricsConfig(**(self.paper_metrics | overrides))
 
+    @property
+    def names_librilight(self) -> bool:
+        """Whether the section asks for LibriLight (names its data, as their evaluator required)."""
+        return any(self.librilight.get(key) for key in LIBRILIGHT_DATA_KEYS)
+
+    def notes(self, librilight_elsewhere: bool) -> list[str]:
+        """One-line notes on the keys left out (and on the LibriLight keys, when another command runs them)."""
+        notes = []
+        if self.ignored:
+            notes.append(f"{self.source}: ignoring {listed(self.ignored)} ({IGNORED_NOTE})")
+        if librilight_elsewhere and self.librilight:
+            notes.append(f"{self.source}: LibriLight keys ({listed(sorted(self.librilight))}) are read by "
+                         "python -m moshi_eval.librilight --config with the same file")
+        return notes
+
 
 def read_user_section(section: Mapping[str, Any], source: str = "paper_metrics") -> UserSection:
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}: settings must be a mapping of keys, got {type(section).__name__}")
     fields = {field.name for field in dataclasses.fields(PaperMetricsConfig)}
     ours: dict[str, Any] = {}
     librilight: dict[str, Any] = {}
     ignored: list[str] = []
     unknown: list[str] = []
     for key, value in section.items():
+        key = str(key)
         if key in RENAMED:
             ours[RENAMED[key]] = value
         elif key in SWITCHES:
@@ -70,5 +91,5 @@ def read_user_section(section: Mapping[str, Any], source: str = "paper_metrics")
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
-    return UserSection(ours, librilight, sorted(ignored))
+        raise ConfigError(unknown_keys_message(source, unknown, fields, RENAMED))
+    return UserSection(ours, librilight, sorted(ignored), source)

@@ -4,6 +4,7 @@ torchrun ranks giving the results of one process."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -98,7 +99,10 @@ def test_mistakes_are_one_error_line(tmp_path, checkpoint, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "lacks the column(s) voice" in err[0]
     (tmp_path / "bad.yaml").write_text("paper_metrics:\n  swugy_audio_dir: /x\n")
     assert main(["--config", str(tmp_path / "bad.yaml"), *checkpoint]) == 2
-    assert "unknown key(s) swugy_audio_dir" in capsys.readouterr().err
+    assert ("unknown key(s) 'swugy_audio_dir' (did you mean 'swuggy_audio_dir', which sets swuggy_dir?)"
+            in capsys.readouterr().err)
+    assert main([f"--tstory-dir={tmp_path / 'nowhere'}", *checkpoint]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --tstory-dir {tmp_path / 'nowhere'}: no such folder"
 
 
 def test_two_torchrun_ranks_equal_one_process(tmp_path, checkpoint):
@@ -130,9 +134,9 @@ def test_ctrl_c_says_what_is_kept(tmp_path, checkpoint, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "evaluate_paper_metrics", interrupted)
-    output = tmp_path / "run.json"
-    assert main([f"--tstory-dir={DATA / 'tstory'}", *checkpoint, "--output", str(output), "--quiet"]) == 130
+    argv = [f"--tstory-dir={DATA / 'tstory'}", *checkpoint, "--output", str(tmp_path / "run.json"), "--quiet"]
+    assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    expected = (f"interrupted: finished utterances are kept in {tmp_path / 'run.sequences'}; run the same command "
-                "again to resume from them")
-    assert err == [expected]
+    kept = f"interrupted: 0 finished utterance(s) kept in {tmp_path / 'run.sequences'}/"
+    assert len(err) == 1 and err[0].startswith(kept)
+    assert err[0].endswith(f"resume with: python -m moshi_eval.paper_metrics {shlex.join(argv)}")

@@ -98,7 +98,7 @@ def test_users_section_keys_map_onto_settings():
                                   "sblimp_gold": "/s/gold.csv", "sblimp_max_pairs": 2000, "tstory_dir": "/t"}
     assert user.librilight == {"librilight_audio_dir": "/l", "librilight_max_chapters": 3}
     assert user.ignored == ["paper_metrics_eval", "paper_metrics_freq", "sblimp_stream_config"]
-    with pytest.raises(ValueError, match="unknown key.s. swugy_audio_dir"):
+    with pytest.raises(ValueError, match="unknown key.s. 'swugy_audio_dir' .did you mean 'swuggy_audio_dir'"):
         read_user_section({"swugy_audio_dir": "/x"})
 
 
@@ -132,7 +132,7 @@ def test_evaluator_class_of_the_users_scripts(lm, tmp_path, cache_dir):
     no_swuggy = PaperMetricsEvaluator(demo_mimi(), None, "cpu", {"tstory_audio_dir": str(root / "tstory")})
     with pytest.raises(ValueError, match="swuggy not configured: set swuggy_audio_dir"):
         no_swuggy.evaluate_swuggy(lm)
-    with pytest.raises(ValueError, match="LibriLight is not configured"):
+    with pytest.raises(ValueError, match="LibriLight is not configured: set librilight_audio_dir"):
         no_swuggy.evaluate_librilight_long_context(lm)
 
 
