@@ -120,7 +120,8 @@ def test_out_of_sync_chunks_keep_every_step_and_per_item_resets(lm_case):
         return torch.stack([inputs[0, ..., split:], inputs[1, ..., :rest]])
 
     with lm_gen.streaming(lm_case.batch_size):
-        first = lm_gen.step_chunk_with_logits(users[:, :, :split], owns[:, :, :split], text_replace_tokens=pad[:, :split])
+        first = lm_gen.step_chunk_with_logits(users[:, :, :split], owns[:, :, :split],
+                                              text_replace_tokens=pad[:, :split])
         lm_gen.reset_streaming(torch.tensor([False, True]))
         restarted = lm_gen.step_chunk_with_logits(then(users), then(owns), text_replace_tokens=then(pad))
     max_delay = lm_gen.max_delay
