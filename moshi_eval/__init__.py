@@ -1,1 +1,18 @@
-"""Evaluation tools built on the `moshi` package (see `moshi_eval.librilight`)."""
+"""Evaluation tools built on the `moshi` package: `moshi_eval.librilight` (long-context loss) and
+`moshi_eval.paper_metrics` (sWUGGY, sBLIMP, spoken and topic StoryCloze).
+
+`from moshi_eval import PaperMetricsEvaluator` gives the class our users' scripts construct; it is imported on first
+use, so that `python -m moshi_eval.librilight --help` does not load torch.
+"""
+
+from typing import Any
+
+__all__ = ["PaperMetricsEvaluator"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PaperMetricsEvaluator":
+        from .paper_metrics.evaluator import PaperMetricsEvaluator
+
+        return PaperMetricsEvaluator
+    raise AttributeError(f"module 'moshi_eval' has no attribute {name!r}")

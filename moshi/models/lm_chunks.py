@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class ChunkWithLogits:
-    """What C steps return together, for the F frames they complete (F = C, minus the first `max_delay` steps).
+    """What C steps return together, for the F frames they complete (F = C, minus the first `max_delay` steps unless
+    the `LMGen` has `support_out_of_sync`).
 
     tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]`, audio_logits `[B, dep_q, F, card]` are aligned
     like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer output of the C steps;
@@ -45,7 +46,13 @@ class ChunkWithLogits:
 
 
 def _frames_of_new_steps(lm_gen: LMGen, steps_before: int, frames: ReadyFrames) -> ReadyFrames:
-    """Drop the leading frames of steps taken before `max_delay` steps had passed (no frame is complete there)."""
+    """Drop the leading frames of steps taken before `max_delay` steps had passed (no frame is complete there).
+
+    With `support_out_of_sync` every step keeps its frame, as `LMGen.step` then never returns None: items reset at
+    different times each mark their own incomplete frames with `ungenerated_token_id`.
+    """
+    if lm_gen.support_out_of_sync:
+        return frames
     first = max(0, lm_gen.max_delay - steps_before)
     audio = frames.audio_logits
     return ReadyFrames(frames.tokens[:, :, first:], frames.text_logits[:, :, first:],

@@ -24,9 +24,9 @@ from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
 from ..scoring.preflight import check_input_path, check_output_file, check_output_folder, check_plot_file
 from ..scoring.store import store_dir_for
+from ..scoring.text_policy import TEXT_POLICIES
 from .config import (
     SCORING_MODES,
-    TEXT_POLICIES,
     USER_STREAMS,
     LibriLightConfig,
     config_field_names,
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring = parser.add_argument_group("evaluation")
     scoring.add_argument("--batch-size", type=int, help="sequences scored together (default 1)")
     scoring.add_argument("--max-sequence-length", type=int, help="frames scored per sequence at most (default 50000)")
-    scoring.add_argument("--text-policy", choices=TEXT_POLICIES, help="text token: model's argmax, sampled, or padding")
+    scoring.add_argument("--text-policy", choices=TEXT_POLICIES,
+                         help="text token: model's argmax, sampled, padding, or zero (no text)")
     scoring.add_argument("--mode", choices=SCORING_MODES,
                          help="step: one step_with_logits call per frame (the reference, default); chunked: "
                               "--chunk-size frames per call, same results (greedy by speculation)")

@@ -10,8 +10,8 @@ import dataclasses
 from typing import Any
 
 from ..scoring.settings_file import ConfigError
+from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
 
-TEXT_POLICIES = ("greedy", "sample", "pad")
 USER_STREAMS = ("silence", "zero")
 SCORING_MODES = ("step", "chunked")
 DEFAULT_POSITIONS = (8000, 16000, 24000)
@@ -70,8 +70,9 @@ class LibriLightConfig:
             raise ValueError(f"text_policy must be one of {TEXT_POLICIES}, got {self.text_policy!r}")
         if self.mode not in SCORING_MODES:
             raise ValueError(f"mode must be one of {SCORING_MODES}, got {self.mode!r}")
-        if self.mode == "chunked" and self.text_policy == "sample":
-            raise ValueError("mode 'chunked' supports the text policies 'greedy' and 'pad'; use mode 'step' to sample")
+        if self.mode == "chunked" and self.text_policy not in CHUNKED_TEXT_POLICIES:
+            raise ValueError(f"mode 'chunked' supports the text policies {', '.join(CHUNKED_TEXT_POLICIES)}; use mode "
+                             "'step' to sample")
         if self.user_stream is not None and self.user_stream not in USER_STREAMS:
             raise ValueError(f"user_stream must be one of {USER_STREAMS}, got {self.user_stream!r}")
         for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "encode_chunk_frames",

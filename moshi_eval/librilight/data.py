@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..scoring.audio import read_audio_header
 from ..scoring.sources import Chapter, DataError, SequenceSource, Skip, SkipCollector
 
 AUDIO_SUFFIXES = frozenset({".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
@@ -34,16 +35,10 @@ class Discovery:
 
 def read_chapter(path: Path, with_metadata: bool) -> Chapter:
     """Header information of one audio file (and its `.json` metadata when asked); DataError when unusable."""
-    import soundfile
-
-    try:
-        info = soundfile.info(str(path))
-    except Exception as error:  # libsndfile raises its own error types for every unreadable file
-        raise DataError(f"{path}: not a readable audio file ({error})") from error
-    if info.frames <= 0:
-        raise DataError(f"{path}: audio file holds no samples")
-    metadata = read_chapter_metadata(path) if with_metadata else None
-    return Chapter(path=path, num_samples=int(info.frames), sample_rate=int(info.samplerate), metadata=metadata)
+    chapter = read_audio_header(path)
+    if not with_metadata:
+        return chapter
+    return dataclasses.replace(chapter, metadata=read_chapter_metadata(path))
 
 
 def read_chapter_metadata(audio_path: Path) -> dict[str, Any] | None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..scoring.files import write_json_atomic
+from ..scoring.files import is_finite_number, json_safe, write_json_atomic
 from ..scoring.records import SequenceLosses
 from ..scoring.sanity import above_uniform_flags, uniform_loss
 from . import metrics
@@ -152,20 +151,3 @@ class LibriLightResult:
         data = self.to_dict()
         write_json_atomic(path, data)
         return data
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def json_safe(value: Any) -> Any:
-    """Floats that are NaN or infinite become None (JSON has no NaN); numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

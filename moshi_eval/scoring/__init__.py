@@ -1,7 +1,8 @@
 """What every evaluation of a Moshi LM shares: teacher-forced sequence scoring and everything around it.
 
-- `scorer`: exact per-frame, per-codebook losses of sequences, per step (`StepScorer`, batched with per-slot resets) or
-  many steps per call (`ChunkedScorer`); `ModelShape` (the LM's streams), `token_cross_entropy`.
+- `scorer`: exact per-frame, per-codebook losses of sequences, per step (`StepScorer`) or many steps per call
+  (`ChunkedScorer`), both batched with per-slot resets; `ModelShape` (the LM's streams), `token_cross_entropy`;
+  `text_policy`: what the text stream gets while audio is scored (greedy, sample, pad, zero).
 - `sources`, `records`: the sequences to score (audio files or a codes file) and their scores.
 - `audio`, `encoding`, `codes_cache`, `prepare`: reading and resampling audio, Mimi encoding with a shared codes cache,
   turning sources into scoring items.
@@ -14,5 +15,5 @@
 - `cli_errors`, `preflight`: command lines end with one `error:` line per expected failure (exit 2) or a resume hint
   on Ctrl-C (exit 130); paths, model files and a path-like `--hf-repo` are checked before any work.
 
-Benchmarks (`moshi_eval.librilight`, ...) build on these pieces.
+Benchmarks (`moshi_eval.librilight`, `moshi_eval.paper_metrics`) build on these pieces.
 """

@@ -12,9 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import DataError
+from .sources import Chapter, DataError
 
 READ_BLOCK_SECONDS = 10.0
+
+
+def read_audio_header(path: Path) -> Chapter:
+    """The file's length and sample rate from its header; DataError naming the file when it is unreadable or empty."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # libsndfile raises its own error types for every unreadable file
+        raise DataError(f"{path}: not a readable audio file ({error})") from error
+    if info.frames <= 0:
+        raise DataError(f"{path}: audio file holds no samples")
+    return Chapter(path=path, num_samples=int(info.frames), sample_rate=int(info.samplerate))
 
 
 def resampled_length(num_samples: int, sample_rate: int, target_rate: int) -> int:

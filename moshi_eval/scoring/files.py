@@ -3,18 +3,20 @@
 A file is written to a temporary name in its own directory and renamed into place, so a concurrent reader sees the
 old file or the new one, never half of one. `tempfile` creates files readable by their owner only; the final file gets
 the mode an ordinary `open` would give (0644 under the usual umask 022), so colleagues can read results and share a
-cache.
+cache. JSON results go through `json_safe` first (no NaN in JSON).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -39,6 +41,29 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite: what JSON and training loggers take as a number."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def json_safe(value: Any) -> Any:
+    """Floats that are NaN or infinite become None (JSON has no NaN); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A text file, atomically."""
+    write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -8,14 +8,24 @@ cross-entropy against the true codes is the loss. Codebook k of the last `delays
 prediction (it would need frames after the end) and is stored as NaN, as `LMModel.forward` masks it.
 
 Several sequences share one batch: each slot of the batch takes the next sequence as soon as its previous one ends (the
-slot alone is reset with `reset_streaming(mask)`), and a slot with nothing left stops executing (`set_exec_mask`), so
-nothing an item does touches the others. Only per-frame, per-codebook losses are kept: float32, on CPU.
+slot alone is reset with `reset_streaming(mask)`), so nothing an item does touches the others. `StepScorer` stops a
+slot with nothing left (`set_exec_mask`); `ChunkedScorer` refills slots between calls and lets an idle slot run on
+padding. While they score, the main transformer's attention context is cut to the longest sequence
+(`attention_bounded_to`: same attention, KV caches of that length). Only per-frame, per-codebook losses are kept:
+float32, on CPU.
+
+Text policies (`text_policy`): `greedy`, `sample` (per step only), `pad` and `zero` (no text at all).
+
+The scored codes are normally the forced own stream itself. A `ScoringItem` may instead name other `targets`: the own
+stream is then forced to `own` (say the zero token, or silence) and its predictions are scored against `targets` (the
+cross-stream score of an utterance placed in the user stream).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,21 +34,31 @@ import torch
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.models.loaders import mimi_codebooks
+from moshi.modules.transformer import StreamingMultiheadAttention
 
 from .sanity import NonFiniteLossError
+from .text_policy import CHUNKED_TEXT_POLICIES, check_text_policy, forced_text_token
 
 
 @dataclasses.dataclass
 class ScoringItem:
-    """A sequence to score: own-stream codes `[dep_q, T]` and optional user-stream codes `[n_q - dep_q, T]`."""
+    """A sequence to score: own-stream codes `[dep_q, T]` (forced, the zero token allowed), optional user-stream codes
+    `[n_q - dep_q, T]`, and optional `targets` `[dep_q, T]` the own-stream predictions are scored against (`own` when
+    None)."""
 
     sequence_id: str
     own: torch.Tensor
     user: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
         return int(self.own.shape[-1])
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """The codes `[dep_q, T]` the losses are measured against."""
+        return self.own if self.targets is None else self.targets
 
 
 @dataclasses.dataclass
@@ -98,6 +118,11 @@ class ModelShape:
         if item.user is not None and tuple(item.user.shape) != (self.num_user, item.num_frames):
             raise ValueError(f"{item.sequence_id}: user codes must be [{self.num_user}, {item.num_frames}], "
                              f"got {list(item.user.shape)}")
+        if item.targets is not None and tuple(item.targets.shape) != (self.dep_q, item.num_frames):
+            raise ValueError(f"{item.sequence_id}: targets must be [{self.dep_q}, {item.num_frames}], "
+                             f"got {list(item.targets.shape)}")
+        if item.targets is not None and (int(item.targets.min()) < 0 or int(item.targets.max()) >= self.card):
+            raise ValueError(f"{item.sequence_id}: targets must lie in [0, {self.card})")
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -115,6 +140,25 @@ def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
     return undefined
 
 
+@contextlib.contextmanager
+def attention_bounded_to(lm: LMModel, steps: int) -> Iterator[None]:
+    """Inside the block, the main transformer's attention context is at most `steps` (restored afterwards).
+
+    When no sequence streams more than `steps` steps between resets, no query reaches further back than `steps` anyway,
+    so the attention is the same; the KV caches, sized by the context, then hold `steps` entries instead of the model's
+    full context (3000 for Moshi): short utterances can be batched without gigabytes of caches.
+    """
+    layers = [module for module in lm.transformer.modules() if isinstance(module, StreamingMultiheadAttention)]
+    saved = [layer.context for layer in layers]
+    for layer in layers:
+        layer.context = steps if layer.context is None else min(layer.context, steps)
+    try:
+        yield
+    finally:
+        for layer, context in zip(layers, saved):
+            layer.context = context
+
+
 class StepScorer:
     """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time.
 
@@ -124,6 +168,7 @@ class StepScorer:
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
                  top_k_text: int = 25, check_every: int = 250) -> None:
+        check_text_policy(text_policy)
         self.lm = lm
         self.text_policy = text_policy
         self.seed = seed
@@ -153,9 +198,9 @@ class StepScorer:
             if self.text_policy == "sample":
                 torch.manual_seed(self.seed)
             lm_gen = self.make_lm_gen()
-            with lm_gen.streaming(batch_size):
-                _BatchRun(self, lm_gen, batch_size, max(item.num_frames for item in queue)).run(
-                    queue, on_sequence, on_frames)
+            longest = queue[0].num_frames
+            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
+                _BatchRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
         finally:
             self.lm.train(was_training)
 
@@ -163,8 +208,9 @@ class StepScorer:
 class _BatchRun:
     """The device buffers and the slot bookkeeping of one `StepScorer.run`.
 
-    users `[B, n_user, S]` and owns `[B, dep_q, S]` hold each slot's step inputs (S = frames + max_delay), targets
-    `[B, dep_q, frames]` its codes; steps `[B]` counts the steps each slot took since it was loaded.
+    users `[B, n_user, S]` and owns `[B, dep_q, S]` hold each slot's step inputs (S = frames + max_delay), forced
+    `[B, dep_q, frames]` its own codes and targets `[B, dep_q, frames]` the codes it is scored against; steps `[B]`
+    counts the steps each slot took since it was loaded.
     """
 
     def __init__(self, scorer: StepScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
@@ -180,6 +226,7 @@ class _BatchRun:
         self.users = torch.full((batch_size, shape.num_user, width), shape.zero_token_id, dtype=torch.long,
                                 device=device)
         self.owns = torch.zeros(batch_size, shape.dep_q, width, dtype=torch.long, device=device)
+        self.forced = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
         self.targets = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
         self.losses = torch.zeros(batch_size, max_frames, shape.dep_q, dtype=torch.float32, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -192,9 +239,9 @@ class _BatchRun:
         self.rows = torch.arange(batch_size, device=device)
         self.slots: list[_Slot | None] = [None] * batch_size
         self.text_replace = None
-        if scorer.text_policy == "pad":
-            pad_id = int(scorer.lm.text_padding_token_id)
-            self.text_replace = torch.full((batch_size,), pad_id, dtype=torch.long, device=device)
+        text_token = forced_text_token(scorer.lm, scorer.text_policy)
+        if text_token is not None:
+            self.text_replace = torch.full((batch_size,), text_token, dtype=torch.long, device=device)
 
     def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
         pending = list(queue)
@@ -243,7 +290,8 @@ class _BatchRun:
         self.users[index, :, :steps] = users[0]
         self.owns[index].zero_()
         self.owns[index, :, :steps] = owns[0]
-        self.targets[index, :, :frames] = own
+        self.forced[index, :, :frames] = own
+        self.targets[index, :, :frames] = item.scored.to(self.device)
         self.lengths[index] = frames
         self.steps[index] = 0
         self.nonfinite[index] = False
@@ -266,10 +314,11 @@ class _BatchRun:
         scoring = self.active & (frame >= 0) & (frame < self.lengths)
         target_index = frame.clamp(0, self.max_frames - 1)[:, None, None].expand(-1, self.shape.dep_q, 1)
         targets = self.targets.gather(2, target_index)[..., 0]
+        forced = self.forced.gather(2, target_index)[..., 0]
         losses = token_cross_entropy(out.audio_logits[:, :, 0], targets)
         defined = scoring[:, None] & (frame[:, None] + self.own_delays[None, :] < self.lengths[:, None])
         self.nonfinite |= (defined & ~torch.isfinite(losses)).any(dim=1)
-        self.misaligned |= (defined & (out.tokens[:, 1: 1 + self.shape.dep_q, 0] != targets)).any(dim=1)
+        self.misaligned |= (defined & (out.tokens[:, 1: 1 + self.shape.dep_q, 0] != forced)).any(dim=1)
         at = frame.clamp(0, self.max_frames - 1)
         kept = self.losses[self.rows, at]
         self.losses[self.rows, at] = torch.where(scoring[:, None], losses, kept)
@@ -301,15 +350,16 @@ class _BatchRun:
 class ChunkedScorer:
     """Scores sequences `chunk_size` steps per call with `LMGen.step_chunk_with_logits`; same results as `StepScorer`.
 
-    Sequences run in batches of `batch_size` from their first frame together; a sequence shorter than the longest of its
-    batch keeps running on padding whose outputs are never read (each item only sees its own past). Text policies
-    `greedy` (speculation) and `pad`. `acceptance_rate` is the share of main-transformer steps that were kept. A
-    non-finite loss stops the run at the end of the chunk that produced it.
+    `batch_size` slots share the calls. A call advances every slot by the same number of steps: up to `chunk_size`,
+    and no further than the longest remaining sequence. A slot whose sequence ends within a call runs on padding to the
+    call's end (outputs never read); before the next call it is reset alone and takes the next sequence. Sequences are
+    taken longest first, so short utterances of similar lengths run in rounds of one call each, and long ones keep
+    every slot busy. Text policies `greedy` (speculation), `pad` and `zero`. `acceptance_rate` is the share of
+    main-transformer steps that were kept. A non-finite loss stops the run at the end of the call that produced it.
     """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", chunk_size: int = 64) -> None:
-        if text_policy not in ("greedy", "pad"):
-            raise ValueError(f"chunked scoring supports the text policies 'greedy' and 'pad', not {text_policy!r}")
+        check_text_policy(text_policy, CHUNKED_TEXT_POLICIES)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.lm = lm
@@ -318,6 +368,7 @@ class ChunkedScorer:
         self.shape = ModelShape.of(lm)
         self.kept_steps = 0
         self.main_steps = 0
+        self.calls = 0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -326,76 +377,152 @@ class ChunkedScorer:
     @torch.no_grad()
     def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
             on_frames: ProgressCallback | None = None) -> None:
-        """Score every item; `on_sequence` gets each result when its batch is done."""
+        """Score every item; `on_sequence` gets each result as soon as its sequence is done."""
+        if not items:
+            return
         for item in items:
             self.shape.check_item(item)
         queue = sorted(items, key=lambda item: -item.num_frames)
+        batch_size = max(1, min(batch_size, len(queue)))
         was_training = self.lm.training
         self.lm.eval()
         try:
-            lm_gen = LMGen(self.lm, use_sampling=False)
-            for start in range(0, len(queue), max(1, batch_size)):
-                batch = queue[start: start + max(1, batch_size)]
-                with lm_gen.streaming(len(batch)):
-                    losses = self._score_batch(lm_gen, batch, on_frames)
-                for item, item_losses in zip(batch, losses):
-                    on_sequence(ScoredSequence(item.sequence_id, item_losses))
+            lm_gen = LMGen(self.lm, use_sampling=False, support_out_of_sync=True)
+            longest = queue[0].num_frames
+            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
+                _ChunkedRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
         finally:
             self.lm.train(was_training)
 
-    def _step_inputs(self, batch: Sequence[ScoringItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-step user tokens `[B, n_user, S]`, forced own tokens `[B, dep_q, S]` and targets `[B, dep_q, T]`."""
-        shape = self.shape
-        frames = batch[0].num_frames
-        targets = torch.zeros(len(batch), shape.dep_q, frames, dtype=torch.long)
-        user = torch.full((len(batch), shape.num_user, frames), shape.zero_token_id, dtype=torch.long)
-        for b, item in enumerate(batch):
-            targets[b, :, : item.num_frames] = item.own
-            if item.user is not None and shape.num_user > 0:
-                user[b, :, : item.num_frames] = item.user
-        targets, user = targets.to(self.lm.device), user.to(self.lm.device)
-        users, owns = teacher_forced_step_inputs(self.lm, targets, user)
-        return users, owns, targets
 
-    def _score_batch(self, lm_gen: LMGen, batch: Sequence[ScoringItem],
-                     on_frames: ProgressCallback | None) -> list[np.ndarray]:
-        users, owns, targets = self._step_inputs(batch)
-        frames = targets.shape[2]
-        losses = torch.zeros(len(batch), frames, self.shape.dep_q, dtype=torch.float32)
-        pad = torch.full((len(batch), users.shape[2]), int(self.lm.text_padding_token_id), dtype=torch.long,
-                         device=users.device)
-        done = 0
-        for start in range(0, users.shape[2], self.chunk_size):
-            part = slice(start, start + self.chunk_size)
-            text = pad[:, part] if self.text_policy == "pad" else None
-            out = lm_gen.step_chunk_with_logits(users[:, :, part], owns[:, :, part], text_replace_tokens=text)
-            self.kept_steps += out.transformer_out.shape[1]
-            self.main_steps += out.main_steps
-            count = out.audio_logits.shape[2]
-            if count == 0:
-                continue
-            chunk_losses = token_cross_entropy(out.audio_logits, targets[:, :, done: done + count]).transpose(1, 2)
-            losses[:, done: done + count] = chunk_losses.cpu()
-            self._raise_on_non_finite(batch, losses[:, done: done + count], done)
-            done += count
+class _ChunkedRun:
+    """The device buffers and slot bookkeeping of one `ChunkedScorer.run` (laid out as in `_BatchRun`).
+
+    users `[B, n_user, S]`, owns `[B, dep_q, S]`: each slot's step inputs (S = longest frames + max_delay); targets
+    `[B, dep_q, T]`; losses `[B, T, dep_q]`; lengths, steps `[B]`: frames of each slot's sequence and steps it took.
+    """
+
+    def __init__(self, scorer: ChunkedScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
+        self.scorer = scorer
+        self.shape = shape = scorer.shape
+        self.lm_gen = lm_gen
+        self.batch_size = batch_size
+        self.max_frames = max_frames
+        self.device = device = scorer.lm.device
+        width = max_frames + shape.max_delay
+        self.users = torch.full((batch_size, shape.num_user, width), shape.zero_token_id, dtype=torch.long,
+                                device=device)
+        self.owns = torch.zeros(batch_size, shape.dep_q, width, dtype=torch.long, device=device)
+        self.targets = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
+        self.losses = torch.zeros(batch_size, max_frames, shape.dep_q, dtype=torch.float32, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slots: list[ScoringItem | None] = [None] * batch_size
+        self.slot_steps = [0] * batch_size
+        self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
+        self.text_token = forced_text_token(scorer.lm, scorer.text_policy)
+
+    def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
+        pending = list(queue)
+        while True:
+            self.fill_free_slots(pending)
+            remaining = [self.remaining_steps(index) for index in range(self.batch_size)]
+            if max(remaining) <= 0:
+                break
+            count = min(self.scorer.chunk_size, max(remaining))
+            scored = self.call(count)
             if on_frames is not None:
-                on_frames(sum(min(item.num_frames, done) - min(item.num_frames, done - count) for item in batch))
-        return [self._finalize(item, losses[b]) for b, item in enumerate(batch)]
+                on_frames(scored)
+            for index, item in enumerate(self.slots):
+                if item is not None and self.remaining_steps(index) <= 0:
+                    on_sequence(self.finish(index, item))
 
-    def _raise_on_non_finite(self, batch: Sequence[ScoringItem], chunk_losses: torch.Tensor, start: int) -> None:
-        """NonFiniteLossError for the first non-finite loss of a chunk `[B, C, dep_q]` (frames from `start`) at a
-        defined frame and codebook of an item (padding frames of shorter items are never read)."""
-        frames = torch.arange(start, start + chunk_losses.shape[1])[:, None]
-        own_delays = torch.tensor(self.shape.own_delays)[None, :]
-        for item, losses in zip(batch, chunk_losses):
-            defined = frames + own_delays < item.num_frames
-            bad = (defined & ~torch.isfinite(losses)).nonzero()
-            if len(bad):
-                raise NonFiniteLossError(item.sequence_id, start + int(bad[0, 0]), int(bad[0, 1]))
+    def remaining_steps(self, index: int) -> int:
+        item = self.slots[index]
+        if item is None:
+            return 0
+        return item.num_frames + self.shape.max_delay - self.slot_steps[index]
 
-    def _finalize(self, item: ScoringItem, losses: torch.Tensor) -> np.ndarray:
-        """The item's own frames, NaN where a codebook's frame is undefined (non-finite losses were errors already)."""
+    def fill_free_slots(self, pending: list[ScoringItem]) -> None:
+        """Load the next sequences into free slots and reset them, idle slots too (so that every slot restarts at
+        the same position and TTT layers keep one mini-batch phase)."""
+        loaded = False
+        for index in range(self.batch_size):
+            if self.slots[index] is None and pending:
+                self.load(index, pending.pop(0))
+                loaded = True
+        if loaded:
+            fresh = [item is None or self.slot_steps[index] == 0 for index, item in enumerate(self.slots)]
+            self.lm_gen.reset_streaming(torch.tensor(fresh, device=self.device))
+            self.steps.masked_fill_(torch.tensor(fresh, device=self.device), 0)
+
+    def load(self, index: int, item: ScoringItem) -> None:
+        own = item.own.to(self.device)
+        user = None if item.user is None else item.user.to(self.device)[None]
+        users, owns = teacher_forced_step_inputs(self.scorer.lm, own[None], user)
+        steps, frames = owns.shape[2], item.num_frames
+        self.users[index].fill_(self.shape.zero_token_id)
+        self.users[index, :, :steps] = users[0]
+        self.owns[index].zero_()
+        self.owns[index, :, :steps] = owns[0]
+        self.targets[index, :, :frames] = item.scored.to(self.device)
+        self.losses[index, :frames] = 0
+        self.lengths[index] = frames
+        self.slots[index] = item
+        self.slot_steps[index] = 0
+
+    def call(self, count: int) -> int:
+        """Advance every slot by `count` steps; store the losses of the frames they complete; return how many."""
+        width = self.owns.shape[2]
+        at = self.steps[:, None] + torch.arange(count, device=self.device)
+        active = torch.tensor([item is not None for item in self.slots], device=self.device)
+        inside = (at < width) & active[:, None]
+        index = at.clamp(max=width - 1)[:, None]
+        users = self.users.gather(2, index.expand(-1, self.shape.num_user, -1))
+        users = users.masked_fill(~inside[:, None], self.shape.zero_token_id)
+        owns = self.owns.gather(2, index.expand(-1, self.shape.dep_q, -1)).masked_fill(~inside[:, None], 0)
+        text = None
+        if self.text_token is not None:
+            text = torch.full((self.batch_size, count), self.text_token, dtype=torch.long, device=self.device)
+        out = self.lm_gen.step_chunk_with_logits(users, owns, text_replace_tokens=text)
+        self.scorer.calls += 1
+        self.scorer.kept_steps += out.transformer_out.shape[1]
+        self.scorer.main_steps += out.main_steps
+        scored = self.record(out.audio_logits)
+        self.steps += count
+        for index in range(self.batch_size):
+            self.slot_steps[index] += count
+        return scored
+
+    def record(self, audio_logits: torch.Tensor) -> int:
+        """Losses of the frames completed by the call's steps: step j of slot b completes frame
+        `steps[b] + j - max_delay`, scored when it lies in the slot's sequence."""
+        count = audio_logits.shape[2]
+        frame = self.steps[:, None] + torch.arange(count, device=self.device) - self.shape.max_delay
+        active = torch.tensor([item is not None for item in self.slots], device=self.device)
+        scoring = active[:, None] & (frame >= 0) & (frame < self.lengths[:, None])
+        index = frame.clamp(0, self.max_frames - 1)
+        targets = self.targets.gather(2, index[:, None].expand(-1, self.shape.dep_q, -1))
+        losses = token_cross_entropy(audio_logits, targets).transpose(1, 2)
+        self.raise_on_non_finite(losses, frame, scoring)
+        rows = torch.arange(self.batch_size, device=self.device)[:, None].expand_as(frame)
+        self.losses[rows[scoring], index[scoring]] = losses[scoring]
+        return int(scoring.sum())
+
+    def raise_on_non_finite(self, losses: torch.Tensor, frame: torch.Tensor, scoring: torch.Tensor) -> None:
+        """NonFiniteLossError for the first non-finite loss `[B, C, dep_q]` of the call at a defined frame and codebook
+        of a slot's sequence (padding is never read)."""
+        defined = scoring[:, :, None] & (frame[:, :, None] + self.own_delays < self.lengths[:, None, None])
+        bad = (defined & ~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            slot, step, codebook = (int(value) for value in bad[0])
+            item = self.slots[slot]
+            raise NonFiniteLossError(item.sequence_id if item else f"slot {slot}", int(frame[slot, step]), codebook)
+
+    def finish(self, index: int, item: ScoringItem) -> ScoredSequence:
+        """The item's losses, NaN where a codebook's frame is undefined (non-finite losses were errors already)."""
         length = item.num_frames
-        result = losses[:length].numpy().astype(np.float32, copy=True)
+        result = self.losses[index, :length].cpu().numpy().astype(np.float32, copy=True)
         result[undefined_predictions(length, self.shape.own_delays)] = np.nan
-        return result
+        self.slots[index] = None
+        return ScoredSequence(item.sequence_id, result)

@@ -103,6 +103,37 @@ def test_chunk_then_steps_continue_the_same_stream(lm_case):
     torch.testing.assert_close(audio, expected[2], atol=1e-4, rtol=0)
 
 
+def test_out_of_sync_chunks_keep_every_step_and_per_item_resets(lm_case):
+    """With `support_out_of_sync`, a chunk returns one frame per step (incomplete ones marked ungenerated), and an item
+    reset between chunks restarts alone: its frames then equal a fresh run's, the other item's continue unchanged."""
+    lm = lm_case.model()
+    io = lm_case.io
+    lm_gen = LMGen(lm, use_sampling=False, support_out_of_sync=True)
+    num_steps = lm_case.num_frames + lm_gen.max_delay
+    users, owns = _step_inputs(lm, io["own_audio"], io["user_audio"], num_steps)
+    pad = torch.full((lm_case.batch_size, num_steps), lm.text_padding_token_id)
+    expected = _per_step(LMGen(lm, use_sampling=False), users, owns, pad)
+    split = 6
+    rest = num_steps - split
+
+    def then(inputs: torch.Tensor) -> torch.Tensor:  # item 0 continues its stream, item 1 starts again
+        return torch.stack([inputs[0, ..., split:], inputs[1, ..., :rest]])
+
+    with lm_gen.streaming(lm_case.batch_size):
+        first = lm_gen.step_chunk_with_logits(users[:, :, :split], owns[:, :, :split],
+                                              text_replace_tokens=pad[:, :split])
+        lm_gen.reset_streaming(torch.tensor([False, True]))
+        restarted = lm_gen.step_chunk_with_logits(then(users), then(owns), text_replace_tokens=then(pad))
+    max_delay = lm_gen.max_delay
+    assert first.audio_logits.shape[2] == split and restarted.audio_logits.shape[2] == num_steps - split
+    assert (first.tokens[:, :, :max_delay] == lm.ungenerated_token_id).all()
+    assert (restarted.tokens[1, :, :max_delay] == lm.ungenerated_token_id).all()
+    continued = torch.cat([first.audio_logits[0, :, max_delay:], restarted.audio_logits[0]], dim=1)
+    torch.testing.assert_close(continued, expected[2][0, :, : continued.shape[1]], atol=1e-4, rtol=0)
+    fresh = restarted.audio_logits[1, :, max_delay:]
+    torch.testing.assert_close(fresh, expected[2][1, :, : fresh.shape[1]], atol=1e-4, rtol=0)
+
+
 def test_chunk_input_errors(lm_case):
     lm_gen = LMGen(lm_case.model(), use_sampling=True)
     B = lm_case.batch_size

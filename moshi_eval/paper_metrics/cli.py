@@ -1,0 +1,212 @@
+"""`python -m moshi_eval.paper_metrics`: score a checkpoint on sWUGGY, sBLIMP, sStoryCloze and tStoryCloze.
+
+Settings come from the defaults, then `--config FILE` (a training YAML whose `paper_metrics:` section is read, or a
+file of settings), then the flags given on the command line (flags win). Notes about the settings are printed on
+stderr, one line each. Paths, model files and the device are checked before anything is loaded; every expected failure
+is one `error:` line with exit code 2, and Ctrl-C says how many utterances are kept and how to resume (exit code 130),
+through the command-line pieces every evaluation shares (`moshi_eval.scoring`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Any
+
+from ..scoring.cli_errors import run_command
+from ..scoring.models import ModelSpec
+from ..scoring.notes import print_notes
+from ..scoring.preflight import check_input_path, check_output_file, check_output_folder
+from ..scoring.settings_file import ConfigError, read_settings_section
+from ..scoring.store import store_dir_for
+from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
+from .pairs import BENCHMARKS
+from .scores import NORMALIZATIONS
+from .section import read_user_section
+
+PROGRAM = "python -m moshi_eval.paper_metrics"
+MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
+               "lora_weights")
+SECTION = "paper_metrics"
+DEFAULT_OUTPUT = "paper_metrics_results.json"
+
+
+def parse_float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"cannot read a comma-separated list of numbers from {text!r}") from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="sWUGGY, sBLIMP, spoken and topic StoryCloze accuracies of a Moshi model: every utterance scored "
+                    "as one exact teacher-forced sequence, many utterances per batch.",
+        argument_default=argparse.SUPPRESS)
+    data = parser.add_argument_group("benchmarks (each runs when its folder is given)")
+    data.add_argument("--swuggy-dir", help="sWUGGY split folder (sLM21 lexical/dev or lexical/test)")
+    data.add_argument("--swuggy-gold", help="its gold.csv (default <dir>/gold.csv)")
+    data.add_argument("--sblimp-dir", help="sBLIMP split folder (sLM21 syntactic/dev or syntactic/test)")
+    data.add_argument("--sblimp-gold", help="its gold.csv (default <dir>/gold.csv)")
+    data.add_argument("--sstory-dir", help="spoken StoryCloze folder (<n>_<uuid>_correct.wav / _incorrect.wav)")
+    data.add_argument("--tstory-dir", help="topic StoryCloze folder (same layout)")
+    for bench in BENCHMARKS:
+        data.add_argument(f"--{bench}-max-pairs", type=int, help=f"a seeded random subset of {bench} pairs")
+    data.add_argument("--seed", type=int, help="seed of the subsets (default 0)")
+    data.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
+    data.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
+    model = parser.add_argument_group("model")
+    model.add_argument("--hf-repo", help="Hugging Face repo of the checkpoint (e.g. kyutai/moshiko-pytorch-bf16)")
+    model.add_argument("--moshi-weights", help="LM weights (local file or hf://repo/file)")
+    model.add_argument("--lm-config", help="LM config.json")
+    model.add_argument("--mimi-weights", help="Mimi weights")
+    model.add_argument("--mimi-config", help="Mimi config JSON")
+    model.add_argument("--tokenizer", help="text tokenizer (not used for scoring; avoids a download)")
+    model.add_argument("--ttt-weights", help="separate TTT weights file")
+    model.add_argument("--lora-weights", help="LoRA weights file")
+    model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="LM dtype (default auto)")
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument("--stream", choices=STREAMS, help="where the utterance goes: own stream (default) or user")
+    scoring.add_argument("--other-stream", choices=OTHER_STREAMS, help="the other audio stream: zero (default) or "
+                                                                       "Mimi silence")
+    scoring.add_argument("--text-policy", choices=("zero", "pad", "greedy"), help="text stream: zero token (default, "
+                                                                                  "no text), padding, or greedy")
+    scoring.add_argument("--codebook-weights", type=parse_float_list, help="token weight per codebook, e.g. "
+                                                                           "100,1,1,1,1,1,1,1 (default equal)")
+    scoring.add_argument("--normalization", choices=NORMALIZATIONS, help="score compared in <bench>_accuracy: mean "
+                                                                         "(default) or sum log-probability")
+    scoring.add_argument("--mode", choices=SCORING_MODES, help="chunked (default) or step: same numbers")
+    scoring.add_argument("--chunk-size", type=int, help="steps per call in chunked mode (default 1024)")
+    scoring.add_argument("--batch-size", type=int, help="utterances scored together (default 16)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", help=f"results JSON (default {DEFAULT_OUTPUT})")
+    output.add_argument("--zerospeech-submission", help="also write ZeroSpeech 2021 lexical/ and syntactic/ score "
+                                                         "files under this folder")
+    output.add_argument("--no-resume", dest="resume", action="store_false", help="rescore finished utterances")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--config", help="YAML: a training file's paper_metrics: section, or settings")
+    return parser
+
+
+def read_config(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Settings from a file (its `paper_metrics:` section when it has one, else the whole file) and the notes on it."""
+    section = read_settings_section(path, SECTION)
+    user = read_user_section(section.values, section.source)
+    return user.paper_metrics, [*section.notes, *user.notes(librilight_elsewhere=True)]
+
+
+def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Config-file values overridden by the flags given on the command line, and the notes to print."""
+    given = vars(args)
+    settings, notes = read_config(given["config"]) if "config" in given else ({}, [])
+    fields = set(PaperMetricsConfig.__dataclass_fields__)
+    settings.update({key: value for key, value in given.items() if key in fields})
+    settings.setdefault("output", DEFAULT_OUTPUT)
+    return settings, notes
+
+
+def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: str | None,
+                      given: set[str]) -> None:
+    """What can be checked without loading a model or reading audio (ConfigError naming the flag, or the setting and
+    the file it came from)."""
+
+    def label(name: str) -> str:
+        from_file = config_file is not None and name not in given
+        return f"{name} (from {config_file})" if from_file else f"--{name.replace('_', '-')}"
+
+    if not config.benchmarks:
+        raise ConfigError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
+                          "--tstory-dir (or a --config naming them)")
+    check_output_file(config.output, label("output"))
+    if config.zerospeech_submission:
+        check_output_folder(config.zerospeech_submission, label("zerospeech_submission"))
+    if config.use_cache and config.cache_dir:
+        check_output_folder(config.cache_dir, label("cache_dir"))
+    for bench in config.benchmarks:
+        check_input_path(getattr(config, f"{bench}_dir"), label(f"{bench}_dir"), folder=True)
+        if bench in GOLD_BENCHMARKS:
+            check_input_path(config.gold_file(bench), label(f"{bench}_gold"))
+    spec.check_local_files()
+
+
+def print_summary(data: dict[str, Any]) -> None:
+    lines = [f"{'metric':<28} {'value':>8}  pairs"]
+    for bench in BENCHMARKS:
+        if f"{bench}_accuracy" in data:
+            lines.append(f"{bench + '_accuracy':<28} {data[bench + '_accuracy']:>8.4f}  {data[bench + '_samples']}"
+                         f"  (sum {data[bench + '_accuracy_sum']:.4f}, mean {data[bench + '_accuracy_mean']:.4f})")
+    lines.append(f"{'paper_metrics_avg':<28} {data['paper_metrics_avg']:>8.4f}")
+    timing = data["timing"]
+    resumed = timing.get("resumed_utterances", 0)
+    lines.append(f"utterances: {len(data['utterances'])} scored{f' ({resumed} resumed)' if resumed else ''}")
+    print("\n".join(lines), flush=True)
+
+
+def run_evaluation(config: PaperMetricsConfig, spec: ModelSpec, device: str, dtype_name: str,
+                   quiet: bool) -> dict[str, Any]:
+    from ..scoring.models import load_lm, load_mimi, resolve_dtype
+    from .evaluate import evaluate_paper_metrics
+
+    lm, info = load_lm(spec, device, resolve_dtype(dtype_name, device))
+    mimi = load_mimi(spec, lm, device, info)
+    return evaluate_paper_metrics(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
+
+
+@dataclasses.dataclass
+class Invocation:
+    """What this command was asked to do, for the message printed when it is interrupted."""
+
+    argv: list[str]
+    config: PaperMetricsConfig | None = None
+
+    def resume_command(self) -> str:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
+        return shlex.join([*PROGRAM.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
+
+    def interrupted(self) -> str:
+        config = self.config
+        if config is None or not config.output:
+            return f"nothing was computed yet; rerun with: {self.resume_command()}"
+        if not config.resume:
+            return f"finished utterances were not kept (--no-resume); rerun with: {self.resume_command()}"
+        store = store_dir_for(config.output)
+        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
+        return f"{kept} finished utterance(s) kept in {store}/; resume with: {self.resume_command()}"
+
+
+def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
+    from ..scoring.devices import resolve_device, select_device
+    from ..scoring.distributed import init_distributed
+
+    settings, notes = merged_settings(args)
+    context = init_distributed()
+    if context.is_main:
+        print_notes(notes)
+    config = PaperMetricsConfig(**settings)
+    invocation.config = config
+    spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+    check_before_work(config, spec, getattr(args, "config", None), set(vars(args)))
+    device = resolve_device(getattr(args, "device", None), context.local_rank)
+    select_device(device)
+    data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), getattr(args, "quiet", False))
+    if context.is_main:
+        print_summary(data)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from ..scoring.distributed import shutdown_distributed
+
+    invocation = Invocation(argv)
+    try:
+        return run_command(lambda: evaluate_command(args, invocation), invocation.interrupted)
+    finally:
+        shutdown_distributed()

@@ -1,0 +1,80 @@
+"""Helpers shared by the paper-metrics tests: the committed espeak-ng sets, a small LM, and the parallel-forward
+reference every score is checked against."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moshi.models.lm import LMModel
+from moshi_eval.librilight.demo import build_demo_mimi
+from moshi_eval.scoring.audio import read_audio_header
+from moshi_eval.scoring.codes_cache import CodesCache
+from moshi_eval.scoring.encoding import MimiSequenceEncoder
+from moshi_eval.scoring.scorer import token_cross_entropy
+from moshi_eval.scoring.sources import SequenceSource
+
+DATA = Path(__file__).resolve().parent / "data" / "paper_metrics"
+FOLDERS = {"swuggy": "lexical/dev", "sblimp": "syntactic/dev", "sstory": "sstory", "tstory": "tstory"}
+
+SMALL_LM_CONFIG = {
+    "dim": 32, "text_card": 48, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 64, "num_heads": 4,
+    "num_layers": 2, "hidden_scale": 4.125, "causal": True, "context": 12, "max_period": 10000, "gating": "silu",
+    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 16, "depformer_dim_feedforward": 48,
+    "depformer_num_heads": 2, "depformer_num_layers": 1, "depformer_multi_linear": True,
+    "depformer_weights_per_step": True, "depformer_pos_emb": "none", "depformer_context": 8,
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+
+
+def small_lm(seed: int = 0) -> LMModel:
+    """A Moshi-structured LM with random weights whose card matches the demo Mimi (64); context 12 frames, shorter
+    than most utterances."""
+    torch.manual_seed(seed)
+    return LMModel(**SMALL_LM_CONFIG).eval()
+
+
+@functools.cache
+def demo_mimi():
+    return build_demo_mimi()
+
+
+def set_dirs(root: Path = DATA) -> dict[str, str]:
+    """`<bench>_dir` settings of the four sets under `root`."""
+    return {f"{bench}_dir": str(root / folder) for bench, folder in FOLDERS.items()}
+
+
+def copy_sets(destination: Path) -> Path:
+    shutil.copytree(DATA, destination)
+    return destination
+
+
+def encoder_for(mimi, cache_dir: Path | None = None) -> MimiSequenceEncoder:
+    """An encoder as the pipeline builds it (8 codebooks), sharing the pipeline's codes cache when given."""
+    return MimiSequenceEncoder(mimi, 8, None if cache_dir is None else CodesCache(cache_dir))
+
+
+def utterance_codes(encoder: MimiSequenceEncoder, path: Path) -> torch.Tensor:
+    """The utterance's Mimi codes `[8, T]`, encoded as the pipeline encodes them."""
+    return encoder.encode_source(SequenceSource(str(path), chapters=(read_audio_header(path),)), 1 << 30)
+
+
+def forward_logprobs(lm: LMModel, own: torch.Tensor, user: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Log-probabilities `[T, dep_q]` of `targets` under one parallel `LMModel.forward` over `[text = zero token, own,
+    user]`, NaN where a codebook's frame has no prediction (its last `delay` frames)."""
+    text = torch.full((1, own.shape[1]), lm.zero_token_id, dtype=torch.long)
+    with torch.no_grad():
+        out = lm.forward(torch.cat([text, own, user])[None])
+    logprobs = -token_cross_entropy(out.logits[0].nan_to_num(), targets).T.double().numpy()
+    for k, delay in enumerate(lm.delays[1: 1 + lm.dep_q]):
+        if delay:
+            logprobs[-delay:, k] = np.nan
+    return logprobs
+
+
+def zeros_like(codes: torch.Tensor, lm: LMModel) -> torch.Tensor:
+    return torch.full_like(codes, lm.zero_token_id)
