@@ -68,7 +68,7 @@ class DelayRing:
     tokens `[B, K, max_delay + 2]`: position p at slot `p % width`; text_logits `[B, max_delay + 1, text_card_out]`
     and audio_logits `[B, dep_q, max_delay + 1, card]`: the logits behind the generated tokens of the same positions;
     offsets `[B]`: the position each item reads next (its steps since the start or its last reset); initial `[B, K, 1]`:
-    the tokens read before a stream's first real position; delays `[K]`.
+    the tokens read before a stream's first real position; delays `[K]`, and the text stream's delay as an int.
     """
 
     tokens: torch.Tensor
@@ -77,6 +77,7 @@ class DelayRing:
     offsets: torch.Tensor
     initial: torch.Tensor
     delays: torch.Tensor
+    text_delay: int
     ungenerated_token_id: int
 
     @classmethod
@@ -92,6 +93,7 @@ class DelayRing:
             offsets=torch.zeros(B, dtype=torch.long, device=device),
             initial=initial,
             delays=torch.tensor(delays, dtype=torch.long, device=device),
+            text_delay=delays[0],
             ungenerated_token_id=ungenerated_token_id,
         )
 
@@ -146,7 +148,7 @@ class DelayRing:
         ready_tokens = tokens.gather(2, frame_index.expand(generated.shape[0], -1, -1))
         not_ready = (start[:, None] + torch.arange(1, C + 1, device=generated.device) <= depth) | ~executing[:, None]
         ready_tokens = ready_tokens.masked_fill(not_ready[:, None], self.ungenerated_token_id)
-        ready_text = text[:, frame_index[0]][:, None]
+        ready_text = text.narrow(1, self.text_delay, C)[:, None]
         ready_audio = None
         if audio_logits is not None:
             audio = torch.cat([_ring_read(self.audio_logits, 2, history[:, None], depth), audio_logits], dim=2)
