@@ -178,6 +178,7 @@ def log(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    checkpoint_flags.warnings_on_one_line()
     try:
         run(args)
     except (InferenceError, *checkpoint_flags.CHECKPOINT_ERRORS) as error:

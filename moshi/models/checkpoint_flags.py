@@ -11,7 +11,9 @@ report them as one `error:` line.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -65,6 +67,15 @@ def device_from_flags(args: argparse.Namespace) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
     return device
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return "warning: " + " ".join(str(message).split()) + "\n"
+
+
+def warnings_on_one_line() -> None:
+    """Show Python warnings as one `warning:` line each, as a command's own messages (not file and source lines)."""
+    warnings.formatwarning = _one_line_warning
 
 
 def check_cfg_coef(value: float) -> None:

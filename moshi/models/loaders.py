@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,25 @@ def _is_local_folder(hf_repo: str | Path) -> bool:
     return Path(hf_repo).is_dir()
 
 
+def looks_like_local_path(text: str) -> bool:
+    """True for what a person types as a path rather than a Hub id `<owner>/<name>`: absolute, relative with `.` or
+    `~`, backslashes, or more than one `/`."""
+    return (text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
+            or os.path.isabs(text))
+
+
+def _require_repository(hf_repo: str | Path) -> None:
+    """A repository that looks like a local path must be a folder (it is never a Hub id), so a typo fails at once."""
+    if _is_local_folder(hf_repo):
+        return
+    if Path(hf_repo).exists():
+        raise NotADirectoryError(f"{hf_repo} is a file; give the checkpoint folder (holding config.json) or a Hugging "
+                                 f"Face repository id such as {DEFAULT_REPO}")
+    if isinstance(hf_repo, Path) or looks_like_local_path(hf_repo):
+        raise FileNotFoundError(f"{hf_repo}: no such local folder (a Hugging Face repository id looks like "
+                                f"{DEFAULT_REPO})")
+
+
 def _download(repo_id: str, filename: str, revision: str | None) -> Path:
     return Path(hf_hub_download(repo_id, filename, revision=revision))
 
@@ -291,6 +311,7 @@ class CheckpointInfo:
         Each explicit argument overrides the file named by config.json; overrides are file references (local path,
         `file://`, `hf://`). Without config.json the repository is taken to hold a released 7B Moshi.
         """
+        _require_repository(hf_repo)
         if config_path is None:
             resolved_config = _resolve_config_path(hf_repo, revision)
         else:

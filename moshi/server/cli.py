@@ -86,6 +86,7 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    checkpoint_flags.warnings_on_one_line()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = ServerSettings(static_dir=static_dir_from_flag(args.static))

@@ -460,3 +460,18 @@ def test_checkpoint_info_mimi_codebooks_follow_lm(tiny: TinyLM, n_q: int, dep_q:
     config = {**tiny.config, "n_q": n_q, "dep_q": dep_q}
     info = loaders.CheckpointInfo(tiny.weights, tiny.weights, tiny.weights, lm_config=config)
     assert info.mimi_num_codebooks == expected
+
+
+@pytest.mark.parametrize("mistyped", ["/no/such/checkpoint", "./checkpoints/missing", "~/nothing/here/", "a/b/c"])
+def test_a_repository_that_looks_like_a_path_must_be_a_folder(mistyped: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = _install_hub(monkeypatch, {})
+    with pytest.raises(FileNotFoundError, match="no such local folder"):
+        loaders.CheckpointInfo.from_hf_repo(mistyped)
+    assert hub.calls == []
+
+
+def test_a_repository_that_is_a_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        loaders.CheckpointInfo.from_hf_repo(str(config))
