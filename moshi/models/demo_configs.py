@@ -1,7 +1,7 @@
-"""Configurations of the released Moshi and Mimi layouts at a fraction of their size, for demos that build them with
-RANDOM weights (nothing here describes a trained model).
+"""Configurations of the released Moshi and Mimi layouts at a fraction of their size, for demos and benchmarks that
+build them with RANDOM weights (nothing here describes a trained model).
 
-`DEMO_MIMI_CONFIG` is a `MimiModel.from_config` dict and `DEMO_LM_CONFIG` holds `LMModel` keyword arguments;
+`DEMO_MIMI_CONFIG` is a `MimiModel.from_config` dict and the two LM configurations are `LMModel` keyword arguments;
 they are shared read-only: derive a variant with `config | {...}` instead of changing them.
 """
 
@@ -40,3 +40,14 @@ DEMO_LM_CONFIG: dict[str, Any] = {
 """The released 7B layout (16 audio streams, acoustic delay 1) at a fraction of its size, with a TTT layer in every
 main-transformer layer; its audio card matches `DEMO_MIMI_CONFIG`. `text_card` is left to the user, who sets it to
 the size of the text tokenizer in use."""
+
+SPEED_LM_CONFIG: dict[str, Any] = {
+    "dim": 768, "text_card": 32000, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 2048,
+    "num_heads": 12, "num_layers": 8, "hidden_scale": 4.125, "causal": True, "context": 3000, "max_period": 10000,
+    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 128,
+    "depformer_dim_feedforward": 528, "depformer_num_heads": 4, "depformer_num_layers": 2,
+    "depformer_multi_linear": True, "depformer_context": 8, "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True, "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+"""moshiko's structure and vocabularies, small enough for CPU timing, with the weights split between the main
+transformer and the depformer close to moshiko 7B's: what the benchmarks' speed comparisons run on."""
