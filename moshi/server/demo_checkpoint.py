@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.compression import MimiModel
+from ..models.demo_codebooks import sample_codebooks_from_latent
 from ..models.demo_configs import DEMO_LM_CONFIG, DEMO_MIMI_CONFIG
 from ..models.lm import LMModel
 
@@ -82,13 +83,7 @@ def calibrate_codebooks(mimi: MimiModel, seed: int = 0) -> None:
     latent = mimi.encode_to_latent(audio, quantize=False)
     generator = torch.Generator().manual_seed(seed)
     for quantizer in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        residual = quantizer.input_proj(latent)[0].T
-        for level in quantizer.vq.layers:
-            codebook = level._codebook
-            rows = torch.randint(0, residual.shape[0], (codebook.embedding_sum.shape[0],), generator=generator)
-            codebook.embedding_sum.copy_(residual[rows])
-            codebook.cluster_usage.fill_(1.0)
-            residual = residual - codebook.decode(codebook.encode(residual))
+        sample_codebooks_from_latent(quantizer, latent, generator)
 
 
 @torch.no_grad()
