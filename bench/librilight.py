@@ -36,19 +36,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from moshi.models.demo_configs import SPEED_LM_CONFIG
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi_eval.scoring.scorer import ScoringItem, StepScorer
 
-DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
-SPEED_CONFIG = {
-    "dim": 768, "text_card": 32000, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 2048,
-    "num_heads": 12, "num_layers": 8, "hidden_scale": 4.125, "causal": True, "context": 3000, "max_period": 10000,
-    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 128,
-    "depformer_dim_feedforward": 528, "depformer_num_heads": 4, "depformer_num_layers": 2,
-    "depformer_multi_linear": True, "depformer_context": 8, "depformer_pos_emb": "none",
-    "depformer_weights_per_step": True, "delays": DELAYS,
-}
 SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
 MEMORY_CONFIG = {
     "dim": 32, "text_card": 32, "existing_text_padding_id": 3, "n_q": 4, "dep_q": 2, "card": 64, "num_heads": 2,
@@ -104,7 +96,7 @@ def build_lm(seven_b: bool, config: dict) -> LMModel:
 
 
 def speed(frames: int, rounds: int, seven_b: bool) -> None:
-    lm = build_lm(seven_b, SPEED_CONFIG)
+    lm = build_lm(seven_b, SPEED_LM_CONFIG)
     logits_lm = copy.deepcopy(lm)
     item = random_item(lm, frames, seed=1)
     one_pass(lm, random_item(lm, 8, seed=2))
@@ -114,8 +106,8 @@ def speed(frames: int, rounds: int, seven_b: bool) -> None:
         two.append(two_pass(lm, logits_lm, item))
     one_fps, two_fps = frames / statistics.median(one), frames / statistics.median(two)
     model = (f"7B bf16 on {torch.cuda.get_device_name()}" if seven_b else
-             f"{torch.get_num_threads()} thread(s), dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']} layers, "
-             f"depformer {SPEED_CONFIG['depformer_dim']} x {SPEED_CONFIG['depformer_num_layers']}")
+             f"{torch.get_num_threads()} thread(s), dim {SPEED_LM_CONFIG['dim']} x {SPEED_LM_CONFIG['num_layers']} "
+             f"layers, depformer {SPEED_LM_CONFIG['depformer_dim']} x {SPEED_LM_CONFIG['depformer_num_layers']}")
     print(f"speed ({frames} frames, median of {rounds} alternating rounds, {model}):")
     print(f"  one-pass (step_with_logits)        {one_fps:8.1f} frames/s")
     print(f"  two-pass (step + second forward)   {two_fps:8.1f} frames/s")
@@ -201,10 +193,10 @@ def chunked(frames: int, chunk: int, per_step_frames: int, seven_b: bool, forwar
     `greedy_frames` frames (with random weights its speculation is the worst case, close to per-step speed). A pass over
     two chunks warms up first (allocator, kernel selection for the chunk's shapes).
     """
-    lm = build_lm(seven_b, SPEED_CONFIG)
+    lm = build_lm(seven_b, SPEED_LM_CONFIG)
     own = random_item(lm, frames, seed=4).own.to(lm.device)
     forward_part = own[:, : min(frames, forward_frames)]
-    model = "7B bf16, random weights" if seven_b else f"dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']}"
+    model = "7B bf16, random weights" if seven_b else f"dim {SPEED_LM_CONFIG['dim']} x {SPEED_LM_CONFIG['num_layers']}"
     threads = torch.get_num_threads()
     print(f"chunked ({model}, {frames} frames, chunk {chunk}, device {lm.device}, {threads} thread(s)):",
           flush=True)

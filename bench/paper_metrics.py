@@ -23,19 +23,11 @@ from pathlib import Path
 
 import torch
 
+from moshi.models.demo_configs import SPEED_LM_CONFIG
 from moshi.models.lm import LMModel
 from moshi_eval.paper_metrics.scores import utterance_score
 from moshi_eval.scoring.scorer import ChunkedScorer, ScoringItem, token_cross_entropy
 
-DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
-SPEED_CONFIG = {
-    "dim": 768, "text_card": 32000, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 2048,
-    "num_heads": 12, "num_layers": 8, "hidden_scale": 4.125, "causal": True, "context": 3000, "max_period": 10000,
-    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 128,
-    "depformer_dim_feedforward": 528, "depformer_num_heads": 4, "depformer_num_layers": 2,
-    "depformer_multi_linear": True, "depformer_context": 8, "depformer_pos_emb": "none",
-    "depformer_weights_per_step": True, "delays": DELAYS,
-}
 SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
 LENGTHS = {  # frames at 12.5 Hz: sWUGGY words 0.5-1.1 s, sBLIMP sentences 1.2-3.2 s, StoryCloze stories 8-16 s
     "swuggy": (6, 14),
@@ -48,7 +40,7 @@ def build_lm(seven_b: bool) -> LMModel:
     torch.manual_seed(0)
     if seven_b:
         return LMModel(**json.loads(SEVEN_B_CONFIG.read_text()), device="cuda", dtype=torch.bfloat16).eval()
-    return LMModel(**SPEED_CONFIG).eval()
+    return LMModel(**SPEED_LM_CONFIG).eval()
 
 
 def utterances(lm: LMModel, count: int, lengths: tuple[int, int], seed: int) -> list[ScoringItem]:
@@ -124,8 +116,8 @@ def main() -> None:
     gap = max(abs(our_sums[key] - their_sums[key]) / abs(their_sums[key]) for key in their_sums)
     frames = sum(item.num_frames for item in items)
     model = (f"7B bf16 on {torch.cuda.get_device_name()}" if args.seven_b else
-             f"{torch.get_num_threads()} thread(s), dim {SPEED_CONFIG['dim']} x {SPEED_CONFIG['num_layers']} layers, "
-             f"depformer {SPEED_CONFIG['depformer_dim']} x {SPEED_CONFIG['depformer_num_layers']}")
+             f"{torch.get_num_threads()} thread(s), dim {SPEED_LM_CONFIG['dim']} x {SPEED_LM_CONFIG['num_layers']} "
+             f"layers, depformer {SPEED_LM_CONFIG['depformer_dim']} x {SPEED_LM_CONFIG['depformer_num_layers']}")
     print(f"paper metrics scoring ({len(items)} {args.lengths}-like utterances, {frames} frames, batch "
           f"{args.batch_size}, median of {args.rounds} alternating rounds, {model}):")
     print(f"  batched chunked scoring (ours)     {ours_ups:8.1f} utterances/s")

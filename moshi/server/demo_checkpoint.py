@@ -1,8 +1,9 @@
 """A small checkpoint folder with RANDOM weights, laid out like a released one, to try the server without downloads.
 
 `write_demo_checkpoint(folder)` writes `config.json` (LM arguments with a TTT layer in every main-transformer layer,
-plus file names), `model.safetensors`, `mimi.safetensors`, `mimi_config.json` (a narrow Mimi) and `tokenizer.model`
-(a sentencepiece model trained on a few sentences). The model speaks noise and random words; it exists so that the
+`text_card` set to the size of the trained tokenizer, plus file names), `model.safetensors`, `mimi.safetensors`,
+`mimi_config.json` (a narrow Mimi) and `tokenizer.model` (a sentencepiece model trained on a few sentences); the two
+configurations are those of `moshi.models.demo_configs`. The model speaks noise and random words; it exists so that the
 server, its tests and its benchmark run on a CPU in seconds.
 
     python -m moshi.server.demo_checkpoint /tmp/moshi_demo
@@ -15,7 +16,6 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import sentencepiece
@@ -23,38 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.compression import MimiModel
+from ..models.demo_codebooks import sample_codebooks_from_latent
+from ..models.demo_configs import DEMO_LM_CONFIG, DEMO_MIMI_CONFIG
 from ..models.lm import LMModel
-
-DEMO_MIMI_CONFIG: dict[str, Any] = {
-    "sample_rate": 24000,
-    "channels": 1,
-    "frame_rate": 12.5,
-    "seanet": {
-        "channels": 1, "dimension": 32, "causal": True, "n_filters": 4, "n_residual_layers": 1, "activation": "ELU",
-        "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0, "kernel_size": 7,
-        "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none", "pad_mode": "constant",
-        "ratios": [8, 6, 5, 4], "true_skip": True,
-    },
-    "quantizer": {"dimension": 16, "n_q": 8, "bins": 64, "input_dimension": 32, "output_dimension": 32},
-    "transformer": {
-        "d_model": 32, "num_heads": 2, "num_layers": 2, "causal": True, "layer_scale": 0.01, "context": 250,
-        "conv_layout": True, "max_period": 10000, "gating": "none", "norm": "layer_norm",
-        "positional_embedding": "rope", "dim_feedforward": 64, "input_dimension": 32, "output_dimensions": [32],
-    },
-}
-"""The released Mimi layout (24 kHz, 12.5 Hz frames, 8 codebooks) at a fraction of its width."""
-
-DEMO_LM_CONFIG: dict[str, Any] = {
-    "dim": 64, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 64, "num_heads": 4,
-    "num_layers": 2, "hidden_scale": 4.125, "causal": True, "context": 250, "max_period": 10000, "gating": "silu",
-    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 32, "depformer_dim_feedforward": 64,
-    "depformer_num_heads": 2, "depformer_num_layers": 1, "depformer_multi_linear": True,
-    "depformer_weights_per_step": True, "depformer_pos_emb": "none", "depformer_context": 8,
-    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
-    "ttt": {"layers": "all", "variant": "linear", "mini_batch_size": 16},
-}
-"""The released 7B layout (16 audio streams, acoustic delay 1) at a fraction of its size, with TTT layers; `text_card`
-is set to the size of the trained tokenizer."""
 
 DEMO_FILE_NAMES = {
     "moshi_name": "model.safetensors",
@@ -112,13 +83,7 @@ def calibrate_codebooks(mimi: MimiModel, seed: int = 0) -> None:
     latent = mimi.encode_to_latent(audio, quantize=False)
     generator = torch.Generator().manual_seed(seed)
     for quantizer in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        residual = quantizer.input_proj(latent)[0].T
-        for level in quantizer.vq.layers:
-            codebook = level._codebook
-            rows = torch.randint(0, residual.shape[0], (codebook.embedding_sum.shape[0],), generator=generator)
-            codebook.embedding_sum.copy_(residual[rows])
-            codebook.cluster_usage.fill_(1.0)
-            residual = residual - codebook.decode(codebook.encode(residual))
+        sample_codebooks_from_latent(quantizer, latent, generator)
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from moshi.models import demo_configs
+
 from .config import LibriLightConfig
 
 DEMO_SAMPLE_RATE = 16000
@@ -28,33 +30,8 @@ DEMO_CHAPTERS_PER_BOOK = 3
 DEMO_CHAPTER_SECONDS = 12.0
 DEMO_SETTINGS = {"positions": [200, 300, 400], "window": 100, "bin_size": 25, "batch_size": 4, "resume": False}
 
-DEMO_MIMI_CONFIG: dict[str, Any] = {
-    "sample_rate": 24000,
-    "channels": 1,
-    "frame_rate": 12.5,
-    "seanet": {
-        "channels": 1, "dimension": 32, "causal": True, "n_filters": 4, "n_residual_layers": 1, "activation": "ELU",
-        "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0, "kernel_size": 7,
-        "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none", "pad_mode": "constant",
-        "ratios": [8, 6, 5, 4], "true_skip": True,
-    },
-    "quantizer": {"dimension": 16, "n_q": 8, "bins": 64, "input_dimension": 32, "output_dimension": 32},
-    "transformer": {
-        "d_model": 32, "num_heads": 2, "num_layers": 2, "causal": True, "layer_scale": 0.01, "context": 250,
-        "conv_layout": True, "max_period": 10000, "gating": "none", "norm": "layer_norm",
-        "positional_embedding": "rope", "dim_feedforward": 64, "input_dimension": 32, "output_dimensions": [32],
-    },
-}
-
-DEMO_LM_CONFIG: dict[str, Any] = {
-    "dim": 64, "text_card": 64, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 64, "num_heads": 4,
-    "num_layers": 2, "hidden_scale": 4.125, "causal": True, "context": 128, "max_period": 10000, "gating": "silu",
-    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 32, "depformer_dim_feedforward": 64,
-    "depformer_num_heads": 2, "depformer_num_layers": 1, "depformer_multi_linear": True,
-    "depformer_weights_per_step": True, "depformer_pos_emb": "none", "depformer_context": 8,
-    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
-    "ttt": {"layers": "all", "variant": "linear", "mini_batch_size": 16},
-}
+DEMO_MIMI_CONFIG = demo_configs.DEMO_MIMI_CONFIG
+DEMO_LM_CONFIG = demo_configs.DEMO_LM_CONFIG | {"text_card": 64, "context": 128}
 
 RANDOM_WEIGHTS_NOTICE = ("DEMO: the LM and Mimi have RANDOM weights and the audio is synthetic; the numbers only show "
                          "that the pipeline runs end to end, they say nothing about any real model.")
