@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from moshi.models import demo_configs
+from moshi.models.demo_codebooks import sample_codebooks_from_latent
 
 from .config import LibriLightConfig
 
@@ -52,18 +53,6 @@ def build_demo_mimi(seed: int = 0) -> Any:
         for quantizer in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
             sample_codebooks_from_latent(quantizer, latent, generator)
     return mimi.eval()
-
-
-def sample_codebooks_from_latent(quantizer: Any, latent: torch.Tensor, generator: torch.Generator) -> None:
-    """Set each residual level's centroids to randomly chosen residual vectors of `latent` `[1, D, T]`."""
-    residual = quantizer.input_proj(latent)[0].T
-    for level in quantizer.vq.layers:
-        codebook = level._codebook
-        chosen = torch.randint(0, residual.shape[0], (codebook.embedding_sum.shape[0],), generator=generator)
-        codebook.embedding_sum.copy_(residual[chosen])
-        codebook.cluster_usage.fill_(1.0)
-        codebook._initialized.fill_(1.0)
-        residual = residual - codebook.decode(codebook.encode(residual))
 
 
 def build_demo_lm(seed: int = 0) -> Any:
