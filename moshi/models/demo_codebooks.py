@@ -19,9 +19,7 @@ def sample_codebooks_from_latent(
     (with repetition), level by level: level l draws from what levels 0 to l - 1 leave of the projected latent."""
     residual = quantizer.input_proj(latent)[0].T
     for level in quantizer.vq.layers:
-        codebook = level._codebook
-        chosen = torch.randint(0, residual.shape[0], (codebook.embedding_sum.shape[0],), generator=generator)
-        codebook.embedding_sum.copy_(residual[chosen])
-        codebook.cluster_usage.fill_(1.0)
-        codebook._initialized.fill_(1.0)
+        codebook = level.codebook
+        chosen = torch.randint(0, residual.shape[0], (codebook.codebook_size,), generator=generator)
+        codebook.set_centroids(residual[chosen])
         residual = residual - codebook.decode(codebook.encode(residual))

@@ -55,6 +55,13 @@ class EuclideanCodebook(nn.Module):
         self._cached_embedding = total / usage.clamp(min=self.epsilon)[:, None]
         self._cache_sources = (total, total._version, usage, usage._version)
 
+    @torch.no_grad()
+    def set_centroids(self, centroids: torch.Tensor) -> None:
+        """Make `centroids` `[bins, dim]` the codebook (usage 1 each), marked initialised as a trained one is."""
+        self.embedding_sum.copy_(centroids)
+        self.cluster_usage.fill_(1.0)
+        self._initialized.fill_(1.0)
+
     @property
     def embedding(self) -> torch.Tensor:
         """The centroids `[bins, dim]`, cached until the buffers change."""

@@ -20,6 +20,11 @@ class VectorQuantization(nn.Module):
         super().__init__()
         self._codebook = EuclideanCodebook(dim, codebook_size, epsilon=epsilon)
 
+    @property
+    def codebook(self) -> EuclideanCodebook:
+        """The level's codebook (held as `_codebook`, the checkpoint's key)."""
+        return self._codebook
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._codebook.encode(x.transpose(1, 2))
 
