@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
@@ -27,3 +29,13 @@ def lm_case(request, parity_dir: Path):
     from lm_fixtures import load_case
 
     return load_case(parity_dir, request.param)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test: small models only lose time synchronising more (and stall on a busy
+    machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,19 +15,11 @@ from safetensors.torch import save_file
 from moshi.models.lm import LMGen
 from moshi_eval.librilight import evaluate_librilight
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning"),
+              pytest.mark.usefixtures("single_thread")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_HEADING = "## Migrating from `teacher_forcing_tokens`"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small models: one intra-op thread avoids slowdowns on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def python_block(path: Path, heading: str) -> str:

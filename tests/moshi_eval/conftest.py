@@ -1,14 +1,10 @@
-"""The evaluation tests run tiny models: one intra-op thread avoids slowdowns on a busy machine."""
+"""The evaluation tests run tiny models, each on one intra-op thread (`single_thread`, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def evaluation_on_one_thread(single_thread) -> None:
+    """Every test of this folder uses `single_thread`."""
