@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from librilight_helpers import random_codes, write_codes
+from ttt_lm import small_ttt_lm
 
-from moshi.models.lm import LMModel
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 
@@ -41,13 +41,7 @@ def test_chunked_equals_step_on_fixtures(lm_case, tmp_path, policy):
 
 
 def test_chunked_equals_step_with_ttt_across_mini_batches(tmp_path):
-    torch.manual_seed(5)
-    lm = LMModel(
-        delays=[0, 0, 1, 1, 0, 1, 1], n_q=6, dep_q=3, card=32, text_card=20, dim=32, num_heads=4, num_layers=2,
-        context=8, norm="rms_norm_f32", gating="silu", positional_embedding="rope", depformer_dim=16,
-        depformer_num_heads=2, depformer_num_layers=1, depformer_multi_linear=True, depformer_weights_per_step=True,
-        depformer_pos_emb="none", ttt={"layers": "all", "variant": "mlp", "mini_batch_size": 16},
-    ).eval()
+    lm = small_ttt_lm()
     generator = torch.Generator().manual_seed(2)
     for name, frames in (("a", 70), ("b", 41)):
         write_codes(tmp_path, name, random_codes(generator, 3, frames, 32))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from lm_fixtures import load_case
+from ttt_lm import small_ttt_lm
 
 from moshi.models.lm import LMModel
 from moshi_eval.scoring.scorer import ChunkedScorer, ScoringItem, StepScorer, token_cross_entropy
@@ -125,13 +126,7 @@ def test_caches_are_sized_by_the_longest_sequence_not_the_context(parity_dir, it
 
 def test_refills_stay_exact_with_ttt_layers_and_greedy_text():
     """Slots restarted at different times sit at different TTT mini-batch phases (and roll back greedy speculation)."""
-    torch.manual_seed(5)
-    lm = LMModel(
-        delays=[0, 0, 1, 1, 0, 1, 1], n_q=6, dep_q=3, card=32, text_card=20, dim=32, num_heads=4, num_layers=2,
-        context=8, norm="rms_norm_f32", gating="silu", positional_embedding="rope", depformer_dim=16,
-        depformer_num_heads=2, depformer_num_layers=1, depformer_multi_linear=True, depformer_weights_per_step=True,
-        depformer_pos_emb="none", ttt={"layers": "all", "variant": "mlp", "mini_batch_size": 16},
-    ).eval()
+    lm = small_ttt_lm()
     generator = torch.Generator().manual_seed(2)
     ttt_items = [ScoringItem(f"s{i}", torch.randint(0, 32, (3, frames), generator=generator))
                  for i, frames in enumerate((70, 41, 23, 37, 9))]
