@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from moshi.models.lm import LMModel
-from moshi_eval.librilight.demo import build_demo_mimi
+from moshi_eval.librilight.demo import DEMO_LM_CONFIG, build_demo_mimi
 from moshi_eval.scoring.audio import read_audio_header
 from moshi_eval.scoring.codes_cache import CodesCache
 from moshi_eval.scoring.encoding import MimiSequenceEncoder
@@ -21,14 +22,9 @@ from moshi_eval.scoring.sources import SequenceSource
 DATA = Path(__file__).resolve().parent / "data" / "paper_metrics"
 FOLDERS = {"swuggy": "lexical/dev", "sblimp": "syntactic/dev", "sstory": "sstory", "tstory": "tstory"}
 
-SMALL_LM_CONFIG = {
-    "dim": 32, "text_card": 48, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 64, "num_heads": 4,
-    "num_layers": 2, "hidden_scale": 4.125, "causal": True, "context": 12, "max_period": 10000, "gating": "silu",
-    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 16, "depformer_dim_feedforward": 48,
-    "depformer_num_heads": 2, "depformer_num_layers": 1, "depformer_multi_linear": True,
-    "depformer_weights_per_step": True, "depformer_pos_emb": "none", "depformer_context": 8,
-    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
-}
+# The demo LM's streams and card (the demo Mimi's), narrower, with a shorter context and no TTT layers.
+SMALL_LM_CONFIG = {key: value for key, value in DEMO_LM_CONFIG.items() if key != "ttt"} | {
+    "dim": 32, "text_card": 48, "context": 12, "depformer_dim": 16, "depformer_dim_feedforward": 48}
 
 
 def small_lm(seed: int = 0) -> LMModel:
@@ -36,6 +32,11 @@ def small_lm(seed: int = 0) -> LMModel:
     than most utterances."""
     torch.manual_seed(seed)
     return LMModel(**SMALL_LM_CONFIG).eval()
+
+
+def codes_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh codes cache folder (the tests' `cache_dir` fixture, one per module)."""
+    return tmp_path_factory.mktemp("codes_cache")
 
 
 @functools.cache

@@ -9,6 +9,7 @@ import pytest
 from paper_metrics_helpers import (
     DATA,
     FOLDERS,
+    codes_cache_dir,
     demo_mimi,
     encoder_for,
     forward_logprobs,
@@ -24,14 +25,8 @@ from moshi_eval.paper_metrics.scores import pair_outcome
 WEIGHTS = [100.0, 1, 1, 1, 1, 1, 1, 1]
 
 
-@pytest.fixture(scope="module")
-def lm():
-    return small_lm()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("codes_cache")
+lm = pytest.fixture(small_lm, scope="module", name="lm")
+cache_dir = pytest.fixture(codes_cache_dir, scope="module", name="cache_dir")
 
 
 def run(lm, cache_dir, **settings):

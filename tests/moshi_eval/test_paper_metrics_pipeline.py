@@ -7,21 +7,14 @@ import shutil
 
 import pytest
 import torch
-from paper_metrics_helpers import DATA, copy_sets, demo_mimi, set_dirs, small_lm
+from paper_metrics_helpers import DATA, codes_cache_dir, copy_sets, demo_mimi, set_dirs, small_lm
 
 from moshi_eval.paper_metrics import evaluate_paper_metrics
 from moshi_eval.paper_metrics.section import read_user_section
 from moshi_eval.scoring.sources import DataError
 
-
-@pytest.fixture(scope="module")
-def lm():
-    return small_lm()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("codes_cache")
+lm = pytest.fixture(small_lm, scope="module", name="lm")
+cache_dir = pytest.fixture(codes_cache_dir, scope="module", name="cache_dir")
 
 
 def settings(cache_dir, **extra):
