@@ -7,10 +7,9 @@ so a 10k-file set takes a few hundred calls), `StepScorer` with `mode="step"`; b
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from ..scoring.audio import read_audio_header
 from ..scoring.codes_cache import CodesCache, default_cache_dir
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
+from ..scoring.eval_mode import eval_mode
 from ..scoring.fingerprint import digest, file_identity
 from ..scoring.models import model_identity
 from ..scoring.rank_report import RankReport
@@ -64,20 +64,6 @@ def as_config(config: PaperMetricsConfig | Mapping[str, Any] | None) -> PaperMet
     if isinstance(config, PaperMetricsConfig):
         return config
     return PaperMetricsConfig(**dict(config))
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: Any) -> Iterator[None]:
-    """Modules in eval mode inside the block, each back in its own mode afterwards."""
-    present = [module for module in modules if module is not None]
-    modes = [module.training for module in present]
-    for module in present:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module, mode in zip(present, modes):
-            module.train(mode)
 
 
 class PaperMetricsRun:

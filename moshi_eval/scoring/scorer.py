@@ -23,6 +23,7 @@ cross-stream score of an utterance placed in the user stream).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.models.loaders import mimi_codebooks
 from moshi.modules.transformer import StreamingMultiheadAttention
 
+from .eval_mode import eval_mode
 from .sanity import NonFiniteLossError
 from .text_policy import CHUNKED_TEXT_POLICIES, check_text_policy, forced_text_token
 
@@ -159,28 +161,26 @@ def attention_bounded_to(lm: LMModel, steps: int) -> Iterator[None]:
             layer.context = context
 
 
-class StepScorer:
-    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time.
+class _SlotScorer(abc.ABC):
+    """What both scorers share: the LM, its shape and the text policy, and how a run is set up.
 
-    Losses are checked every `check_every` steps and when a sequence ends: a non-finite loss stops the run then, naming
-    the sequence, frame and codebook.
+    `run` checks the items and takes them longest first, gives each batch slot one item at a time (no more slots than
+    items), puts the LM in eval mode (given back afterwards), bounds its attention to the longest sequence and streams
+    `make_lm_gen()` with one batch entry per slot; `slot_run` holds the buffers and the loop of one run.
     """
 
-    def __init__(self, lm: LMModel, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
-                 top_k_text: int = 25, check_every: int = 250) -> None:
-        check_text_policy(text_policy)
+    def __init__(self, lm: LMModel, text_policy: str) -> None:
         self.lm = lm
         self.text_policy = text_policy
-        self.seed = seed
-        self.temp_text = temp_text
-        self.top_k_text = top_k_text
-        self.check_every = check_every
         self.shape = ModelShape.of(lm)
 
     def make_lm_gen(self) -> LMGen:
         """Per-item resets need `support_out_of_sync`: a slot restarted mid-run must not stall the others."""
-        return LMGen(self.lm, use_sampling=self.text_policy == "sample", temp_text=self.temp_text,
-                     top_k_text=self.top_k_text, support_out_of_sync=True)
+        return LMGen(self.lm, use_sampling=False, support_out_of_sync=True)
+
+    @abc.abstractmethod
+    def slot_run(self, lm_gen: LMGen, batch_size: int, max_frames: int) -> _SlotRun:
+        """The buffers and the loop of one run."""
 
     @torch.no_grad()
     def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
@@ -192,50 +192,107 @@ class StepScorer:
             self.shape.check_item(item)
         queue = sorted(items, key=lambda item: -item.num_frames)
         batch_size = max(1, min(batch_size, len(queue)))
-        was_training = self.lm.training
-        self.lm.eval()
-        try:
-            if self.text_policy == "sample":
-                torch.manual_seed(self.seed)
+        longest = queue[0].num_frames
+        with eval_mode(self.lm):
             lm_gen = self.make_lm_gen()
-            longest = queue[0].num_frames
             with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
-                _BatchRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
-        finally:
-            self.lm.train(was_training)
+                self.slot_run(lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
 
 
-class _BatchRun:
-    """The device buffers and the slot bookkeeping of one `StepScorer.run`.
+class _SlotRun(abc.ABC):
+    """One run of a scorer: the device buffers both scorers keep per slot, and the run's loop (`run`).
 
-    users `[B, n_user, S]` and owns `[B, dep_q, S]` hold each slot's step inputs (S = frames + max_delay), forced
-    `[B, dep_q, frames]` its own codes and targets `[B, dep_q, frames]` the codes it is scored against; steps `[B]`
-    counts the steps each slot took since it was loaded.
+    users `[B, n_user, S]` and owns `[B, dep_q, S]` hold each slot's step inputs (S = longest frames + max_delay),
+    targets `[B, dep_q, T]` the codes its predictions are scored against, losses `[B, T, dep_q]` its per-frame losses;
+    lengths `[B]` counts the frames of its sequence and steps `[B]` the steps it took since it was loaded.
     """
 
-    def __init__(self, scorer: StepScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
+    def __init__(self, scorer: _SlotScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
         self.scorer = scorer
-        self.shape = scorer.shape
+        self.shape = shape = scorer.shape
         self.lm_gen = lm_gen
         self.batch_size = batch_size
         self.max_frames = max_frames
-        device = scorer.lm.device
-        self.device = device
-        shape = self.shape
+        self.device = device = scorer.lm.device
         width = max_frames + shape.max_delay
         self.users = torch.full((batch_size, shape.num_user, width), shape.zero_token_id, dtype=torch.long,
                                 device=device)
         self.owns = torch.zeros(batch_size, shape.dep_q, width, dtype=torch.long, device=device)
-        self.forced = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
         self.targets = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
         self.losses = torch.zeros(batch_size, max_frames, shape.dep_q, dtype=torch.float32, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
+
+    @abc.abstractmethod
+    def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
+        """Score the queued items, slot by slot as they free up."""
+
+    def load_inputs(self, index: int, item: ScoringItem) -> torch.Tensor:
+        """The item's step inputs, targets and length in slot `index`; returns its own codes `[dep_q, T]` on the
+        device."""
+        own = item.own.to(self.device)
+        user = None if item.user is None else item.user.to(self.device)[None]
+        users, owns = teacher_forced_step_inputs(self.scorer.lm, own[None], user)
+        steps, frames = owns.shape[2], item.num_frames
+        self.users[index].fill_(self.shape.zero_token_id)
+        self.users[index, :, :steps] = users[0]
+        self.owns[index].zero_()
+        self.owns[index, :, :steps] = owns[0]
+        self.targets[index, :, :frames] = item.scored.to(self.device)
+        self.lengths[index] = frames
+        return own
+
+    def scored_sequence(self, index: int, item: ScoringItem) -> ScoredSequence:
+        """Slot `index`'s losses of `item`, NaN where a codebook's frame has no prediction."""
+        frames = item.num_frames
+        losses = self.losses[index, :frames].cpu().numpy().astype(np.float32, copy=True)
+        losses[undefined_predictions(frames, self.shape.own_delays)] = np.nan
+        return ScoredSequence(item.sequence_id, losses)
+
+
+class StepScorer(_SlotScorer):
+    """Scores sequences with one `step_with_logits` call per frame, `batch_size` sequences at a time.
+
+    Losses are checked every `check_every` steps and when a sequence ends: a non-finite loss stops the run then, naming
+    the sequence, frame and codebook.
+    """
+
+    def __init__(self, lm: LMModel, text_policy: str = "greedy", seed: int = 0, temp_text: float = 0.7,
+                 top_k_text: int = 25, check_every: int = 250) -> None:
+        check_text_policy(text_policy)
+        super().__init__(lm, text_policy)
+        self.seed = seed
+        self.temp_text = temp_text
+        self.top_k_text = top_k_text
+        self.check_every = check_every
+
+    def make_lm_gen(self) -> LMGen:
+        """Per-item resets need `support_out_of_sync`: a slot restarted mid-run must not stall the others. The `sample`
+        policy draws its text tokens from torch's generator, seeded here with `seed`."""
+        if self.text_policy == "sample":
+            torch.manual_seed(self.seed)
+        return LMGen(self.lm, use_sampling=self.text_policy == "sample", temp_text=self.temp_text,
+                     top_k_text=self.top_k_text, support_out_of_sync=True)
+
+    def slot_run(self, lm_gen: LMGen, batch_size: int, max_frames: int) -> _BatchRun:
+        return _BatchRun(self, lm_gen, batch_size, max_frames)
+
+
+class _BatchRun(_SlotRun):
+    """The slot bookkeeping of one `StepScorer.run` (buffers of `_SlotRun`): forced `[B, dep_q, T]` holds each
+    slot's own codes, active `[B]` which slots hold a sequence; nonfinite and misaligned `[B]` flag what
+    `raise_on_bad_values` reports."""
+
+    def __init__(self, scorer: StepScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
+        super().__init__(scorer, lm_gen, batch_size, max_frames)
+        self.scorer: StepScorer = scorer
+        device = self.device
+        self.forced = torch.zeros(batch_size, self.shape.dep_q, max_frames, dtype=torch.long, device=device)
         self.active = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.active_cpu = [False] * batch_size
         self.nonfinite = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.misaligned = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
         self.rows = torch.arange(batch_size, device=device)
         self.slots: list[_Slot | None] = [None] * batch_size
         self.text_replace = None
@@ -282,17 +339,7 @@ class _BatchRun:
             self.lm_gen.set_exec_mask(self.active.clone())
 
     def load(self, index: int, item: ScoringItem) -> None:
-        own = item.own.to(self.device)
-        user = None if item.user is None else item.user.to(self.device)[None]
-        users, owns = teacher_forced_step_inputs(self.scorer.lm, own[None], user)
-        steps, frames = owns.shape[2], item.num_frames
-        self.users[index].fill_(self.shape.zero_token_id)
-        self.users[index, :, :steps] = users[0]
-        self.owns[index].zero_()
-        self.owns[index, :, :steps] = owns[0]
-        self.forced[index, :, :frames] = own
-        self.targets[index, :, :frames] = item.scored.to(self.device)
-        self.lengths[index] = frames
+        self.forced[index, :, :item.num_frames] = self.load_inputs(index, item)
         self.steps[index] = 0
         self.nonfinite[index] = False
         self.misaligned[index] = False
@@ -340,14 +387,13 @@ class _BatchRun:
 
     def finish(self, index: int, slot: _Slot) -> ScoredSequence:
         self.raise_on_bad_values()
-        frames = slot.item.num_frames
-        losses = self.losses[index, :frames].cpu().numpy().astype(np.float32, copy=True)
-        losses[undefined_predictions(frames, self.shape.own_delays)] = np.nan
         self.slots[index] = None
-        return ScoredSequence(slot.item.sequence_id, losses)
+        return self.scored_sequence(index, slot.item)
 
 
-class ChunkedScorer:
+
+
+class ChunkedScorer(_SlotScorer):
     """Scores sequences `chunk_size` steps per call with `LMGen.step_chunk_with_logits`; same results as `StepScorer`.
 
     `batch_size` slots share the calls. A call advances every slot by the same number of steps: up to `chunk_size`,
@@ -362,10 +408,8 @@ class ChunkedScorer:
         check_text_policy(text_policy, CHUNKED_TEXT_POLICIES)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-        self.lm = lm
-        self.text_policy = text_policy
+        super().__init__(lm, text_policy)
         self.chunk_size = chunk_size
-        self.shape = ModelShape.of(lm)
         self.kept_steps = 0
         self.main_steps = 0
         self.calls = 0
@@ -374,53 +418,21 @@ class ChunkedScorer:
     def acceptance_rate(self) -> float | None:
         return self.kept_steps / self.main_steps if self.main_steps else None
 
-    @torch.no_grad()
-    def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
-            on_frames: ProgressCallback | None = None) -> None:
-        """Score every item; `on_sequence` gets each result as soon as its sequence is done."""
-        if not items:
-            return
-        for item in items:
-            self.shape.check_item(item)
-        queue = sorted(items, key=lambda item: -item.num_frames)
-        batch_size = max(1, min(batch_size, len(queue)))
-        was_training = self.lm.training
-        self.lm.eval()
-        try:
-            lm_gen = LMGen(self.lm, use_sampling=False, support_out_of_sync=True)
-            longest = queue[0].num_frames
-            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
-                _ChunkedRun(self, lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
-        finally:
-            self.lm.train(was_training)
+    def slot_run(self, lm_gen: LMGen, batch_size: int, max_frames: int) -> _ChunkedRun:
+        return _ChunkedRun(self, lm_gen, batch_size, max_frames)
 
 
-class _ChunkedRun:
-    """The device buffers and slot bookkeeping of one `ChunkedScorer.run` (laid out as in `_BatchRun`).
-
-    users `[B, n_user, S]`, owns `[B, dep_q, S]`: each slot's step inputs (S = longest frames + max_delay); targets
-    `[B, dep_q, T]`; losses `[B, T, dep_q]`; lengths, steps `[B]`: frames of each slot's sequence and steps it took.
-    """
+class _ChunkedRun(_SlotRun):
+    """The slot bookkeeping of one `ChunkedScorer.run` (buffers of `_SlotRun`): slot_steps counts on the host the
+    steps each slot took since it was loaded."""
 
     def __init__(self, scorer: ChunkedScorer, lm_gen: LMGen, batch_size: int, max_frames: int) -> None:
-        self.scorer = scorer
-        self.shape = shape = scorer.shape
-        self.lm_gen = lm_gen
-        self.batch_size = batch_size
-        self.max_frames = max_frames
-        self.device = device = scorer.lm.device
-        width = max_frames + shape.max_delay
-        self.users = torch.full((batch_size, shape.num_user, width), shape.zero_token_id, dtype=torch.long,
-                                device=device)
-        self.owns = torch.zeros(batch_size, shape.dep_q, width, dtype=torch.long, device=device)
-        self.targets = torch.zeros(batch_size, shape.dep_q, max_frames, dtype=torch.long, device=device)
-        self.losses = torch.zeros(batch_size, max_frames, shape.dep_q, dtype=torch.float32, device=device)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        super().__init__(scorer, lm_gen, batch_size, max_frames)
+        self.scorer: ChunkedScorer = scorer
         self.slots: list[ScoringItem | None] = [None] * batch_size
         self.slot_steps = [0] * batch_size
-        self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
         self.text_token = forced_text_token(scorer.lm, scorer.text_policy)
+
 
     def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
         pending = list(queue)
@@ -457,17 +469,8 @@ class _ChunkedRun:
             self.steps.masked_fill_(torch.tensor(fresh, device=self.device), 0)
 
     def load(self, index: int, item: ScoringItem) -> None:
-        own = item.own.to(self.device)
-        user = None if item.user is None else item.user.to(self.device)[None]
-        users, owns = teacher_forced_step_inputs(self.scorer.lm, own[None], user)
-        steps, frames = owns.shape[2], item.num_frames
-        self.users[index].fill_(self.shape.zero_token_id)
-        self.users[index, :, :steps] = users[0]
-        self.owns[index].zero_()
-        self.owns[index, :, :steps] = owns[0]
-        self.targets[index, :, :frames] = item.scored.to(self.device)
-        self.losses[index, :frames] = 0
-        self.lengths[index] = frames
+        self.load_inputs(index, item)
+        self.losses[index, :item.num_frames] = 0
         self.slots[index] = item
         self.slot_steps[index] = 0
 
@@ -520,9 +523,6 @@ class _ChunkedRun:
             raise NonFiniteLossError(item.sequence_id if item else f"slot {slot}", int(frame[slot, step]), codebook)
 
     def finish(self, index: int, item: ScoringItem) -> ScoredSequence:
-        """The item's losses, NaN where a codebook's frame is undefined (non-finite losses were errors already)."""
-        length = item.num_frames
-        result = self.losses[index, :length].cpu().numpy().astype(np.float32, copy=True)
-        result[undefined_predictions(length, self.shape.own_delays)] = np.nan
+        """The item's losses (non-finite losses were errors already); the slot is free again."""
         self.slots[index] = None
-        return ScoredSequence(item.sequence_id, result)
+        return self.scored_sequence(index, item)
