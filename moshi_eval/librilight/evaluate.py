@@ -5,23 +5,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..scoring.codes_cache import CodesCache, default_cache_dir
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
+from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest
-from ..scoring.models import model_flags, model_identity
+from ..scoring.models import model_flags
 from ..scoring.prepare import ItemPreparer, source_identity
-from ..scoring.rank_report import RankReport
 from ..scoring.sanity import WorseThanUniformWarning
-from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
+from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
 from ..scoring.sources import DataError, SequenceSource, Skip
-from ..scoring.store import SequenceStore, store_dir_for
 from .config import LibriLightConfig
 from .config_keys import normalize_config_mapping
 from .data import discover_sequences
@@ -72,34 +69,23 @@ def resolve_user_stream(requested: str | None, shape: ModelShape) -> str:
     return requested or "silence"
 
 
-class LibriLightRun:
-    """One evaluation: holds the inputs, what is finished, what was skipped and the timings."""
+class LibriLightRun(EvaluationRun[SequenceSource]):
+    """One evaluation: the sequences, what is finished, what was skipped and the timings."""
 
     def __init__(self, lm: Any, mimi: Any | None, config: LibriLightConfig, context: DistributedContext,
                  model_source: dict[str, Any] | None, progress: bool, on_sequence: SequenceHook | None) -> None:
-        self.lm = lm
-        self.mimi = mimi
-        self.config = config
-        self.context = context
-        self.progress = progress and context.is_main
+        super().__init__("librilight", "sequence", lm, mimi, config, context, model_source, progress)
+        self.config: LibriLightConfig = config
         self.on_sequence = on_sequence
-        self.shape = ModelShape.of(lm)
         self.user_stream = resolve_user_stream(config.user_stream, self.shape)
         self.codebook_weights = config.resolved_codebook_weights(self.shape.dep_q)
-        self.identity = model_identity(lm, model_source)
         self.model_flags = model_flags(lm)
-        self.finished: dict[str, SequenceLosses] = {}
         self.discovery_skips: list[Skip] = []
         self.sequence_skips: list[Skip] = []
-        self.timing: dict[str, float] = {"encode_seconds": 0.0, "score_seconds": 0.0}
-        self.scored_frames = 0
-        self.resumed = 0
         self.sources: list[SequenceSource] = []
-        self.store: SequenceStore | None = None
 
-    def log(self, message: str) -> None:
-        if self.progress:
-            print(f"[librilight] {message}", file=sys.stderr, flush=True)
+    def identify(self, entry: SequenceSource) -> tuple[str, Any]:
+        return entry.sequence_id, source_identity(entry)
 
     def execute(self) -> LibriLightResult:
         started = time.perf_counter()
@@ -113,12 +99,11 @@ class LibriLightRun:
         self.discovery_skips = list(discovery.skipped)
         self.log(f"{len(self.sources)} sequence(s) selected, {len(self.discovery_skips)} input(s) skipped")
         encoder = self.make_encoder()
-        if config.output and config.resume:
-            self.store = SequenceStore(store_dir_for(config.output), self.run_key(encoder))
+        self.open_store(self.run_key(encoder))
         todo = self.resume(self.context.shard(self.sources))
         items = self.prepare(todo, encoder)
         self.score(items)
-        self.gather()
+        self.sequence_skips = self.gather(self.sequence_skips)
         self.timing["total_seconds"] = time.perf_counter() - started
         result = self.result(complete=True)
         if self.context.is_main:
@@ -137,10 +122,7 @@ class LibriLightRun:
             return None
         if not self.needs_mimi():
             return None
-        cache = None
-        if self.config.use_cache:
-            cache = CodesCache(self.config.cache_dir or default_cache_dir())
-        return MimiSequenceEncoder(self.mimi, self.shape.mimi_codebooks, cache, self.config.encode_chunk_frames)
+        return self.mimi_encoder()
 
     def run_key(self, encoder: MimiSequenceEncoder | None) -> str:
         """Everything that changes the per-frame losses of a sequence."""
@@ -153,25 +135,6 @@ class LibriLightRun:
             "user_stream": self.user_stream, "max_sequence_length": config.max_sequence_length,
             "mimi": encoder.mimi_fingerprint if encoder is not None else None,
         }, length=32)
-
-    def resume(self, sources: list[SequenceSource]) -> list[SequenceSource]:
-        """Load finished sequences from the store; return the sources still to score."""
-        if self.store is None:
-            return sources
-        todo = []
-        for source in sources:
-            record = self.store.load(self.record_key(self.store, source))
-            if record is None:
-                todo.append(source)
-            else:
-                self.finished[source.sequence_id] = record
-        self.resumed = len(sources) - len(todo)
-        if self.resumed:
-            self.log(f"resuming: {self.resumed} finished sequence(s) loaded from {self.store.directory}")
-        return todo
-
-    def record_key(self, store: SequenceStore, source: SequenceSource) -> str:
-        return store.key_for(source.sequence_id, source_identity(source))
 
     def prepare(self, sources: list[SequenceSource], encoder: MimiSequenceEncoder | None) -> list[ScoringItem]:
         """Codes for every source to score; sources that fail are skipped (errors in strict mode)."""
@@ -190,62 +153,29 @@ class LibriLightRun:
             items.append(ScoringItem(source.sequence_id, own, user))
         preparer.add_user_streams(items)
         self.timing["encode_seconds"] = time.perf_counter() - started
-        if encoder is not None and encoder.cache is not None:
-            self.timing["codes_cache_hits"] = encoder.cache.hits
-            self.timing["codes_cache_misses"] = encoder.cache.misses
+        self.count_cache_use(encoder)
         return items
 
     def score(self, items: list[ScoringItem]) -> None:
         if not items:
             return
-        started = time.perf_counter()
         files = {source.sequence_id: source.files for source in self.sources}
         by_id = {source.sequence_id: source for source in self.sources}
-        bar = self.progress_bar(None, desc="scoring", unit="frame", total=sum(item.num_frames for item in items))
 
         def finished(scored: ScoredSequence) -> None:
             sequence = SequenceLosses(scored.sequence_id, scored.codebook_losses, files[scored.sequence_id])
-            self.finished[sequence.sequence_id] = sequence
-            self.scored_frames += sequence.num_frames
-            if self.store is not None:
-                self.store.save(self.record_key(self.store, by_id[sequence.sequence_id]), sequence)
+            self.keep(by_id[sequence.sequence_id], sequence)
             if self.config.output and self.context.is_main:
                 self.result(complete=False).write_json(self.config.output)
             if self.on_sequence is not None:
                 self.on_sequence(sequence)
 
-        scorer = self.make_scorer()
-        try:
-            scorer.run(items, self.config.batch_size, finished, on_frames=bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.timing["score_seconds"] = time.perf_counter() - started
-            if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
-                self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
-
-    def make_scorer(self) -> StepScorer | ChunkedScorer:
         config = self.config
-        if config.mode == "chunked":
-            return ChunkedScorer(self.lm, text_policy=config.text_policy, chunk_size=config.chunk_size)
-        return StepScorer(self.lm, text_policy=config.text_policy, seed=config.seed, temp_text=config.temp_text,
-                          top_k_text=config.top_k_text, check_every=config.check_every)
-
-    def gather(self) -> None:
-        """Collect every rank's finished sequences and skips (identical on all ranks afterwards)."""
-        if not self.context.enabled:
-            return
-        mine = RankReport(self.finished, self.sequence_skips, self.scored_frames, self.resumed, self.timing)
-        parts = [RankReport.from_bytes(part) for part in self.context.all_gather_bytes(mine.to_bytes())]
-        self.finished = {key: value for part in parts for key, value in part.finished.items()}
-        self.sequence_skips = [skip for part in parts for skip in part.skips]
-        self.scored_frames = sum(part.scored_frames for part in parts)
-        self.resumed = sum(part.resumed for part in parts)
-        for name in ("encode_seconds", "score_seconds"):
-            self.timing[name] = max(part.timing[name] for part in parts)
-        for name in ("codes_cache_hits", "codes_cache_misses"):
-            if any(name in part.timing for part in parts):
-                self.timing[name] = sum(part.timing.get(name, 0) for part in parts)
+        scorer = self.make_scorer(seed=config.seed, temp_text=config.temp_text, top_k_text=config.top_k_text,
+                                  check_every=config.check_every)
+        self.run_scorer(scorer, items, finished)
+        if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
+            self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
 
     def result(self, complete: bool) -> LibriLightResult:
         order = [source.sequence_id for source in self.sources if source.sequence_id in self.finished]
@@ -276,10 +206,3 @@ class LibriLightRun:
 
             plot_result(data, self.config.plot)
             self.log(f"plot written to {self.config.plot}")
-
-    def progress_bar(self, iterable: Any, **kwargs: Any) -> Any:
-        if not self.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)

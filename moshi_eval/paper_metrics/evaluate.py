@@ -7,7 +7,6 @@ so a 10k-file set takes a few hundred calls), `StepScorer` with `mode="step"`; b
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,17 +14,14 @@ from typing import Any
 import torch
 
 from ..scoring.audio import read_audio_header
-from ..scoring.codes_cache import CodesCache, default_cache_dir
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
 from ..scoring.eval_mode import eval_mode
+from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest, file_identity
-from ..scoring.models import model_identity
-from ..scoring.rank_report import RankReport
 from ..scoring.records import SequenceLosses
-from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem, StepScorer
+from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
 from ..scoring.sources import DataError, SequenceSource
-from ..scoring.store import SequenceStore, store_dir_for
 from .config import PaperMetricsConfig
 from .data import load_benchmarks
 from .pairs import BenchmarkSet, Utterance
@@ -66,28 +62,17 @@ def as_config(config: PaperMetricsConfig | Mapping[str, Any] | None) -> PaperMet
     return PaperMetricsConfig(**dict(config))
 
 
-class PaperMetricsRun:
+class PaperMetricsRun(EvaluationRun[Utterance]):
     """One evaluation: the benchmarks, the utterances finished so far and the timings."""
 
     def __init__(self, lm: Any, mimi: Any, config: PaperMetricsConfig, context: DistributedContext,
                  model_source: dict[str, Any] | None, progress: bool) -> None:
-        self.lm = lm
-        self.mimi = mimi
-        self.config = config
-        self.context = context
-        self.progress = progress and context.is_main
-        self.shape = ModelShape.of(lm)
+        super().__init__("paper_metrics", "utterance", lm, mimi, config, context, model_source, progress)
+        self.config: PaperMetricsConfig = config
         self.weights = config.resolved_codebook_weights(self.shape.dep_q)
-        self.identity = model_identity(lm, model_source)
-        self.finished: dict[str, SequenceLosses] = {}
-        self.timing: dict[str, Any] = {"encode_seconds": 0.0, "score_seconds": 0.0}
-        self.scored_frames = 0
-        self.resumed = 0
-        self.store: SequenceStore | None = None
 
-    def log(self, message: str) -> None:
-        if self.progress:
-            print(f"[paper_metrics] {message}", file=sys.stderr, flush=True)
+    def identify(self, entry: Utterance) -> tuple[str, Any]:
+        return entry.utterance_id, file_identity(entry.path)
 
     def execute(self) -> PaperMetricsResult:
         started = time.perf_counter()
@@ -100,11 +85,10 @@ class PaperMetricsRun:
         utterances = sorted({u for benchmark in benchmarks for u in benchmark.utterances})
         self.log(", ".join(f"{b.name}: {len(b.pairs)} pairs" for b in benchmarks) + f"; {len(utterances)} utterances")
         encoder = self.make_encoder()
-        if config.output and config.resume:
-            self.store = SequenceStore(store_dir_for(config.output), self.run_key(encoder))
+        self.open_store(self.run_key(encoder))
         todo = self.resume(self.context.shard(utterances))
         self.score(self.prepare(todo, encoder))
-        self.gather()
+        self.gather([])
         self.timing["total_seconds"] = time.perf_counter() - started
         result = self.result(benchmarks)
         if self.context.is_main:
@@ -115,8 +99,7 @@ class PaperMetricsRun:
     def make_encoder(self) -> MimiSequenceEncoder:
         if self.mimi is None:
             raise ValueError("paper metrics read audio: pass a Mimi model to encode it")
-        cache = CodesCache(self.config.cache_dir or default_cache_dir()) if self.config.use_cache else None
-        return MimiSequenceEncoder(self.mimi, self.shape.mimi_codebooks, cache, self.config.encode_chunk_frames)
+        return self.mimi_encoder()
 
     def run_key(self, encoder: MimiSequenceEncoder) -> str:
         """Everything that changes an utterance's per-token losses."""
@@ -124,25 +107,6 @@ class PaperMetricsRun:
         return digest({"evaluation": "paper_metrics", "model": self.identity["fingerprint"],
                        "dtype": self.identity["dtype"], "text_policy": config.text_policy, "stream": config.stream,
                        "other_stream": config.other_stream, "mimi": encoder.mimi_fingerprint}, length=32)
-
-    def record_key(self, store: SequenceStore, utterance: Utterance) -> str:
-        return store.key_for(utterance.utterance_id, file_identity(utterance.path))
-
-    def resume(self, utterances: list[Utterance]) -> list[Utterance]:
-        """Load finished utterances from the store; return those still to score."""
-        if self.store is None:
-            return utterances
-        todo = []
-        for utterance in utterances:
-            record = self.store.load(self.record_key(self.store, utterance))
-            if record is None:
-                todo.append(utterance)
-            else:
-                self.finished[utterance.utterance_id] = record
-        self.resumed = len(utterances) - len(todo)
-        if self.resumed:
-            self.log(f"resuming: {self.resumed} finished utterance(s) loaded from {self.store.directory}")
-        return todo
 
     def prepare(self, utterances: list[Utterance], encoder: MimiSequenceEncoder) -> list[tuple[Utterance, ScoringItem]]:
         """Codes of every utterance to score, placed in the configured streams; unusable audio is an error."""
@@ -160,56 +124,22 @@ class PaperMetricsRun:
         items = [(utterance, place_utterance(utterance.utterance_id, codes, self.shape, self.config.stream, silence))
                  for utterance, codes in encoded]
         self.timing["encode_seconds"] = time.perf_counter() - started
-        if encoder.cache is not None:
-            self.timing["codes_cache_hits"] = encoder.cache.hits
-            self.timing["codes_cache_misses"] = encoder.cache.misses
+        self.count_cache_use(encoder)
         return items
 
     def score(self, prepared: list[tuple[Utterance, ScoringItem]]) -> None:
         if not prepared:
             return
-        started = time.perf_counter()
         by_id = {utterance.utterance_id: utterance for utterance, _ in prepared}
-        items = [item for _, item in prepared]
-        bar = self.progress_bar(None, desc="scoring", unit="frame", total=sum(item.num_frames for item in items))
 
         def finished(scored: ScoredSequence) -> None:
             utterance = by_id[scored.sequence_id]
-            record = SequenceLosses(scored.sequence_id, scored.codebook_losses, [str(utterance.path)])
-            self.finished[scored.sequence_id] = record
-            self.scored_frames += record.num_frames
-            if self.store is not None:
-                self.store.save(self.record_key(self.store, utterance), record)
+            self.keep(utterance, SequenceLosses(scored.sequence_id, scored.codebook_losses, [str(utterance.path)]))
 
         scorer = self.make_scorer()
-        try:
-            scorer.run(items, self.config.batch_size, finished, on_frames=bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.timing["score_seconds"] = time.perf_counter() - started
-            if isinstance(scorer, ChunkedScorer):
-                self.timing["scorer_calls"] = scorer.calls
-
-    def make_scorer(self) -> ChunkedScorer | StepScorer:
-        if self.config.mode == "step":
-            return StepScorer(self.lm, text_policy=self.config.text_policy)
-        return ChunkedScorer(self.lm, text_policy=self.config.text_policy, chunk_size=self.config.chunk_size)
-
-    def gather(self) -> None:
-        """Collect every rank's finished utterances (identical on all ranks afterwards)."""
-        if not self.context.enabled:
-            return
-        mine = RankReport(self.finished, [], self.scored_frames, self.resumed, self.timing)
-        parts = [RankReport.from_bytes(part) for part in self.context.all_gather_bytes(mine.to_bytes())]
-        self.finished = {key: value for part in parts for key, value in part.finished.items()}
-        self.scored_frames = sum(part.scored_frames for part in parts)
-        self.resumed = sum(part.resumed for part in parts)
-        for name in ("encode_seconds", "score_seconds"):
-            self.timing[name] = max(part.timing[name] for part in parts)
-        for name in ("codes_cache_hits", "codes_cache_misses", "scorer_calls"):
-            if any(name in part.timing for part in parts):
-                self.timing[name] = sum(part.timing.get(name, 0) for part in parts)
+        self.run_scorer(scorer, [item for _, item in prepared], finished)
+        if isinstance(scorer, ChunkedScorer):
+            self.timing["scorer_calls"] = scorer.calls
 
     def result(self, benchmarks: list[BenchmarkSet]) -> PaperMetricsResult:
         scores = {key: utterance_score(record.codebook_losses, self.weights) for key, record in self.finished.items()}
@@ -245,10 +175,3 @@ class PaperMetricsRun:
         if self.config.zerospeech_submission is not None:
             written = write_submission(result, self.config.zerospeech_submission)
             self.log(f"ZeroSpeech submission files: {', '.join(str(path) for path in written)}")
-
-    def progress_bar(self, iterable: Any, **kwargs: Any) -> Any:
-        if not self.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)

@@ -3,6 +3,8 @@
 - `scorer`: exact per-frame, per-codebook losses of sequences, per step (`StepScorer`) or many steps per call
   (`ChunkedScorer`), both batched with per-slot resets; `ModelShape` (the LM's streams), `token_cross_entropy`;
   `text_policy`: what the text stream gets while audio is scored (greedy, sample, pad, zero).
+- `evaluation_run`: `EvaluationRun`, what every evaluation's run does alike around the scorer (resuming from the
+  store, encoding with the codes cache, scoring with a progress bar, gathering the ranks' records).
 - `eval_mode`: modules in eval mode for a block, each given back in the mode it was in.
 - `sources`, `records`: the sequences to score (audio files or a codes file) and their scores.
 - `audio`, `encoding`, `codes_cache`, `prepare`: reading and resampling audio, Mimi encoding with a shared codes cache,
