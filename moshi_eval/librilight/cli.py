@@ -10,20 +10,24 @@ says where the partial results are and how to resume (exit code 130).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
-import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_arguments, model_spec
 from ..scoring.cli_errors import run_command
+from ..scoring.invocation import Invocation
 from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
-from ..scoring.preflight import check_input_path, check_output_file, check_output_folder, check_plot_file
-from ..scoring.store import store_dir_for
+from ..scoring.preflight import (
+    check_input_path,
+    check_output_file,
+    check_output_folder,
+    check_plot_file,
+    setting_label,
+)
 from ..scoring.text_policy import TEXT_POLICIES
 from .config import (
     SCORING_MODES,
@@ -38,8 +42,6 @@ from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
 
 PROGRAM = "python -m moshi_eval.librilight"
 DEFAULT_OUTPUT = "librilight_results.json"
-MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
-               "lora_weights", "ttt_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,22 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--exclude-genres", nargs="+", help="skip books with any of these genres")
     data.add_argument("--seed", type=int, help="seed of the selection and of the `sample` text policy")
     data.add_argument("--strict", action="store_true", help="unusable inputs are errors instead of listed skips")
-    data.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
-    data.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
-    model = parser.add_argument_group("model")
-    model.add_argument("--hf-repo", help="Hugging Face repo of the checkpoint (e.g. kyutai/moshiko-pytorch-bf16), or "
-                                         "a local folder with the same layout")
-    model.add_argument("--moshi-weights", help="LM weights (local file or hf://repo/file)")
-    model.add_argument("--lm-config", help="LM config.json")
-    model.add_argument("--mimi-weights", help="Mimi weights")
-    model.add_argument("--mimi-config", help="Mimi config JSON")
-    model.add_argument("--tokenizer", help="text tokenizer (not used for scoring; avoids a download)")
-    model.add_argument("--ttt-weights", help="separate TTT weights file")
-    model.add_argument("--ttt-config", help="YAML/JSON whose `ttt:` section sets the TTT layers, e.g. a moshi-finetune "
-                                            "training YAML (replaces the LM config's `ttt`)")
-    model.add_argument("--lora-weights", help="LoRA weights file")
-    model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="LM dtype (default auto)")
+    add_codes_cache_arguments(data)
+    add_model_arguments(parser, ttt_config=True)
     scoring = parser.add_argument_group("evaluation")
     scoring.add_argument("--batch-size", type=int, help="sequences scored together (default 1)")
     scoring.add_argument("--max-sequence-length", type=int, help="frames scored per sequence at most (default 50000)")
@@ -149,11 +137,6 @@ def settings_from_file(args: argparse.Namespace, settings: dict[str, Any]) -> di
     return {name: given["config"] for name in settings if name not in given}
 
 
-def setting_label(name: str, config_file: str | None) -> str:
-    """How errors name a setting: its flag, or the field and the file it came from."""
-    return f"{name} (from {config_file})" if config_file else f"--{name.replace('_', '-')}"
-
-
 def check_before_work(config: LibriLightConfig, spec: ModelSpec | None, from_file: dict[str, str]) -> None:
     """Everything that can be checked without loading a model or reading audio (ConfigError naming the flag, or the
     setting and the file it came from)."""
@@ -215,31 +198,6 @@ def run_evaluation(config: LibriLightConfig, spec: ModelSpec, device: str, dtype
     return result.to_dict()
 
 
-@dataclasses.dataclass
-class Invocation:
-    """What this command was asked to do, for the message printed when it is interrupted."""
-
-    argv: list[str]
-    config: LibriLightConfig | None = None
-
-    def resume_command(self) -> str:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
-        return shlex.join([*PROGRAM.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
-
-    def interrupted(self) -> str:
-        config = self.config
-        if config is None or not config.output:
-            return f"nothing was computed yet; rerun with: {self.resume_command()}"
-        if not config.resume:
-            return (f"finished sequences are in {config.output} but were not kept for resuming (--no-resume); rerun "
-                    f"with: {self.resume_command()}")
-        store = store_dir_for(config.output)
-        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
-        partial = f" (partial results in {config.output})" if Path(config.output).is_file() else ""
-        return f"{kept} finished sequence(s) kept in {store}/{partial}; resume with: {self.resume_command()}"
-
-
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
     from ..scoring.devices import resolve_device, select_device
     from ..scoring.distributed import init_distributed
@@ -263,7 +221,7 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
         settings.setdefault("output", DEFAULT_OUTPUT)
         config = LibriLightConfig(**settings)
         invocation.config = config
-        spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+        spec = model_spec(args)
         check_before_work(config, spec, settings_from_file(args, settings))
         data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), quiet)
     if context.is_main:
@@ -300,10 +258,5 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "compare":
         return run_command(lambda: compare_command(argv[1:]))
     args = build_parser().parse_args(argv)
-    from ..scoring.distributed import shutdown_distributed
-
-    invocation = Invocation(argv)
-    try:
-        return run_command(lambda: evaluate_command(args, invocation), invocation.interrupted)
-    finally:
-        shutdown_distributed()
+    invocation = Invocation(PROGRAM, argv, unit="sequence", partial_results=True)
+    return invocation.run(lambda: evaluate_command(args, invocation))

@@ -10,26 +10,21 @@ through the command-line pieces every evaluation shares (`moshi_eval.scoring`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import shlex
 import sys
 from typing import Any
 
-from ..scoring.cli_errors import run_command
+from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_arguments, model_spec
+from ..scoring.invocation import Invocation
 from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
-from ..scoring.preflight import check_input_path, check_output_file, check_output_folder
+from ..scoring.preflight import check_input_path, check_output_file, check_output_folder, setting_label
 from ..scoring.settings_file import ConfigError, read_settings_section
-from ..scoring.store import store_dir_for
 from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
 from .section import read_user_section
 
 PROGRAM = "python -m moshi_eval.paper_metrics"
-MODEL_FLAGS = ("hf_repo", "moshi_weights", "lm_config", "mimi_weights", "mimi_config", "tokenizer", "ttt_weights",
-               "lora_weights")
 SECTION = "paper_metrics"
 DEFAULT_OUTPUT = "paper_metrics_results.json"
 
@@ -57,19 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     for bench in BENCHMARKS:
         data.add_argument(f"--{bench}-max-pairs", type=int, help=f"a seeded random subset of {bench} pairs")
     data.add_argument("--seed", type=int, help="seed of the subsets (default 0)")
-    data.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
-    data.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
-    model = parser.add_argument_group("model")
-    model.add_argument("--hf-repo", help="Hugging Face repo of the checkpoint (e.g. kyutai/moshiko-pytorch-bf16)")
-    model.add_argument("--moshi-weights", help="LM weights (local file or hf://repo/file)")
-    model.add_argument("--lm-config", help="LM config.json")
-    model.add_argument("--mimi-weights", help="Mimi weights")
-    model.add_argument("--mimi-config", help="Mimi config JSON")
-    model.add_argument("--tokenizer", help="text tokenizer (not used for scoring; avoids a download)")
-    model.add_argument("--ttt-weights", help="separate TTT weights file")
-    model.add_argument("--lora-weights", help="LoRA weights file")
-    model.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="LM dtype (default auto)")
+    add_codes_cache_arguments(data)
+    add_model_arguments(parser)
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--stream", choices=STREAMS, help="where the utterance goes: own stream (default) or user")
     scoring.add_argument("--other-stream", choices=OTHER_STREAMS, help="the other audio stream: zero (default) or "
@@ -116,8 +100,7 @@ def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: 
     the file it came from)."""
 
     def label(name: str) -> str:
-        from_file = config_file is not None and name not in given
-        return f"{name} (from {config_file})" if from_file else f"--{name.replace('_', '-')}"
+        return setting_label(name, None if name in given else config_file)
 
     if not config.benchmarks:
         raise ConfigError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
@@ -157,29 +140,6 @@ def run_evaluation(config: PaperMetricsConfig, spec: ModelSpec, device: str, dty
     return evaluate_paper_metrics(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
 
 
-@dataclasses.dataclass
-class Invocation:
-    """What this command was asked to do, for the message printed when it is interrupted."""
-
-    argv: list[str]
-    config: PaperMetricsConfig | None = None
-
-    def resume_command(self) -> str:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
-        return shlex.join([*PROGRAM.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
-
-    def interrupted(self) -> str:
-        config = self.config
-        if config is None or not config.output:
-            return f"nothing was computed yet; rerun with: {self.resume_command()}"
-        if not config.resume:
-            return f"finished utterances were not kept (--no-resume); rerun with: {self.resume_command()}"
-        store = store_dir_for(config.output)
-        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
-        return f"{kept} finished utterance(s) kept in {store}/; resume with: {self.resume_command()}"
-
-
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
     from ..scoring.devices import resolve_device, select_device
     from ..scoring.distributed import init_distributed
@@ -190,7 +150,7 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
         print_notes(notes)
     config = PaperMetricsConfig(**settings)
     invocation.config = config
-    spec = ModelSpec(**{name: getattr(args, name, None) for name in MODEL_FLAGS})
+    spec = model_spec(args)
     check_before_work(config, spec, getattr(args, "config", None), set(vars(args)))
     device = resolve_device(getattr(args, "device", None), context.local_rank)
     select_device(device)
@@ -203,10 +163,5 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from ..scoring.distributed import shutdown_distributed
-
-    invocation = Invocation(argv)
-    try:
-        return run_command(lambda: evaluate_command(args, invocation), invocation.interrupted)
-    finally:
-        shutdown_distributed()
+    invocation = Invocation(PROGRAM, argv, unit="utterance")
+    return invocation.run(lambda: evaluate_command(args, invocation))

@@ -15,8 +15,9 @@
   over `torchrun` ranks; `sanity`: non-finite and worse-than-uniform losses.
 - `settings_file`, `notes`: settings files (a training YAML's section, e.g. `paper_metrics:`), unknown keys with
   suggestions, notes printed on stderr or warned as `UserWarning`s.
-- `cli_errors`, `preflight`: command lines end with one `error:` line per expected failure (exit 2) or a resume hint
-  on Ctrl-C (exit 130); paths, model files and a path-like `--hf-repo` are checked before any work.
+- `cli_errors`, `invocation`, `preflight`: command lines end with one `error:` line per expected failure (exit 2) or,
+  on Ctrl-C, what is kept and the command that resumes (exit 130); paths, model files and a path-like `--hf-repo` are
+  checked before any work. `cli_arguments`: the model, device, dtype and codes-cache flags every command shares.
 
 Benchmarks (`moshi_eval.librilight`, `moshi_eval.paper_metrics`) build on these pieces.
 """

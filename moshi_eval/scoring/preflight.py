@@ -17,6 +17,12 @@ HF_REFERENCE = "hf://"
 FILE_REFERENCE = "file://"
 
 
+def setting_label(name: str, config_file: str | None) -> str:
+    """How errors name a setting: its flag (`--cache-dir`), or the field and the file it came from
+    (`cache_dir (from eval.yaml)`)."""
+    return f"{name} (from {config_file})" if config_file else f"--{name.replace('_', '-')}"
+
+
 def existing_ancestor(path: Path) -> Path:
     """The closest ancestor of `path` (itself excluded) that exists."""
     ancestor = path.absolute().parent
