@@ -7,8 +7,9 @@ mapped onto these fields in `config_keys.py`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
+from ..scoring.checked_settings import CheckedSettings
+from ..scoring.codebook_weights import parse_float_list, weights_for_codebooks
 from ..scoring.settings_file import ConfigError
 from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
 
@@ -21,7 +22,7 @@ __all__ = ["ConfigError", "LibriLightConfig", "config_field_names", "parse_float
 
 
 @dataclasses.dataclass
-class LibriLightConfig:
+class LibriLightConfig(CheckedSettings):
     """What to evaluate and how; every field has a CLI flag of the same name (`--max-chapters` for `max_chapters`)."""
 
     audio_dir: str | None = None
@@ -58,9 +59,6 @@ class LibriLightConfig:
     resume: bool = True
     legacy_keys: bool = False
     check_every: int = 250
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -103,17 +101,7 @@ class LibriLightConfig:
         """Per-codebook weights for `num_codebooks` codebooks (None: plain mean); ValueError on a count mismatch."""
         if self.first_codebook_weight is not None:
             return [float(self.first_codebook_weight)] + [1.0] * (num_codebooks - 1)
-        if self.codebook_weights is not None and len(self.codebook_weights) != num_codebooks:
-            raise ValueError(f"codebook_weights has {len(self.codebook_weights)} values; the model scores "
-                             f"{num_codebooks} codebooks")
-        return None if self.codebook_weights is None else [float(w) for w in self.codebook_weights]
-
-    def replace(self, **changes: Any) -> LibriLightConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return weights_for_codebooks(self.codebook_weights, num_codebooks)
 
 
 def config_field_names() -> list[str]:
@@ -133,13 +121,6 @@ def parse_positions(text: str) -> list[int]:
         except ValueError as error:
             raise ValueError(f"cannot read position {part!r} (use frames, e.g. 8000 or 8k)") from error
     return positions
-
-
-def parse_float_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as error:
-        raise ValueError(f"cannot read a comma-separated list of numbers from {text!r}") from error
 
 
 def position_key(position: int) -> str:

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..scoring import codebook_weights
 from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_arguments, model_spec
 from ..scoring.invocation import Invocation
 from ..scoring.models import ModelSpec
@@ -30,10 +31,11 @@ DEFAULT_OUTPUT = "paper_metrics_results.json"
 
 
 def parse_float_list(text: str) -> list[float]:
+    """A `--codebook-weights` value; one that is not a list of numbers is an argparse error quoting it."""
     try:
-        return [float(part) for part in text.replace(" ", "").split(",") if part]
+        return codebook_weights.parse_float_list(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"cannot read a comma-separated list of numbers from {text!r}") from error
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
+from ..scoring.checked_settings import CheckedSettings
+from ..scoring.codebook_weights import weights_for_codebooks
 from ..scoring.text_policy import CHUNKED_TEXT_POLICIES
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
@@ -18,7 +19,7 @@ GOLD_BENCHMARKS = ("swuggy", "sblimp")
 
 
 @dataclasses.dataclass
-class PaperMetricsConfig:
+class PaperMetricsConfig(CheckedSettings):
     """What to score and how (see docs/paper_metrics.md).
 
     A benchmark runs when its folder is given. `<bench>_gold` defaults to `<folder>/gold.csv`; `<bench>_max_pairs` takes
@@ -54,9 +55,6 @@ class PaperMetricsConfig:
     output: str | None = None
     resume: bool = True
     zerospeech_submission: str | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -94,15 +92,4 @@ class PaperMetricsConfig:
 
     def resolved_codebook_weights(self, num_codebooks: int) -> list[float] | None:
         """The weights, checked against the number of scored codebooks (None: equal weights)."""
-        if self.codebook_weights is None:
-            return None
-        if len(self.codebook_weights) != num_codebooks:
-            raise ValueError(f"codebook_weights has {len(self.codebook_weights)} values; the model scores "
-                             f"{num_codebooks} codebooks")
-        return [float(weight) for weight in self.codebook_weights]
-
-    def replace(self, **changes: Any) -> PaperMetricsConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return weights_for_codebooks(self.codebook_weights, num_codebooks)
