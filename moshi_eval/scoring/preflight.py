@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from moshi.models import loaders
+
 from .settings_file import ConfigError
 
 HF_REFERENCE = "hf://"
@@ -96,13 +98,6 @@ def check_file_reference(reference: str, flag: str) -> None:
         raise ConfigError(f"{flag} {reference}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
 
 
-def looks_like_local_path(text: str) -> bool:
-    """True for what a person types as a path rather than a Hub id `<owner>/<name>`: absolute, relative with `.`/`~`,
-    backslashes, or more than one `/`."""
-    return (text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/")
-            or os.path.isabs(text))
-
-
 def check_hf_repo(value: str, flag: str = "--hf-repo") -> None:
     """A `--hf-repo` that looks like a local path must be an existing folder (Hub ids are left to the Hub)."""
     path = Path(value)
@@ -111,6 +106,6 @@ def check_hf_repo(value: str, flag: str = "--hf-repo") -> None:
     if path.exists():
         raise ConfigError(f"{flag} {value}: is a file; give the checkpoint folder (holding config.json) or a Hugging "
                           "Face repository id such as kyutai/moshiko-pytorch-bf16")
-    if looks_like_local_path(value):
+    if loaders.looks_like_local_path(value):
         raise ConfigError(f"{flag} {value}: no such local folder (a Hugging Face repository id looks like "
                           "kyutai/moshiko-pytorch-bf16)")
