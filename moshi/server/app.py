@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -97,11 +98,9 @@ class ChatEndpoint:
     async def _send_busy(self, ws: web.WebSocketResponse, peer: str) -> None:
         reason = f"the model is busy with another conversation (waited {self.settings.busy_wait_s:g} s); try again"
         logger.warning("turning %s away: %s", peer, reason)
-        try:
+        with contextlib.suppress(ConnectionError):  # the client may be gone already
             await ws.send_bytes(error_message(reason))
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=close_reason(reason))
-        except ConnectionError:
-            pass
 
     def shutdown(self) -> None:
         self.model_thread.shutdown(wait=True)

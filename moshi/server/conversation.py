@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
@@ -147,10 +148,8 @@ class Conversation:
     async def _refuse(self, error: ProtocolError) -> str:
         logger.warning("closing the connection with %s: %s", self.stats.peer, error)
         if not self.ws.closed:
-            try:
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
                 await self.ws.send_bytes(error_message(str(error)))
-            except ConnectionError:
-                pass
             await self.ws.close(code=error.close_code, message=close_reason(str(error)))
         return f"protocol error: {error}"
 
