@@ -597,6 +597,16 @@ class LMGen(StreamingModule[LMGenState]):
         frames, _ = self._step(input_tokens, depformer_replace_tokens, text_replace_tokens, keep_logits=False)
         return None if self._no_frame_yet() else frames.tokens
 
+    @torch.no_grad()
+    def step_with_extra_heads(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+        """`step`, plus the softmax of each of the LM's `extra_heads` on this step's transformer output
+        (`[B, 1, extra_heads_dim]` each), as upstream; None when `step` would return None."""
+        frames, transformer_out = self._step(input_tokens, depformer_replace_tokens, None, keep_logits=False)
+        if self._no_frame_yet():
+            return None
+        return frames.tokens, [torch.softmax(head(transformer_out), dim=-1) for head in self.lm_model.extra_heads]
+
     def step_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
                          *, text_replace_tokens: torch.Tensor | None = None,
                          **removed: torch.Tensor) -> StepWithLogits | None:

@@ -25,7 +25,8 @@ _INTERNAL_TRANSFORMER = "upstream-internal piece of its transformer; ours keeps 
 ABSENT_REASONS: dict[str, str] = {
     "moshi.client_gradio": "not applicable: Gradio demo client (left out with the client)",
     "moshi.client_utils": "not applicable: terminal printing helpers of upstream's clients",
-    "moshi.server": "not applicable: `moshi-server-py` comes with the server change (a separate branch)",
+    "moshi.server": "not applicable: upstream-internal pieces of its server; ours is the `moshi.server` package "
+                    "(same protocol and flags, see docs/server.md)",
     "moshi.modules.conv_test": "not applicable: upstream's tests (`tests/compat/run_upstream_tests.sh` runs them)",
     "moshi.modules.seanet_test": "not applicable: upstream's tests (`tests/compat/run_upstream_tests.sh` runs them)",
     "moshi.utils.autocast": "not applicable: upstream's autocast wrapper is used by none of its models' public paths",
@@ -38,8 +39,6 @@ ABSENT_REASONS: dict[str, str] = {
     "moshi.models.compression.CompressionModel": "not applicable: abstract base of `MimiModel`",
     "moshi.models.compression.WrapperCompressionModel": "not applicable: abstract wrapper, used by no released model",
     "moshi.models.lm.scatter_with_mask_": "not applicable: upstream-internal helper of `LMGen`",
-    "moshi.models.lm.LMGen.step_with_extra_heads": "missing: no released Moshi checkpoint has extra heads",
-    "moshi.models.LMGen.step_with_extra_heads": "missing: no released Moshi checkpoint has extra heads",
     "moshi.models.compression.MimiModel.forward": "not applicable: Mimi's training forward (training Mimi is out of "
                                                   "scope; `encode` / `decode` keep their names)",
     "moshi.models.MimiModel.forward": "not applicable: Mimi's training forward (`encode` / `decode` keep their names)",

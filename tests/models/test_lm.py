@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from lm_fixtures import load_case, user_input
@@ -167,3 +169,26 @@ def test_forward_takes_upstreams_condition_keyword_and_refuses_conditions():
         torch.testing.assert_close(lm(codes=codes, condition_tensors=None).logits, lm(codes).logits, equal_nan=True)
         with pytest.raises(NotImplementedError, match="condition_tensors must be None"):
             lm(codes, condition_tensors={"description": (torch.zeros(1, 1, 16), torch.ones(1, 1))})
+
+
+def test_step_with_extra_heads_gives_step_tokens_and_head_probabilities(parity_dir):
+    case = load_case(parity_dir, "lm_moshiko_tiny")
+    torch.manual_seed(0)
+    lm = LMModel(**case.config, extra_heads_num_heads=2, extra_heads_dim=5).eval()
+    plain = LMGen(copy.deepcopy(lm), use_sampling=False)
+    outputs = []
+    lm.out_norm.register_forward_hook(lambda module, args, out: outputs.append(out))
+    with_heads = LMGen(lm, use_sampling=False)
+    with plain.streaming(2), with_heads.streaming(2):
+        for step in range(4):
+            user = user_input(case.io["user_audio"], step)
+            expected = plain.step(user)
+            out = with_heads.step_with_extra_heads(user)
+            if expected is None:
+                assert out is None
+                continue
+            tokens, heads = out
+            assert torch.equal(tokens, expected)
+            for head, probabilities in zip(lm.extra_heads, heads, strict=True):
+                assert probabilities.shape == (2, 1, 5)
+                torch.testing.assert_close(probabilities, torch.softmax(head(outputs[-1]), dim=-1))
