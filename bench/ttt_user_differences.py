@@ -83,15 +83,14 @@ def main() -> None:
     parser.add_argument("--parity-dir", type=Path, default=REPO / "tests" / "fixtures")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cases = CASES
-    configs = {name: their_config(args.parity_dir, name) for name in cases}
-    print("| their code | field: reference value | " + " | ".join(f"`{c}`" for c in cases) + " |")
-    print("|---|---|" + "---|" * len(cases))
-    exact = [f"{logit_gap(args.parity_dir, name, configs[name]):.1e}" for name in cases]
+    configs = {name: their_config(args.parity_dir, name) for name in CASES}
+    print("| their code | field: reference value | " + " | ".join(f"`{c}`" for c in CASES) + " |")
+    print("|---|---|" + "---|" * len(CASES))
+    exact = [f"{logit_gap(args.parity_dir, name, configs[name]):.1e}" for name in CASES]
     print("| (all of it) | `from_moshi_finetune` as is | " + " | ".join(exact) + " |")
     for what, changes, applies in DIFFERENCES.values():
         cells = []
-        for name in cases:
+        for name in CASES:
             config = configs[name]
             if not applies(config):
                 cells.append("n/a")
