@@ -5,7 +5,7 @@
 # chunked scoring of 24k frames at 7B, paper-metrics batched scoring vs one forward per file at 7B, the server's
 # CUDA graphs and its per-frame latency at 7B.
 #     bash bench/gpu_checks.sh            # logs also go to $OUT when it is set
-# The CUDA tests and the 7B config read the fixtures in ../shared/parity, as the CPU tests do. The server checks need
+# The CUDA tests and the 7B config read the fixtures in tests/fixtures, as the CPU tests do. The server checks need
 # aiohttp, sphn and soundfile: `bash bench/gpu_deps.sh` installs them into .gpu_deps, to carry to the device machine.
 set -u -o pipefail
 cd "$(dirname "$0")/.."

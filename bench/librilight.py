@@ -41,7 +41,7 @@ from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi_eval.scoring.scorer import ScoringItem, StepScorer
 
-SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
+SEVEN_B_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "released" / "moshiko_7b_config.json"
 MEMORY_CONFIG = {
     "dim": 32, "text_card": 32, "existing_text_padding_id": 3, "n_q": 4, "dep_q": 2, "card": 64, "num_heads": 2,
     "num_layers": 1, "hidden_scale": 2, "causal": True, "context": 250, "gating": "silu", "norm": "rms_norm_f32",

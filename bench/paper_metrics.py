@@ -28,7 +28,7 @@ from moshi.models.lm import LMModel
 from moshi_eval.paper_metrics.scores import utterance_score
 from moshi_eval.scoring.scorer import ChunkedScorer, ScoringItem, token_cross_entropy
 
-SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
+SEVEN_B_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "released" / "moshiko_7b_config.json"
 LENGTHS = {  # frames at 12.5 Hz: sWUGGY words 0.5-1.1 s, sBLIMP sentences 1.2-3.2 s, StoryCloze stories 8-16 s
     "swuggy": (6, 14),
     "sblimp": (15, 40),

@@ -25,7 +25,7 @@ SMALL_CONFIG = {
     "depformer_multi_linear": True, "depformer_context": 8, "depformer_gating": "silu", "depformer_pos_emb": "none",
     "depformer_weights_per_step": True, "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
 }
-SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
+SEVEN_B_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "released" / "moshiko_7b_config.json"
 
 
 def time_calls(call, user: torch.Tensor, steps: int) -> float:

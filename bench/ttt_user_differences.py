@@ -5,7 +5,7 @@ from `TTTConfig.from_moshi_finetune` reproduces their logits; here one field at 
 behaviour and the max |logit difference| (audio and text logits) against their logits is printed, as a Markdown table
 (the numbers of docs/ttt.md). "n/a": the case does not use that feature.
 
-    python bench/ttt_user_differences.py [--parity-dir ../shared/parity]
+    python bench/ttt_user_differences.py [--parity-dir tests/fixtures]
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from moshi.models import loaders
 from moshi.modules.ttt import TTTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CASES = ("mlp2", "mlp3", "mlp2_rope")
-LOCAL_CASES = ("b2_c4_mlp2_rope", "b2_c4_mlp3_contexts")
+CASES = ("mlp2", "mlp3", "mlp2_rope", "b2_c4_mlp2_rope", "b2_c4_mlp3_contexts")
 
 # field -> (what it does in their code, the reference setting that replaces it, applies to the case?)
 DIFFERENCES = {
@@ -51,7 +50,7 @@ DIFFERENCES = {
 
 
 def case_folder(parity_dir: Path, name: str) -> Path:
-    return parity_dir / "user_ttt" / name if name in SHARED_CASES else REPO / "tests" / "fixtures" / "user_ttt" / name
+    return parity_dir / "user_ttt" / name
 
 
 def logit_gap(parity_dir: Path, name: str, config: TTTConfig) -> float:
@@ -81,18 +80,17 @@ def their_config(parity_dir: Path, name: str) -> TTTConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parity-dir", type=Path, default=REPO.parent / "shared" / "parity")
+    parser.add_argument("--parity-dir", type=Path, default=REPO / "tests" / "fixtures")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cases = SHARED_CASES + LOCAL_CASES
-    configs = {name: their_config(args.parity_dir, name) for name in cases}
-    print("| their code | field: reference value | " + " | ".join(f"`{c}`" for c in cases) + " |")
-    print("|---|---|" + "---|" * len(cases))
-    exact = [f"{logit_gap(args.parity_dir, name, configs[name]):.1e}" for name in cases]
+    configs = {name: their_config(args.parity_dir, name) for name in CASES}
+    print("| their code | field: reference value | " + " | ".join(f"`{c}`" for c in CASES) + " |")
+    print("|---|---|" + "---|" * len(CASES))
+    exact = [f"{logit_gap(args.parity_dir, name, configs[name]):.1e}" for name in CASES]
     print("| (all of it) | `from_moshi_finetune` as is | " + " | ".join(exact) + " |")
     for what, changes, applies in DIFFERENCES.values():
         cells = []
-        for name in cases:
+        for name in CASES:
             config = configs[name]
             if not applies(config):
                 cells.append("n/a")

@@ -1,26 +1,21 @@
-"""Shared test fixtures: the upstream parity folder and small helpers."""
+"""Shared test fixtures: the committed parity fixtures (`tests/fixtures/`) and small helpers."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    """`../shared/parity`: skipped cleanly when absent locally, a failure when absent in CI."""
-    if not PARITY_DIR.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"parity fixtures are required in CI but {PARITY_DIR} is missing")
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR
+    """`tests/fixtures`: what upstream moshi 0.2.13 and our users' training code compute on small random models
+    (`tests/fixtures/README.md` lists them and how `regenerate.py` makes them)."""
+    return FIXTURES_DIR
 
 
 @pytest.fixture(scope="session", params=["lm_moshiko_tiny", "lm_moshiko_tiny_silent_user"])

@@ -1,8 +1,8 @@
 """The `user_ttt` cases: TTT checkpoints and logits computed by our users' own moshi-finetune code.
 
-Shared cases live in `../shared/parity/user_ttt/<case>` (consolidated `model.safetensors` and adapter-only
-`ttt_adapters.safetensors`); ours in `tests/fixtures/user_ttt/<case>` (adapter-only, over the shared tiny base
-`../shared/parity/lm_moshiko_tiny/model.safetensors`). Both hold `train.yaml`, `config.json` and `io.safetensors`.
+Each case lives in `tests/fixtures/user_ttt/<case>` with `train.yaml`, `config.json`, `io.safetensors` and the
+adapter-only `ttt_adapters.safetensors` (over the tiny base `tests/fixtures/lm_moshiko_tiny/model.safetensors`); the
+one-item cases also hold their consolidated `model.safetensors`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from moshi.models import loaders
 from moshi.models.lm import LMGen, LMModel
 from moshi.modules.ttt import TTTConfig
 
-SHARED_CASES = ("mlp2", "mlp3", "mlp2_rope")
-LOCAL_CASES = ("b2_c4_mlp2_rope", "b2_c4_mlp3_contexts")
-LOCAL_DIR = Path(__file__).resolve().parent / "fixtures" / "user_ttt"
+CONSOLIDATED_CASES = ("mlp2", "mlp3", "mlp2_rope")
+ADAPTER_ONLY_CASES = ("b2_c4_mlp2_rope", "b2_c4_mlp3_contexts")
 
 
 @dataclasses.dataclass
@@ -63,7 +62,7 @@ class UserCase:
 
 
 def load_user_case(parity_dir: Path, name: str) -> UserCase:
-    folder = parity_dir / "user_ttt" / name if name in SHARED_CASES else LOCAL_DIR / name
+    folder = parity_dir / "user_ttt" / name
     return UserCase(
         name,
         folder,

@@ -1,8 +1,8 @@
 """Inputs of the moshi-finetune compatibility scenario, defined by seeds so that any `moshi` package rebuilds them.
 
-The fixtures under `fixtures/` hold only outputs (losses, gradients, logits). Everything that goes in is derived here
-from names and seeds, with torch alone (this module never imports `moshi`), so the generator running upstream moshi
-0.2.13 and the tests running this package feed their models the very same numbers:
+The fixtures under `tests/fixtures/compat/` hold only outputs (losses, gradients, logits). Everything that goes in is
+derived here from names and seeds, with torch alone (this module never imports `moshi`), so the generator running
+upstream moshi 0.2.13 and the tests running this package feed their models the very same numbers:
 
 - base weights: each tensor of the LM state dict drawn from a generator seeded by the CRC-32 of its key;
 - LoRA adapters: the same rule for every `lora_A` / `lora_B` weight, so that `lora_B` is not zero and every adapter
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "compat"
 LM_CONFIG_FILE = FIXTURES_DIR / "lm_config.json"
 
 CASES = ("lora", "lora_gc", "full")

@@ -1,16 +1,13 @@
-"""Generate `fixtures/finetune_<case>.safetensors` by running moshi-finetune's code on upstream moshi 0.2.13.
+"""Generate `tests/fixtures/compat/finetune_<case>.safetensors` by running moshi-finetune's code on upstream 0.2.13.
 
-Run it with an interpreter where `import moshi` gives the PyPI wheel `moshi==0.2.13` (not this fork), e.g.:
+`tests/fixtures/regenerate.py compat` runs it in an environment where `import moshi` gives the PyPI wheel
+`moshi==0.2.13` (not this fork), with simple-parsing and MOSHI_FINETUNE_SRC naming a kyutai-labs/moshi-finetune tree:
 
-    python -m venv --system-site-packages /tmp/upstream_venv
-    /tmp/upstream_venv/bin/pip install --no-deps --ignore-installed moshi==0.2.13
-    /tmp/upstream_venv/bin/pip install simple-parsing
-    MOSHI_FINETUNE_SRC=/path/to/moshi-finetune /tmp/upstream_venv/bin/python tests/compat/gen_fixtures.py
+    MOSHI_FINETUNE_SRC=/path/to/moshi-finetune /tmp/upstream_venv/bin/python tests/compat/gen_fixtures.py [OUT_DIR]
 
-(`--ignore-installed` because pip counts an installed `0.2.13+fork.1` as satisfying `==0.2.13`.) Each fixture holds
-`loss.text`, `loss.audio` `[1]`, `grad.<parameter>` for every trainable parameter, `forward.mask` / `forward.text_mask`
-and `reload.<lora|merged>.<logits|text_logits>`; `fixtures/meta.json` records the versions and the scenario constants.
-"""
+(OUT_DIR defaults to `tests/fixtures/compat`.) Each fixture holds `loss.text`, `loss.audio` `[1]`, `grad.<parameter>`
+for every trainable parameter, `forward.mask` / `forward.text_mask` and `reload.<lora|merged>.<logits|text_logits>`;
+`meta.json` records the versions and the scenario constants."""
 
 from __future__ import annotations
 
@@ -54,7 +51,7 @@ def _max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tens
     return max(float((first[key].double() - second[key].double()).nan_to_num().abs().max()) for key in first)
 
 
-def main() -> None:
+def main(out: Path) -> None:
     version = _require_upstream_moshi()
     torch.use_deterministic_algorithms(True)
     sizes, results = {}, {}
@@ -67,7 +64,8 @@ def main() -> None:
     if checkpointing_difference > 1e-6:
         raise SystemExit(f"error: upstream's LoRA outputs change with checkpointing: {checkpointing_difference}")
     for case in ("lora", "full"):
-        path = scenario.fixture_path(case)
+        path = out / scenario.fixture_path(case).name
+        out.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file({key: value.contiguous() for key, value in results[case].items()}, path)
         sizes[path.name] = path.stat().st_size
     meta = {
@@ -85,8 +83,8 @@ def main() -> None:
         "lora_gc_max_abs_difference_to_lora": checkpointing_difference,
         "fixture_bytes": sizes,
     }
-    (scenario.FIXTURES_DIR / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else scenario.FIXTURES_DIR)

@@ -98,8 +98,8 @@ def test_properties_follow_the_config(tiny_mimi: MimiModel, tiny_dir: Path) -> N
 
 
 def test_default_config_has_the_released_keys_and_shapes(parity_dir: Path) -> None:
-    config = json.loads((parity_dir / "mimi_config.json").read_text())
-    manifest = json.loads((parity_dir / "mimi_state_dict.json").read_text())
+    config = json.loads((parity_dir / "released" / "mimi_config.json").read_text())
+    manifest = json.loads((parity_dir / "released" / "mimi_state_dict.json").read_text())
     model = MimiModel.from_config(config, device="meta")
     ours = {key: [list(tensor.shape), str(tensor.dtype)] for key, tensor in model.state_dict().items()}
     assert sorted(ours) == sorted(manifest)

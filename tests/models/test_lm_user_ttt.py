@@ -13,7 +13,13 @@ import warnings
 
 import pytest
 import torch
-from user_ttt_fixtures import LOCAL_CASES, SHARED_CASES, load_user_case, max_logit_difference, streamed_logits
+from user_ttt_fixtures import (
+    ADAPTER_ONLY_CASES,
+    CONSOLIDATED_CASES,
+    load_user_case,
+    max_logit_difference,
+    streamed_logits,
+)
 
 from moshi.models import loaders
 from moshi.modules.ttt import CAUSAL_STREAMING_NOTE, TTTBlock
@@ -21,7 +27,7 @@ from moshi.modules.ttt import CAUSAL_STREAMING_NOTE, TTTBlock
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", params=SHARED_CASES + LOCAL_CASES)
+@pytest.fixture(scope="module", params=CONSOLIDATED_CASES + ADAPTER_ONLY_CASES)
 def user_case(request, parity_dir):
     return load_user_case(parity_dir, request.param)
 
@@ -36,10 +42,10 @@ def test_parallel_forward_matches_their_training_code(user_case):
     assert torch.equal(again.logits.nan_to_num(), output.logits.nan_to_num()), "a second forward must not differ"
 
 
-@pytest.mark.parametrize("name", SHARED_CASES)
+@pytest.mark.parametrize("name", CONSOLIDATED_CASES)
 def test_adapter_only_file_over_the_base_weights(parity_dir, name):
-    """The shared cases also hold their adapter-only file (the local cases hold nothing else, and the parallel-forward
-    test loads them that way)."""
+    """The consolidated cases also hold their adapter-only file (the other cases hold nothing else, and the
+    parallel-forward test loads them that way)."""
     user_case = load_user_case(parity_dir, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -58,12 +58,12 @@ def _load_tiny(tiny: TinyLM, **kwargs: Any) -> LMModel:
 
 
 def test_default_lm_config_is_the_released_one(parity_dir: Path) -> None:
-    released = json.loads((parity_dir / "moshiko_7b_config.json").read_text())
+    released = json.loads((parity_dir / "released" / "moshiko_7b_config.json").read_text())
     assert loaders.default_lm_config() == released
 
 
 def test_default_mimi_config_is_the_released_one(parity_dir: Path) -> None:
-    released = json.loads((parity_dir / "mimi_config.json").read_text())
+    released = json.loads((parity_dir / "released" / "mimi_config.json").read_text())
     assert loaders.default_mimi_config() == released
 
 
@@ -74,7 +74,7 @@ def test_default_configs_are_fresh_copies() -> None:
 
 
 def test_7b_model_on_meta_has_released_keys_and_shapes(parity_dir: Path) -> None:
-    released = json.loads((parity_dir / "moshiko_7b_state_dict.json").read_text())
+    released = json.loads((parity_dir / "released" / "moshiko_7b_state_dict.json").read_text())
     model = loaders.get_moshi_lm(None, device="meta", dtype=torch.bfloat16)
     structure = {key: [list(value.shape), str(value.dtype)] for key, value in model.state_dict().items()}
     assert sorted(structure) == sorted(released)
