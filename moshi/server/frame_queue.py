@@ -1,28 +1,37 @@
 """A bounded queue between two tasks of one event loop that never makes the producer wait: when it is full, the oldest
-item is dropped and counted. Audio stays near real time and memory stays bounded whichever side falls behind."""
+item is dropped and counted; with a `max_age_s`, items that waited longer are dropped (and counted) when they come up.
+Audio stays near real time and memory stays bounded whichever side falls behind."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class DroppingQueue(Generic[T]):
-    """FIFO of at most `capacity` items for one producer and one consumer; `put` drops the oldest item when full.
+    """FIFO of at most `capacity` items for one producer and one consumer; `put` drops the oldest item when full
+    (`dropped`), `get` skips the items that waited more than `max_age_s` seconds of `clock` (`expired`).
 
     `close()` ends the stream: `get()` returns the items left, then None. `close(discard=True)` also drops them.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_age_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be at least 1, got {capacity}")
-        self._items: collections.deque[T] = collections.deque(maxlen=capacity)
+        if max_age_s is not None and max_age_s <= 0:
+            raise ValueError(f"the longest wait in a queue must be positive, got {max_age_s} s")
+        self._items: collections.deque[tuple[float, T]] = collections.deque(maxlen=capacity)
         self._changed = asyncio.Event()
         self._closed = False
+        self.max_age_s, self.clock = max_age_s, clock
         self.dropped = 0
+        self.expired = 0
 
     @property
     def capacity(self) -> int:
@@ -39,18 +48,22 @@ class DroppingQueue(Generic[T]):
         full = len(self._items) == self.capacity
         if full:
             self.dropped += 1
-        self._items.append(item)
+        self._items.append((self.clock(), item))
         self._changed.set()
         return not full
 
     async def get(self) -> T | None:
-        """The oldest item, waiting for one; None once the queue is closed and empty."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._changed.clear()
-            await self._changed.wait()
-        return self._items.popleft()
+        """The oldest item that has not waited too long, waiting for one; None once the queue is closed and empty."""
+        while True:
+            while not self._items:
+                if self._closed:
+                    return None
+                self._changed.clear()
+                await self._changed.wait()
+            queued_at, item = self._items.popleft()
+            if self.max_age_s is None or self.clock() - queued_at <= self.max_age_s:
+                return item
+            self.expired += 1
 
     def close(self, discard: bool = False) -> None:
         if discard:
