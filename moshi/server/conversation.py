@@ -103,17 +103,19 @@ class Conversation:
                  limits: ConversationLimits | None = None) -> None:
         self.ws, self.model, self.run_on_model = ws, model, run_on_model
         self.limits = limits or ConversationLimits()
-        self.inbox: DroppingQueue[_InputFrame] = DroppingQueue(self.limits.inbox_frames)
+        self.inbox: DroppingQueue[_InputFrame] = DroppingQueue(self.limits.inbox_frames,
+                                                               on_first_drop=self._warn_model_too_slow)
         self.outbox: DroppingQueue[_OutputFrame] = DroppingQueue(self.limits.outbox_frames,
-                                                                 max_age_s=self.limits.max_frame_age_s)
+                                                                 max_age_s=self.limits.max_frame_age_s,
+                                                                 on_first_drop=self._warn_client_too_slow)
         self.stats = ConversationStats(ws.peer, self.limits)
-        self._last_audio_at = time.perf_counter()
-        self._reply_drops_reported = False
+        self._last_audio_at = 0.0
 
     async def run(self) -> ConversationStats:
         """Serve until the conversation ends. Cancelling `run` (aiohttp may cancel the handler of a lost connection)
         ends the conversation the same way; in both cases a frame already on the model thread still finishes there
         before any later model call, since that thread runs calls in order."""
+        self._last_audio_at = time.perf_counter()  # the idle timeout counts from the handshake
         tasks = [asyncio.create_task(self._step_frames()), asyncio.create_task(self._send_replies())]
         if self.limits.idle_timeout_s is not None:
             tasks.append(asyncio.create_task(self._close_when_idle(self.limits.idle_timeout_s)))
@@ -182,9 +184,7 @@ class Conversation:
         size = self.model.frame_size
         whole = len(pending) - len(pending) % size
         for start in range(0, whole, size):
-            if not self.inbox.put(_InputFrame(pending[start: start + size], received_at)) and self.inbox.dropped == 1:
-                logger.warning("%s: the model is slower than real time, dropping the oldest input frames",
-                               self.stats.peer)
+            self.inbox.put(_InputFrame(pending[start: start + size], received_at))
         return pending[whole:]
 
     async def _step_frames(self) -> None:
@@ -197,7 +197,6 @@ class Conversation:
                     continue
                 self.stats.compute_ms.append(1000 * (time.perf_counter() - started))
                 self.outbox.put(_OutputFrame(reply, frame.received_at))
-                self._report_first_reply_drop()
         except Exception:
             logger.exception("the model failed during the conversation with %s", self.stats.peer)
             await self.ws.refuse("the model failed; see the server log", CloseCode.INTERNAL_ERROR)
@@ -208,7 +207,6 @@ class Conversation:
         encoder = sphn.OpusStreamWriter(self.model.sample_rate)
         try:
             while (frame := await self.outbox.get()) is not None:
-                self._report_first_reply_drop()
                 ogg = encoder.append_pcm(frame.reply.pcm)
                 if ogg:
                     await self.ws.send_message(audio_message(ogg))
@@ -225,9 +223,9 @@ class Conversation:
             logger.exception("sending to %s failed", self.stats.peer)
             await self.ws.refuse("sending failed; see the server log", CloseCode.INTERNAL_ERROR)
 
-    def _report_first_reply_drop(self) -> None:
-        if not self._reply_drops_reported and (self.outbox.dropped or self.outbox.expired):
-            self._reply_drops_reported = True
-            logger.warning("%s: the client reads too slowly, dropping reply frames (those over the queue of %d and "
-                           "those that waited over %g s)", self.stats.peer, self.outbox.capacity,
-                           self.limits.max_frame_age_s)
+    def _warn_model_too_slow(self) -> None:
+        logger.warning("%s: the model is slower than real time, dropping the oldest input frames", self.stats.peer)
+
+    def _warn_client_too_slow(self) -> None:
+        logger.warning("%s: the client reads too slowly, dropping reply frames (those that waited over %g s, and the "
+                       "oldest beyond %d)", self.stats.peer, self.limits.max_frame_age_s, self.limits.outbox_frames)

@@ -16,12 +16,13 @@ T = TypeVar("T")
 class DroppingQueue(Generic[T]):
     """FIFO of at most `capacity` items for one producer and one consumer; `put` drops the oldest item when full
     (`dropped`), `get` skips the items that waited more than `max_age_s` seconds of `clock` (`expired`).
+    `on_first_drop` is called when the first item is dropped or expired (to warn once).
 
     `close()` ends the stream: `get()` returns the items left, then None. `close(discard=True)` also drops them.
     """
 
-    def __init__(self, capacity: int, max_age_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, capacity: int, max_age_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_first_drop: Callable[[], None] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be at least 1, got {capacity}")
         if max_age_s is not None and max_age_s <= 0:
@@ -29,7 +30,7 @@ class DroppingQueue(Generic[T]):
         self._items: collections.deque[tuple[float, T]] = collections.deque(maxlen=capacity)
         self._changed = asyncio.Event()
         self._closed = False
-        self.max_age_s, self.clock = max_age_s, clock
+        self.max_age_s, self.clock, self.on_first_drop = max_age_s, clock, on_first_drop
         self.dropped = 0
         self.expired = 0
 
@@ -43,11 +44,11 @@ class DroppingQueue(Generic[T]):
     def put(self, item: T) -> bool:
         """Append `item`; returns False when the oldest item had to be dropped to make room (or the queue is closed)."""
         if self._closed:
-            self.dropped += 1
+            self._count_drop()
             return False
         full = len(self._items) == self.capacity
         if full:
-            self.dropped += 1
+            self._count_drop()
         self._items.append((self.clock(), item))
         self._changed.set()
         return not full
@@ -63,7 +64,15 @@ class DroppingQueue(Generic[T]):
             queued_at, item = self._items.popleft()
             if self.max_age_s is None or self.clock() - queued_at <= self.max_age_s:
                 return item
+            self._count_drop(expired=True)
+
+    def _count_drop(self, expired: bool = False) -> None:
+        if self.on_first_drop is not None and not (self.dropped or self.expired):
+            self.on_first_drop()
+        if expired:
             self.expired += 1
+        else:
+            self.dropped += 1
 
     def close(self, discard: bool = False) -> None:
         if discard:

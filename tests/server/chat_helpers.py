@@ -77,11 +77,19 @@ def opus_pages(frames: list[np.ndarray]) -> list[bytes]:
     return [writer.append_pcm(frame) for frame in frames]
 
 
+class ChatTestServer(TestServer):
+    """aiohttp's test server, except that a handler goes on when its client's connection is lost, as under
+    `web.run_app` (the test server cancels it)."""
+
+    async def _make_runner(self, **kwargs: object) -> web.AppRunner:
+        return await super()._make_runner(**(kwargs | {"handler_cancellation": False}))
+
+
 @contextlib.asynccontextmanager
 async def chat_server(model: ServedModel, **settings: object) -> AsyncIterator[tuple[TestClient, web.Application]]:
     """The application on a loopback port, without the web page unless `static_dir` is given."""
     app = build_app(model, ServerSettings(**({"static_dir": None} | settings)))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with TestClient(ChatTestServer(app, host="127.0.0.1")) as client:
         yield client, app
 
 
