@@ -82,8 +82,9 @@ class ChatEndpoint:
 
     async def _wait_for_model(self, ws: ChatSocket) -> bool:
         """Take the model, or refuse `ws` when it stays busy for `busy_wait_s` (False)."""
-        if self.model_lock.locked():
-            logger.info("%s waits for the model (busy with another conversation)", ws.peer)
+        if not self.model_lock.locked():
+            return await self.model_lock.acquire()  # at once: nothing else runs between the test and the taking
+        logger.info("%s waits for the model (busy with another conversation)", ws.peer)
         try:
             await asyncio.wait_for(self.model_lock.acquire(), self.settings.busy_wait_s)
         except asyncio.TimeoutError:
