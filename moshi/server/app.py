@@ -88,8 +88,11 @@ class ChatEndpoint:
         try:
             await asyncio.wait_for(self.model_lock.acquire(), self.settings.busy_wait_s)
         except asyncio.TimeoutError:
-            await ws.refuse(f"the model is busy with another conversation (waited {self.settings.busy_wait_s:g} s); "
-                            f"try again", CloseCode.TRY_AGAIN_LATER)
+            if ws.closed:  # aiohttp's heartbeat found it gone meanwhile
+                await ws.refuse_silent_peer()
+            else:
+                await ws.refuse(f"the model is busy with another conversation (waited {self.settings.busy_wait_s:g} "
+                                f"s); try again", CloseCode.TRY_AGAIN_LATER)
             return False
         return True
 
@@ -97,8 +100,9 @@ class ChatEndpoint:
         """One conversation on `ws`, which holds the model lock (released here)."""
         conversation = Conversation(ws, self.model, self.run_on_model, self.settings.conversation)
         try:
-            if ws.closed:
-                logger.info("%s left while waiting for the model", ws.peer)
+            if ws.closed:  # while it waited: aiohttp's heartbeat had no answer to its ping, or the server refused it
+                await ws.refuse_silent_peer()
+                conversation.stats.end_reason = f"closed by the server before the conversation: {ws.refusal}"
                 return
             await self.run_on_model(self.model.start_conversation)
             await ws.send_bytes(handshake_message())

@@ -113,6 +113,29 @@ def test_a_dead_peer_is_found_by_the_heartbeat_and_the_model_freed(
     assert warnings_naming_a_peer(caplog, "the client is gone (heartbeat)")
 
 
+def test_a_dead_peer_waiting_for_the_model_is_dropped(
+        model: ServedModel, speech: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """Waiting clients are pinged too: one that does not answer is dropped, and logged when its turn comes."""
+
+    async def scenario() -> tuple:
+        async with chat_server(model, heartbeat_s=0.4, busy_wait_s=20.0) as (client, app):
+            holder = await client.ws_connect("/api/chat")
+            await expect_handshake(holder)
+            asleep = await RawWebSocket.connect(client.server.port)
+            with pytest.raises(asyncio.TimeoutError):  # the holder answers the server's pings meanwhile
+                await asyncio.wait_for(holder.receive(), 1.5)
+            await holder.close()
+            later = await converse(client, speech[:4])
+            asleep.close()
+            return later, await finished_conversations(app, 3)
+
+    with caplog.at_level(logging.INFO, logger="moshi.server"):
+        later, finished = run(scenario())
+    assert "client closed" in finished[0].end_reason and len(later.audio) == 3
+    assert finished[1].end_reason.startswith("closed by the server before the conversation: no answer to a ping")
+    assert warnings_naming_a_peer(caplog, "the client is gone (heartbeat)")
+
+
 def test_a_client_that_does_not_read_loses_old_reply_frames_counted(
         model: ServedModel, recorder: TokenRecorder, speech: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
     """All audio arrives at once, then the client reads nothing until the model has answered all of it and a little
