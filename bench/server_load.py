@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,8 @@ STARTUP_TIMEOUT_S = 120
 HANDSHAKE_TIMEOUT_S = 30  # above the server's 10 s wait for a busy model
 REPLY_TAIL_S = 3.0
 RSS_EVERY_S = 1.0
+WAIT_LINE = re.compile(r"127\.0\.0\.1:(\d+) waits for the model")
+END_LINE = re.compile(r"conversation with 127\.0\.0\.1:(\d+): .*?dropped (\d+) input frames .*? and (\d+) reply frames")
 
 
 @dataclasses.dataclass
@@ -181,31 +184,44 @@ def wait_until_listening(process: subprocess.Popen, port: int) -> None:
     sys.exit(f"error: the server did not listen within {STARTUP_TIMEOUT_S} s")
 
 
-def report(clients: int, args: argparse.Namespace, tally: Tally, log: str) -> dict[str, object]:
+def server_view(log: str, ports: list[int]) -> tuple[int, int, int]:
+    """From the server's log, for the connections from `ports`: how many waited for the model, and the input and
+    reply frames the server dropped."""
+    ours = set(ports)
+    waited = sum(int(match.group(1)) in ours for match in WAIT_LINE.finditer(log))
+    drops = [(int(match.group(2)), int(match.group(3))) for match in END_LINE.finditer(log)
+             if int(match.group(1)) in ours]
+    return waited, sum(inputs for inputs, _ in drops), sum(replies for _, replies in drops)
+
+
+def report(clients: int, args: argparse.Namespace, tally: Tally, log: str, baseline_ms: float | None
+           ) -> dict[str, object]:
     latency, handshakes = np.array(tally.latencies_ms), np.array(tally.handshakes_s)
-    waiting_ports = {int(line.split(" waits for the model")[0].rsplit(":", 1)[1])
-                     for line in log.splitlines() if " waits for the model" in line}
+    waited, dropped_in, dropped_out = server_view(log, tally.local_ports)
     figures: dict[str, object] = {
-        "clients": clients, "connections": tally.connections, "served": len(handshakes),
-        "waited": len(waiting_ports & set(tally.local_ports)), "refused_busy": tally.refused,
-        "failed": len(tally.failed),
+        "clients": clients, "connections": tally.connections, "served": len(handshakes), "waited": waited,
+        "refused_busy": tally.refused, "failed": len(tally.failed),
         "handshake_median_s": float(np.median(handshakes)) if len(handshakes) else None,
         "handshake_max_s": float(handshakes.max()) if len(handshakes) else None,
         "reply_frames": len(latency), "missing_reply_frames": tally.missing_replies,
+        "server_dropped_input_frames": dropped_in, "server_dropped_reply_frames": dropped_out,
         "latency_median_ms": float(np.median(latency)) if len(latency) else None,
         "latency_p95_ms": float(np.percentile(latency, 95)) if len(latency) else None,
     }
     print(f"{clients} concurrent client(s), {tally.connections} connections of {args.seconds:g} s of audio:")
-    print(f"  served {figures['served']}, of which waited for another conversation {figures['waited']}; refused as "
-          f"busy {tally.refused}; failed {len(tally.failed)}")
+    print(f"  served {figures['served']}, refused as busy {tally.refused}, failed {len(tally.failed)}; "
+          f"{waited} of the {tally.connections} waited for another conversation (server log)")
     for failure in tally.failed[:5]:
         print(f"    {failure}")
     if len(handshakes):
         print(f"  connect -> handshake: median {figures['handshake_median_s']:.2f} s, max "
               f"{figures['handshake_max_s']:.2f} s")
     if len(latency):
-        print(f"  per reply frame, input sent -> reply received: median {figures['latency_median_ms']:.1f} ms, p95 "
-              f"{figures['latency_p95_ms']:.1f} ms over {len(latency)} frames; {tally.missing_replies} missing")
+        ratio = f" ({figures['latency_median_ms'] / baseline_ms:.2f} x the first load's)" if baseline_ms else ""
+        print(f"  per reply frame, input sent -> reply received: median {figures['latency_median_ms']:.1f} ms"
+              f"{ratio}, p95 {figures['latency_p95_ms']:.1f} ms over {len(latency)} frames")
+    print(f"  frames dropped by the server: {dropped_in} input (model slower than real time), {dropped_out} reply; "
+          f"replies missing at the client: {tally.missing_replies}")
     return figures
 
 
@@ -260,8 +276,11 @@ def main() -> None:
         log = log_path.read_text()
     print(f"moshi.server, demo checkpoint on CPU ({args.threads} torch thread(s)), clients on 127.0.0.1 streaming in "
           f"real time; load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}")
-    figures = {"loads": [report(clients, args, tally, log) for clients, tally in tallies.items()], **report_rss(rss),
-               "server_warnings": sum(" WARNING " in line for line in log.splitlines())}
+    loads: list[dict[str, object]] = []
+    for clients, tally in tallies.items():
+        loads.append(report(clients, args, tally, log, loads[0]["latency_median_ms"] if loads else None))
+    warnings = sum(" WARNING " in line for line in log.splitlines())
+    figures = {"loads": loads, **report_rss(rss), "server_warnings": warnings}
     print(f"server log: {figures['server_warnings']} warnings")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from .protocol import CloseCode, close_reason, error_message
 
@@ -167,7 +168,7 @@ class ChatSocket(web.WebSocketResponse):
         self._opened = False
         self._refusing: asyncio.Task | None = None
 
-    async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         self._transport = request.transport
         if self._transport is not None:  # None when the client has left already; aiohttp's prepare then fails
             self._tap = ConnectionTap.install(self._transport, self._refuse_unmasked_frame)
