@@ -133,7 +133,7 @@ def summary(stats: ConversationStats, bare_ms: np.ndarray) -> dict[str, float]:
         "step_p90_ms": float(np.percentile(compute, 90)),
         "real_time_factor": float(np.median(compute) / FRAME_MS),
         "dropped_input_frames": stats.dropped_in,
-        "dropped_output_frames": stats.dropped_out,
+        "dropped_output_frames": stats.dropped_out + stats.expired_out,
         "latency_over_bare_step": float(np.median(latency) / np.median(bare_ms)),
     }
 

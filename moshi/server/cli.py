@@ -1,14 +1,16 @@
 """`python -m moshi.server` / `moshi-server-py`: load a checkpoint and serve it on upstream's websocket protocol.
 
 Flags follow upstream's server (`--host`, `--port`, `--static`, `--ssl`, the checkpoint flags, `--device`, `--half`,
-`--cfg-coef`, `--no_fuse_lora`), plus `--ttt-weights`, `--mimi-config` and `--seed`. Mistakes in flags or files are
-reported as one `error:` line with exit status 2.
+`--cfg-coef`, `--no_fuse_lora`), plus `--ttt-weights`, `--mimi-config`, `--seed` and the connection flags
+(`--idle-timeout`, `--heartbeat`, `--max-frame-age`). Mistakes in flags or files are reported as one `error:` line
+with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import ssl
 import sys
@@ -19,6 +21,7 @@ from aiohttp import web
 
 from ..models import LMGen, checkpoint_flags
 from .app import ServerSettings, build_app, bundled_page_dir
+from .conversation import ConversationLimits
 from .served_model import DEFAULT_SEED, ServedModel
 
 logger = logging.getLogger("moshi.server")
@@ -35,9 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl", help="folder with key.pem and cert.pem: serve https and wss")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="every conversation starts from this random seed (default: %(default)s); -1: never reseed")
+    add_connection_flags(parser)
     checkpoint_flags.add_checkpoint_flags(parser)
     checkpoint_flags.add_runtime_flags(parser)
     return parser
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """How long a silent, dead or slow client may keep the model or get stale audio (see docs/server.md)."""
+    parser.add_argument("--idle-timeout", type=float, metavar="S", default=ConversationLimits.idle_timeout_s,
+                        help="close a conversation that sends no audio for S seconds, freeing the model for the next "
+                             "client (default: %(default)g; 0: never)")
+    parser.add_argument("--heartbeat", type=float, metavar="S", default=ServerSettings.heartbeat_s,
+                        help="ping a client that sent nothing for S seconds and drop it if it does not answer within "
+                             "S/2 (default: %(default)g; 0: no pings)")
+    parser.add_argument("--max-frame-age", type=float, metavar="S", default=ConversationLimits.max_frame_age_s,
+                        help="drop the reply frames that waited over S seconds for a client reading too slowly "
+                             "(default: %(default)g)")
+
+
+def connection_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The `ServerSettings` fields the connection flags set, checked (0 turns the idle timeout and pings off)."""
+    limits = ConversationLimits(idle_timeout_s=seconds_flag("--idle-timeout", args.idle_timeout, zero_is_off=True),
+                                max_frame_age_s=seconds_flag("--max-frame-age", args.max_frame_age, zero_is_off=False))
+    return {"heartbeat_s": seconds_flag("--heartbeat", args.heartbeat, zero_is_off=True), "conversation": limits}
+
+
+def seconds_flag(flag: str, value: float, zero_is_off: bool) -> float | None:
+    if math.isfinite(value) and (value > 0 or (value == 0 and zero_is_off)):
+        return value or None
+    expected = "0 (off) or more" if zero_is_off else "more than 0"
+    raise ValueError(f"{flag} {value:g}: expected a number of seconds, {expected}")
 
 
 def static_dir_from_flag(value: str | None) -> Path | None:
@@ -89,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_flags.warnings_on_one_line()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = ServerSettings(static_dir=static_dir_from_flag(args.static))
+        settings = ServerSettings(static_dir=static_dir_from_flag(args.static), **connection_settings(args))
         ssl_context = ssl_context_from_flag(args.ssl)
         with torch.no_grad():
             model = load_served_model(args)

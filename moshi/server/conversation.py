@@ -5,17 +5,19 @@
     send:    outbox -> Ogg Opus encoder -> websocket (audio, then the frame's text piece)
 
 The model runs on the server's single model thread so that the event loop keeps receiving and sending meanwhile. Both
-queues drop their oldest frame when full (a model slower than real time, a client that reads too slowly), counted in
-the conversation's stats and logged; memory stays bounded either way. The conversation ends when the client closes
-the socket or sends something the protocol does not allow (the connection is then closed with the reason); a frame
-already on the model thread finishes there before the next conversation's first model call.
+queues drop their oldest frame when full (a model slower than real time, a client that reads too slowly), and the
+outbox also drops the reply frames that waited longer than `ConversationLimits.max_frame_age_s` for the client to take
+them; all counted in the conversation's stats and logged, so memory stays bounded and the audio a slow reader gets
+stays recent. The conversation ends when the client closes the socket or goes away, sends something the protocol does
+not allow, or sends no audio for `ConversationLimits.idle_timeout_s` (the server then closes the connection with the
+reason: `ChatSocket.refuse`); a frame already on the model thread finishes there before the next conversation's first
+model call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
@@ -24,19 +26,12 @@ from typing import Any
 
 import numpy as np
 import sphn
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType
 
 from .frame_queue import DroppingQueue
-from .protocol import (
-    CloseCode,
-    ProtocolError,
-    audio_message,
-    client_audio,
-    close_reason,
-    error_message,
-    text_message,
-)
+from .protocol import CloseCode, ProtocolError, audio_message, client_audio, text_message
 from .served_model import ReplyFrame, ServedModel
+from .websocket import ChatSocket
 
 logger = logging.getLogger("moshi.server")
 
@@ -45,28 +40,48 @@ ModelCall = Callable[..., Awaitable[Any]]
 
 LATENCY_HISTORY = 1 << 16
 """Per-frame latencies kept per conversation (about 87 minutes of 80 ms frames)."""
+CONNECTION_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversationLimits:
+    """`idle_timeout_s`: the longest a client may send no audio before the server closes the conversation (None: no
+    limit). `max_frame_age_s`: the longest a reply frame waits for the client to take it before it is dropped.
+    `inbox_frames`, `outbox_frames`: the most 80 ms frames waiting for the model / for the client before the oldest are
+    dropped (about one second each)."""
+
+    idle_timeout_s: float | None = 30.0
+    max_frame_age_s: float = 1.0
+    inbox_frames: int = 12
+    outbox_frames: int = 12
 
 
 @dataclasses.dataclass
 class ConversationStats:
     """What one conversation did. Latencies are in milliseconds, per reply frame: `latency_ms` from the arrival of the
-    message that completed the input frame to the reply frame sent; `compute_ms` the model's step alone."""
+    message that completed the input frame to the reply frame sent; `compute_ms` the model's step alone. Reply frames
+    dropped: `dropped_out` when the queue was full, `expired_out` after waiting over `limits.max_frame_age_s`."""
 
     peer: str
+    limits: ConversationLimits = dataclasses.field(default_factory=ConversationLimits)
     frames_in: int = 0
     frames_out: int = 0
     text_pieces: int = 0
     dropped_in: int = 0
     dropped_out: int = 0
+    expired_out: int = 0
     latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=LATENCY_HISTORY))
     compute_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=LATENCY_HISTORY))
     end_reason: str = ""
 
     def summary(self) -> str:
         median = f"{np.median(self.latency_ms):.1f} ms" if self.latency_ms else "n/a"
+        limits = self.limits
         return (f"{self.frames_in} frames in, {self.frames_out} out, {self.text_pieces} text pieces, median latency "
-                f"{median}, dropped {self.dropped_in} input frames (model too slow) and {self.dropped_out} output "
-                f"frames (client too slow); ended: {self.end_reason}")
+                f"{median}, dropped {self.dropped_in} input frames (model too slow; queue of {limits.inbox_frames}) "
+                f"and {self.dropped_out + self.expired_out} reply frames (client too slow: {self.expired_out} waited "
+                f"over {limits.max_frame_age_s:g} s, {self.dropped_out} over the queue of {limits.outbox_frames}); "
+                f"ended: {self.end_reason}")
 
 
 @dataclasses.dataclass
@@ -84,18 +99,26 @@ class _OutputFrame:
 class Conversation:
     """Serve one websocket that already holds the model and has received the handshake; `await run()` until it ends."""
 
-    def __init__(self, ws: web.WebSocketResponse, model: ServedModel, run_on_model: ModelCall, peer: str,
-                 inbox_frames: int, outbox_frames: int) -> None:
+    def __init__(self, ws: ChatSocket, model: ServedModel, run_on_model: ModelCall,
+                 limits: ConversationLimits | None = None) -> None:
         self.ws, self.model, self.run_on_model = ws, model, run_on_model
-        self.inbox: DroppingQueue[_InputFrame] = DroppingQueue(inbox_frames)
-        self.outbox: DroppingQueue[_OutputFrame] = DroppingQueue(outbox_frames)
-        self.stats = ConversationStats(peer)
+        self.limits = limits or ConversationLimits()
+        self.inbox: DroppingQueue[_InputFrame] = DroppingQueue(self.limits.inbox_frames,
+                                                               on_first_drop=self._warn_model_too_slow)
+        self.outbox: DroppingQueue[_OutputFrame] = DroppingQueue(self.limits.outbox_frames,
+                                                                 max_age_s=self.limits.max_frame_age_s,
+                                                                 on_first_drop=self._warn_client_too_slow)
+        self.stats = ConversationStats(ws.peer, self.limits)
+        self._last_audio_at = 0.0
 
     async def run(self) -> ConversationStats:
-        """Serve until the client leaves. Cancelling `run` (aiohttp may cancel the handler of a lost connection) ends
-        the conversation the same way; in both cases a frame already on the model thread still finishes there before
-        any later model call, since that thread runs calls in order."""
-        tasks = (asyncio.create_task(self._step_frames()), asyncio.create_task(self._send_replies()))
+        """Serve until the conversation ends. Cancelling `run` (aiohttp may cancel the handler of a lost connection)
+        ends the conversation the same way; in both cases a frame already on the model thread still finishes there
+        before any later model call, since that thread runs calls in order."""
+        self._last_audio_at = time.perf_counter()  # the idle timeout counts from the handshake
+        tasks = [asyncio.create_task(self._step_frames()), asyncio.create_task(self._send_replies())]
+        if self.limits.idle_timeout_s is not None:
+            tasks.append(asyncio.create_task(self._close_when_idle(self.limits.idle_timeout_s)))
         try:
             self.stats.end_reason = await self._receive()
         except asyncio.CancelledError:
@@ -105,28 +128,49 @@ class Conversation:
             self.inbox.close(discard=True)
             for task in tasks:
                 task.cancel()
-            self.stats.dropped_in, self.stats.dropped_out = self.inbox.dropped, self.outbox.dropped
-            logger.info("conversation with %s: %s", self.stats.peer, self.stats.summary())
+            self.stats.dropped_in = self.inbox.dropped
+            self.stats.dropped_out, self.stats.expired_out = self.outbox.dropped, self.outbox.expired
+            self._log_end()
         return self.stats
 
+    def _log_end(self) -> None:
+        """The conversation's closing log line (the one place that reports on a finished conversation)."""
+        logger.info("conversation with %s: %s", self.stats.peer, self.stats.summary())
+
     async def _receive(self) -> str:
-        """Read the client's audio into frames until the socket closes; returns why the conversation ended."""
+        """Read the client's audio into frames until the conversation ends; returns why it ended."""
         decoder = sphn.OpusStreamReader(self.model.sample_rate)
         pending = np.zeros(0, dtype=np.float32)
         try:
-            async for message in self.ws:
-                if message.type == WSMsgType.ERROR:
-                    return f"websocket error: {self.ws.exception()}"
+            while (message := await self.ws.receive()).type not in CONNECTION_ENDS:
                 if message.type != WSMsgType.BINARY:
                     raise ProtocolError(f"{message.type.name.lower()} message (the protocol is binary)",
                                         CloseCode.UNSUPPORTED_DATA)
-                received_at = time.perf_counter()
+                self._last_audio_at = time.perf_counter()
                 pending = np.concatenate([pending, self._decode(decoder, client_audio(message.data))])
-                pending = self._queue_frames(pending, received_at)
+                pending = self._queue_frames(pending, self._last_audio_at)
         except ProtocolError as error:
-            return await self._refuse(error)
-        return "client closed the connection" if self.ws.close_code in (None, CloseCode.NORMAL) else (
-            f"connection closed with code {self.ws.close_code}")
+            await self.ws.refuse(str(error), error.close_code)
+            return f"closed by the server: {error}"
+        return await self._ended(message)
+
+    async def _close_when_idle(self, idle_timeout_s: float) -> None:
+        """Refuse the connection once no audio came for `idle_timeout_s` (the receiving loop then ends)."""
+        while (left := self._last_audio_at + idle_timeout_s - time.perf_counter()) > 0:
+            await asyncio.sleep(left)
+        await self.ws.refuse(f"no audio for {idle_timeout_s:g} s (idle timeout)", CloseCode.POLICY_VIOLATION)
+
+    async def _ended(self, message: WSMessage) -> str:
+        """Why the connection ended, given the message `receive` reported its end with."""
+        error = message.data if message.type == WSMsgType.ERROR else self.ws.exception()
+        if isinstance(error, asyncio.TimeoutError):  # aiohttp's heartbeat had no answer to its ping
+            await self.ws.refuse_silent_peer()
+        detail = f" ({error})" if error is not None else ""
+        if self.ws.refusal is not None:
+            return f"closed by the server: {self.ws.refusal}{detail}"
+        if error is not None:
+            return f"connection lost{detail}"
+        return f"client closed the connection (code {self.ws.close_code})"
 
     @staticmethod
     def _decode(decoder: sphn.OpusStreamReader, ogg: bytes) -> np.ndarray:
@@ -140,18 +184,8 @@ class Conversation:
         size = self.model.frame_size
         whole = len(pending) - len(pending) % size
         for start in range(0, whole, size):
-            if not self.inbox.put(_InputFrame(pending[start: start + size], received_at)) and self.inbox.dropped == 1:
-                logger.warning("%s: the model is slower than real time, dropping the oldest input frames",
-                               self.stats.peer)
+            self.inbox.put(_InputFrame(pending[start: start + size], received_at))
         return pending[whole:]
-
-    async def _refuse(self, error: ProtocolError) -> str:
-        logger.warning("closing the connection with %s: %s", self.stats.peer, error)
-        if not self.ws.closed:
-            with contextlib.suppress(ConnectionError):  # the client may be gone already
-                await self.ws.send_bytes(error_message(str(error)))
-            await self.ws.close(code=error.close_code, message=close_reason(str(error)))
-        return f"protocol error: {error}"
 
     async def _step_frames(self) -> None:
         try:
@@ -162,12 +196,10 @@ class Conversation:
                 if reply is None:
                     continue
                 self.stats.compute_ms.append(1000 * (time.perf_counter() - started))
-                if not self.outbox.put(_OutputFrame(reply, frame.received_at)) and self.outbox.dropped == 1:
-                    logger.warning("%s: the client reads too slowly, dropping the oldest reply frames",
-                                   self.stats.peer)
+                self.outbox.put(_OutputFrame(reply, frame.received_at))
         except Exception:
             logger.exception("the model failed during the conversation with %s", self.stats.peer)
-            await self.ws.close(code=CloseCode.INTERNAL_ERROR, message=b"the model failed; see the server log")
+            await self.ws.refuse("the model failed; see the server log", CloseCode.INTERNAL_ERROR)
         finally:
             self.outbox.close()
 
@@ -177,9 +209,9 @@ class Conversation:
             while (frame := await self.outbox.get()) is not None:
                 ogg = encoder.append_pcm(frame.reply.pcm)
                 if ogg:
-                    await self.ws.send_bytes(audio_message(ogg))
+                    await self.ws.send_message(audio_message(ogg))
                 if frame.reply.text:
-                    await self.ws.send_bytes(text_message(frame.reply.text))
+                    await self.ws.send_message(text_message(frame.reply.text))
                     self.stats.text_pieces += 1
                 self.stats.frames_out += 1
                 self.stats.latency_ms.append(1000 * (time.perf_counter() - frame.received_at))
@@ -189,4 +221,11 @@ class Conversation:
             logger.info("%s: cannot send any more (%s)", self.stats.peer, error)
         except Exception:
             logger.exception("sending to %s failed", self.stats.peer)
-            await self.ws.close(code=CloseCode.INTERNAL_ERROR, message=b"sending failed; see the server log")
+            await self.ws.refuse("sending failed; see the server log", CloseCode.INTERNAL_ERROR)
+
+    def _warn_model_too_slow(self) -> None:
+        logger.warning("%s: the model is slower than real time, dropping the oldest input frames", self.stats.peer)
+
+    def _warn_client_too_slow(self) -> None:
+        logger.warning("%s: the client reads too slowly, dropping reply frames (those that waited over %g s, and the "
+                       "oldest beyond %d)", self.stats.peer, self.limits.max_frame_age_s, self.limits.outbox_frames)

@@ -6,7 +6,8 @@
     0x05  error       server -> client: a UTF-8 explanation, sent before the server closes the connection
 
 Clients send audio only. Anything else they send (text frames, empty messages, other kinds) is a protocol error that
-closes their connection with the websocket close code below and the reason in the close frame.
+closes their connection. Every close the server makes sends an error message with the reason first, then the close
+frame with one of the codes below and the reason (cut to fit); `moshi.server.websocket` does the closing.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ class CloseCode(enum.IntEnum):
     """Websocket close codes (RFC 6455, section 7.4.1) the server uses."""
 
     NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
 

@@ -77,11 +77,19 @@ def opus_pages(frames: list[np.ndarray]) -> list[bytes]:
     return [writer.append_pcm(frame) for frame in frames]
 
 
+class ChatTestServer(TestServer):
+    """aiohttp's test server, except that a handler goes on when its client's connection is lost, as under
+    `web.run_app` (the test server cancels it)."""
+
+    async def _make_runner(self, **kwargs: object) -> web.AppRunner:
+        return await super()._make_runner(**(kwargs | {"handler_cancellation": False}))
+
+
 @contextlib.asynccontextmanager
 async def chat_server(model: ServedModel, **settings: object) -> AsyncIterator[tuple[TestClient, web.Application]]:
     """The application on a loopback port, without the web page unless `static_dir` is given."""
     app = build_app(model, ServerSettings(**({"static_dir": None} | settings)))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with TestClient(ChatTestServer(app, host="127.0.0.1")) as client:
         yield client, app
 
 
@@ -153,33 +161,35 @@ async def finished_conversations(app: web.Application, count: int, timeout_s: fl
 
 
 class FakeSocket:
-    """Stands in for `aiohttp.web.WebSocketResponse` in `Conversation`: yields the given client messages, then waits
-    for `until()` before reporting a normal close; `send_bytes` blocks forever when `stuck` (a client that never
-    reads)."""
+    """Stands in for `moshi.server.websocket.ChatSocket` in `Conversation`: `receive` returns the given client
+    messages, then waits for `until()` before reporting a normal close; `send_message` blocks forever when `stuck` (a
+    client that never reads); `refuse` records the reason and code."""
+
+    peer = "test-peer"
 
     def __init__(self, messages: list[bytes], until: Callable[[], bool], stuck: bool = False) -> None:
-        self.messages, self.until, self.stuck = messages, until, stuck
+        self.messages, self.until, self.stuck = list(messages), until, stuck
         self.sent: list[bytes] = []
         self.closed = False
         self.close_code: int | None = None
+        self.refusal: str | None = None
 
-    def __aiter__(self) -> AsyncIterator[object]:
-        return self._messages()
-
-    async def _messages(self) -> AsyncIterator[object]:
-        for data in self.messages:
-            yield _Message(WSMsgType.BINARY, data)
-        while not self.until():
+    async def receive(self) -> _Message:
+        if self.messages:
+            return _Message(WSMsgType.BINARY, self.messages.pop(0))
+        while not (self.until() or self.closed):
             await asyncio.sleep(0.01)
-        self.closed, self.close_code = True, 1000
+        if not self.closed:
+            self.closed, self.close_code = True, 1000
+        return _Message(WSMsgType.CLOSE, self.close_code)
 
-    async def send_bytes(self, data: bytes) -> None:
+    async def send_message(self, data: bytes) -> None:
         if self.stuck:
             await asyncio.Event().wait()
         self.sent.append(data)
 
-    async def close(self, code: int = 1000, message: bytes = b"") -> None:
-        self.closed, self.close_code = True, code
+    async def refuse(self, reason: str, code: int) -> None:
+        self.refusal, self.closed, self.close_code = reason, True, code
 
     def exception(self) -> None:
         return None
@@ -188,7 +198,7 @@ class FakeSocket:
 @dataclasses.dataclass
 class _Message:
     type: WSMsgType
-    data: bytes
+    data: object
 
 
 @dataclasses.dataclass

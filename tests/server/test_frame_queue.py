@@ -56,3 +56,34 @@ def test_get_waits_for_the_producer() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity must be at least 1, got 0"):
         DroppingQueue(0)
+
+
+def test_items_that_waited_too_long_are_skipped_and_counted() -> None:
+    now = [0.0]
+    warnings: list[int] = []
+    queue: DroppingQueue[int] = DroppingQueue(8, max_age_s=1.0, clock=lambda: now[0],
+                                              on_first_drop=lambda: warnings.append(queue.expired))
+    queue.put(1)
+    now[0] = 0.5
+    queue.put(2)
+    queue.put(3)
+    now[0] = 1.2  # item 1 waited 1.2 s, items 2 and 3 0.7 s
+    first = asyncio.run(queue.get())
+    now[0] = 1.6  # items 2 and 3 waited 1.1 s
+    queue.put(4)
+    queue.close()
+    assert (first, drain(queue), queue.expired, queue.dropped) == (2, [4], 2, 0)
+    assert warnings == [0]  # called once, before the first drop is counted
+
+
+def test_the_first_drop_is_reported_once() -> None:
+    warnings: list[int] = []
+    queue: DroppingQueue[int] = DroppingQueue(2, on_first_drop=lambda: warnings.append(queue.dropped))
+    for item in range(5):
+        queue.put(item)
+    assert warnings == [0] and queue.dropped == 3
+
+
+def test_the_longest_wait_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="must be positive, got 0 s"):
+        DroppingQueue(3, max_age_s=0)

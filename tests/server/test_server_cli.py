@@ -21,7 +21,9 @@ from chat_helpers import (
 )
 
 from moshi.server import main
-from moshi.server.app import bundled_page_dir
+from moshi.server.app import ServerSettings, bundled_page_dir
+from moshi.server.cli import build_parser, connection_settings
+from moshi.server.conversation import ConversationLimits
 
 
 def local_files(folder: Path) -> dict[str, str]:
@@ -86,6 +88,10 @@ MISTAKES = {  # name: (flags to change, given the demo folder and tmp_path; a pa
     "guidance": (lambda folder, tmp: {"--cfg-coef": "3"}, "--cfg-coef 3.0"),
     "page folder without a page": (lambda folder, tmp: {"--static": str(tmp)}, "no index.html"),
     "ssl folder without certificates": (lambda folder, tmp: {"--ssl": str(tmp)}, "cannot load cert.pem"),
+    "negative idle timeout": (lambda folder, tmp: {"--idle-timeout": "-1"},
+                              "--idle-timeout -1: expected a number of seconds, 0 (off) or more"),
+    "no time for reply frames": (lambda folder, tmp: {"--max-frame-age": "0"},
+                                 "--max-frame-age 0: expected a number of seconds, more than 0"),
 }
 
 
@@ -117,3 +123,14 @@ def test_static_flag_chooses_the_page(demo_checkpoint: Path, tmp_path: Path) -> 
     assert ours[0] == 200 and "<title>Moshi</title>" in ours[1]
     assert theirs == (200, "<p>another client</p>")
     assert none[0] == 404
+
+
+def test_connection_flags_reach_the_settings() -> None:
+    def settings(*argv: str) -> dict[str, object]:
+        return connection_settings(build_parser().parse_args(list(argv)))
+
+    defaults = settings()
+    assert defaults == {"heartbeat_s": ServerSettings.heartbeat_s, "conversation": ConversationLimits()}
+    chosen = settings("--idle-timeout", "0.5", "--heartbeat", "0", "--max-frame-age", "0.25")
+    assert chosen == {"heartbeat_s": None, "conversation": ConversationLimits(idle_timeout_s=0.5, max_frame_age_s=0.25)}
+    assert settings("--idle-timeout", "0")["conversation"] == ConversationLimits(idle_timeout_s=None)
