@@ -89,7 +89,7 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         """The store of finished records next to the output file, when there is one and resuming is on; `run_key`
         digests everything that changes a record."""
         if self.config.output and self.config.resume:
-            self.store = SequenceStore(store_dir_for(self.config.output), run_key)
+            self.store = SequenceStore(store_dir_for(self.config.output), run_key, self.shape.dep_q)
 
     def resume(self, entries: list[Entry]) -> list[Entry]:
         """Load finished entries from the store; return the entries still to score."""
@@ -97,12 +97,11 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
             return entries
         todo = []
         for entry in entries:
-            entry_id, identity = self.identify(entry)
-            record = self.store.load(self.store.key_for(entry_id, identity))
+            record = self.store.load(*self.identify(entry))
             if record is None:
                 todo.append(entry)
             else:
-                self.finished[entry_id] = record
+                self.finished[record.sequence_id] = record
         self.resumed = len(entries) - len(todo)
         if self.resumed:
             self.log(f"resuming: {self.resumed} finished {self.unit}(s) loaded from {self.store.directory}")
@@ -132,7 +131,7 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         self.finished[record.sequence_id] = record
         self.scored_frames += record.num_frames
         if self.store is not None:
-            self.store.save(self.store.key_for(*self.identify(entry)), record)
+            self.store.save(self.identify(entry)[1], record)
 
     def run_scorer(self, scorer: StepScorer | ChunkedScorer, items: list[ScoringItem],
                    on_sequence: SequenceCallback) -> None:
