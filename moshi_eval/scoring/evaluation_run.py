@@ -18,6 +18,7 @@ from .codes_cache import CodesCache, default_cache_dir
 from .distributed import DistributedContext
 from .encoding import MimiSequenceEncoder
 from .models import model_identity
+from .preflight import check_records_folder
 from .rank_report import RankReport
 from .records import SequenceLosses
 from .scorer import ChunkedScorer, ModelShape, ScoringItem, SequenceCallback, StepScorer
@@ -86,9 +87,10 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
     def open_store(self, run_key: str) -> None:
-        """The store of finished records next to the output file, when there is one and resuming is on; `run_key`
-        digests everything that changes a record."""
+        """The store of finished records next to the output file, when there is one and resuming is on (its folder
+        checked writable before anything is scored); `run_key` digests everything that changes a record."""
         if self.config.output and self.config.resume:
+            check_records_folder(self.config.output, "output")
             self.store = SequenceStore(store_dir_for(self.config.output), run_key, self.shape.dep_q)
 
     def resume(self, entries: list[Entry]) -> list[Entry]:
