@@ -46,9 +46,8 @@ def evaluate_librilight(
     Under torchrun, every rank gets the full result and rank 0 writes the files.
     """
     config = (config or LibriLightConfig()).replace(**overrides)
-    run = LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence)
     with output_lock(config.output):
-        return run.execute()
+        return LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence).execute()
 
 
 def evaluate_librilight_long_context(model: Any, mimi: Any | None,

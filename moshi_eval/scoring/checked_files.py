@@ -37,14 +37,14 @@ def tensor_checksum(tensor: torch.Tensor) -> str:
 
 
 def as_json(value: Any) -> Any:
-    """`value` as it reads back from the JSON metadata (tuples become lists, paths strings)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    """`value` as it reads back from the JSON metadata (tuples become lists, paths strings; keys keep their order)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def write_checked(path: str | Path, name: str, tensor: torch.Tensor, made_from: Mapping[str, Any],
                   metadata: Mapping[str, str] | None = None) -> None:
     """`tensor` under `name` with what it was made from and its checksum (plus `metadata`), atomically."""
-    recorded = {**(metadata or {}), MADE_FROM: json.dumps(as_json(made_from), sort_keys=True),
+    recorded = {**(metadata or {}), MADE_FROM: json.dumps(as_json(made_from)),
                 CHECKSUM: tensor_checksum(tensor)}
     write_safetensors_atomic(path, {name: tensor}, recorded)
 
@@ -92,9 +92,10 @@ def file_problem(tensor: torch.Tensor | None, metadata: dict[str, str], name: st
 
 
 def first_difference(expected: Any, found: Any, where: str = "") -> str | None:
-    """The first place where two JSON values differ, as `<where> is <found> in the file, <expected> here`."""
+    """The first place where two JSON values differ, as `<where> is <found> in the file, <expected> here` (keys in the
+    order the reader gives them: a file identity's path before its size and time)."""
     if isinstance(expected, dict) and isinstance(found, dict):
-        for key in sorted(set(expected) | set(found)):
+        for key in [*expected, *(key for key in found if key not in expected)]:
             inner = f"{where}.{key}" if where else str(key)
             difference = first_difference(expected.get(key), found.get(key), inner)
             if difference is not None:
