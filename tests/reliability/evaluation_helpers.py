@@ -1,9 +1,9 @@
-"""What the evaluation reliability tests share: the evaluation tests' helpers (tests/moshi_eval), a small checkpoint
-saved as a user has it, runs in child processes, and runs that see file permissions as an ordinary user does."""
+"""What the evaluation reliability tests share: the evaluation tests' helpers (tests/moshi_eval: models, data, a small
+checkpoint saved as a user has it), runs in child processes, and runs that see file permissions as an ordinary
+user does."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,29 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "moshi_eval"))
 
 from librilight_helpers import REPO_ROOT, subprocess_env
-from paper_metrics_helpers import SMALL_LM_CONFIG, demo_mimi, small_lm
+from paper_metrics_helpers import demo_mimi, save_small_checkpoint, small_lm
 
-from moshi_eval.librilight.demo import DEMO_MIMI_CONFIG
+__all__ = ["as_ordinary_user", "demo_mimi", "error_lines", "run_module", "save_small_checkpoint", "small_lm",
+           "warning_lines"]
 
 # Root reads and writes through any permission bits; dropping these capabilities makes it an ordinary user again.
 DROP_ROOT_BYPASS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-
-
-def save_checkpoint(folder: Path) -> list[str]:
-    """The small LM and the demo Mimi as local weights and configs; the model flags naming them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(small_lm().state_dict(), str(folder / "lm.safetensors"))
-    save_file(demo_mimi().state_dict(), str(folder / "mimi.safetensors"))
-    (folder / "lm_config.json").write_text(json.dumps(SMALL_LM_CONFIG | {"model_type": "moshi"}))
-    (folder / "mimi_config.json").write_text(json.dumps(DEMO_MIMI_CONFIG))
-    return ["--moshi-weights", str(folder / "lm.safetensors"), "--lm-config", str(folder / "lm_config.json"),
-            "--mimi-weights", str(folder / "mimi.safetensors"), "--mimi-config", str(folder / "mimi_config.json"),
-            "--device", "cpu"]
 
 
 def as_ordinary_user() -> list[str]:

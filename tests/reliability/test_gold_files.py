@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from evaluation_helpers import error_lines, save_checkpoint
+from evaluation_helpers import error_lines, save_small_checkpoint
 from paper_metrics_helpers import copy_sets
 
 from moshi_eval.paper_metrics.cli import main
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return save_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return save_small_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 def edit_lines(path: Path, edit) -> None:

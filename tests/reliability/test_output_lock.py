@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from evaluation_helpers import error_lines, run_module, save_checkpoint, small_lm, warning_lines
+from evaluation_helpers import error_lines, run_module, save_small_checkpoint, small_lm, warning_lines
 from librilight_helpers import REPO_ROOT, random_codes, subprocess_env, write_codes
 
 from moshi_eval.librilight import evaluate_librilight
@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     generator = torch.Generator().manual_seed(0)
     for name, frames in (("a", 12), ("b", 10), ("c", 9)):
         write_codes(root / "codes", name, random_codes(generator, 8, frames, 64))
-    flags = save_checkpoint(root / "checkpoint")
+    flags = save_small_checkpoint(root / "checkpoint")
     return ["--codes", str(root / "codes"), "--user-stream", "zero", *flags[:4], "--device", "cpu", "--positions", "8",
             "--window", "4", "--quiet", "--no-cache"]
 
@@ -89,7 +89,7 @@ def test_paper_metrics_refuses_a_running_output(tmp_path, capsys):
     output = tmp_path / "pm.json"
     holder = Holder(output)
     try:
-        flags = save_checkpoint(tmp_path / "checkpoint")
+        flags = save_small_checkpoint(tmp_path / "checkpoint")
         status = paper_metrics_main(["--swuggy-dir", str(DATA / "lexical" / "dev"), *flags, "--output", str(output)])
         assert status == 2
         (line,) = capsys.readouterr().err.strip().splitlines()

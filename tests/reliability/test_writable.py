@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from evaluation_helpers import as_ordinary_user, error_lines, run_module, save_checkpoint, warning_lines
+from evaluation_helpers import as_ordinary_user, error_lines, run_module, save_small_checkpoint, warning_lines
 from librilight_helpers import write_tree_for_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
@@ -20,7 +20,7 @@ def scored(tmp_path_factory):
     """The small checkpoint, two one-chapter books, and a first run that filled a codes cache."""
     root = tmp_path_factory.mktemp("writable")
     argv = ["--audio-dir", str(write_tree_for_cli(root / "tree")), "--max-chapters", "1", "--positions", "20",
-            "--window", "10", "--batch-size", "2", "--quiet", *save_checkpoint(root / "checkpoint")]
+            "--window", "10", "--batch-size", "2", "--quiet", *save_small_checkpoint(root / "checkpoint")]
     done = run_module("moshi_eval.librilight", [*argv, "--cache-dir", str(root / "cache"), "--output",
                                                 str(root / "first.json")])
     assert done.returncode == 0, done.stderr
