@@ -133,7 +133,8 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         self.finished[record.sequence_id] = record
         self.scored_frames += record.num_frames
         if self.store is not None:
-            self.store.save(self.identify(entry)[1], record)
+            _, identity = self.identify(entry)
+            self.store.save(identity, record)
 
     def run_scorer(self, scorer: StepScorer | ChunkedScorer, items: list[ScoringItem],
                    on_sequence: SequenceCallback) -> None:

@@ -90,7 +90,7 @@ class LockHolder:
         """Whether the process may still run: always on another host (it cannot be checked from here)."""
         if self.host != socket.gethostname():
             return True
-        if self.pid == UNREADABLE:
+        if self.pid in (UNREADABLE, os.getpid()):  # a lock naming this process that it does not hold: a leftover
             return False
         try:
             os.kill(self.pid, 0)
