@@ -22,10 +22,11 @@ from ..scoring.invocation import Invocation
 from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
 from ..scoring.preflight import (
+    check_cache_folder,
     check_input_path,
     check_output_file,
-    check_output_folder,
     check_plot_file,
+    claim_outputs,
     setting_label,
 )
 from ..scoring.text_policy import TEXT_POLICIES
@@ -145,10 +146,11 @@ def check_before_work(config: LibriLightConfig, spec: ModelSpec | None, from_fil
         return setting_label(name, from_file.get(name))
 
     check_output_file(config.output, label("output"))
+    claim_outputs(config, label("output"))
     if config.plot:
         check_plot_file(config.plot, label("plot"))
     if config.use_cache and config.cache_dir:
-        check_output_folder(config.cache_dir, label("cache_dir"))
+        check_cache_folder(config.cache_dir, label("cache_dir"))
     if config.audio_dir:
         check_input_path(config.audio_dir, label("audio_dir"), folder=True)
     for name in ("audio_files", "codes"):

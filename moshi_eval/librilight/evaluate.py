@@ -15,6 +15,7 @@ from ..scoring.encoding import MimiSequenceEncoder
 from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest
 from ..scoring.models import model_flags
+from ..scoring.output_lock import output_lock
 from ..scoring.prepare import ItemPreparer, source_identity
 from ..scoring.sanity import WorseThanUniformWarning
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
@@ -45,8 +46,8 @@ def evaluate_librilight(
     Under torchrun, every rank gets the full result and rank 0 writes the files.
     """
     config = (config or LibriLightConfig()).replace(**overrides)
-    run = LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence)
-    return run.execute()
+    with output_lock(config.output):
+        return LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence).execute()
 
 
 def evaluate_librilight_long_context(model: Any, mimi: Any | None,

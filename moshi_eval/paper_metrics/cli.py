@@ -18,7 +18,14 @@ from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_argumen
 from ..scoring.invocation import Invocation
 from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
-from ..scoring.preflight import check_input_path, check_output_file, check_output_folder, setting_label
+from ..scoring.preflight import (
+    check_cache_folder,
+    check_input_path,
+    check_output_file,
+    check_output_folder,
+    claim_outputs,
+    setting_label,
+)
 from ..scoring.settings_file import ConfigError, read_settings_section
 from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
@@ -108,10 +115,11 @@ def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: 
         raise ConfigError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
                           "--tstory-dir (or a --config naming them)")
     check_output_file(config.output, label("output"))
+    claim_outputs(config, label("output"))
     if config.zerospeech_submission:
         check_output_folder(config.zerospeech_submission, label("zerospeech_submission"))
     if config.use_cache and config.cache_dir:
-        check_output_folder(config.cache_dir, label("cache_dir"))
+        check_cache_folder(config.cache_dir, label("cache_dir"))
     for bench in config.benchmarks:
         check_input_path(getattr(config, f"{bench}_dir"), label(f"{bench}_dir"), folder=True)
         if bench in GOLD_BENCHMARKS:

@@ -19,6 +19,7 @@ from ..scoring.encoding import MimiSequenceEncoder
 from ..scoring.eval_mode import eval_mode
 from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest, file_identity
+from ..scoring.output_lock import output_lock
 from ..scoring.records import SequenceLosses
 from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
 from ..scoring.sources import DataError, SequenceSource
@@ -50,7 +51,7 @@ def run_paper_metrics(lm: Any, mimi: Any, config: PaperMetricsConfig | Mapping[s
                       **overrides: Any) -> PaperMetricsResult:
     """`evaluate_paper_metrics`, returning the `PaperMetricsResult` itself."""
     parsed = as_config(config).replace(**overrides)
-    with eval_mode(lm, mimi), torch.no_grad():
+    with output_lock(parsed.output), eval_mode(lm, mimi), torch.no_grad():
         return PaperMetricsRun(lm, mimi, parsed, init_distributed(), model_source, progress).execute()
 
 

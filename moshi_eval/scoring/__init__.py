@@ -13,6 +13,8 @@
   `devices`: the device from `--device` (`cuda` -> `cuda:<index>`).
 - `files`, `store`: atomic result files and per-sequence records for resuming; `distributed`, `rank_report`: sharding
   over `torchrun` ranks; `sanity`: non-finite and worse-than-uniform losses.
+- `checked_files`, `output_lock`: cache entries and records read back only when they hold what they claim (else
+  reported and recomputed); one run per output (a lock file next to it).
 - `checked_settings`: the base of the settings dataclasses (checked when built and when copied with changes);
   `codebook_weights`: per-codebook loss weights, read from a list and checked against the codebooks scored.
 - `settings_file`, `notes`: settings files (a training YAML's section, e.g. `paper_metrics:`), unknown keys with

@@ -7,6 +7,7 @@ is trimmed or zero-padded by at most a few samples), so durations add up exactly
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import numpy as np
 from .sources import Chapter, DataError
 
 READ_BLOCK_SECONDS = 10.0
+UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)  # written by streaming encoders that could not seek back to fill the size in
 
 
 def read_audio_header(path: Path) -> Chapter:
-    """The file's length and sample rate from its header; DataError naming the file when it is unreadable or empty."""
+    """The file's length and sample rate from its header; DataError naming the file when it is unreadable, empty, or
+    a WAV file cut short (libsndfile would silently read what is left)."""
     import soundfile
 
     try:
@@ -27,7 +30,35 @@ def read_audio_header(path: Path) -> Chapter:
         raise DataError(f"{path}: not a readable audio file ({error})") from error
     if info.frames <= 0:
         raise DataError(f"{path}: audio file holds no samples")
+    if info.format == "WAV":
+        check_wav_data_size(path)
     return Chapter(path=path, num_samples=int(info.frames), sample_rate=int(info.samplerate))
+
+
+def check_wav_data_size(path: Path) -> None:
+    """DataError when the `data` chunk of a RIFF/WAVE file announces more bytes than the file holds."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if handle.read(12)[8:12] != b"WAVE":
+            return
+        block_align = 0
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return
+            chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"fmt ":
+                block_align = struct.unpack("<H", handle.read(16)[12:14])[0]
+                handle.seek(length - 16 + length % 2, 1)
+            elif chunk == b"data":
+                break
+            else:
+                handle.seek(length + length % 2, 1)
+        held = size - handle.tell()
+    if length in UNKNOWN_WAV_SIZES or length <= held or not block_align:
+        return
+    raise DataError(f"{path}: truncated audio, the header announces {length // block_align} samples but the file "
+                    f"holds {held // block_align}")
 
 
 def resampled_length(num_samples: int, sample_rate: int, target_rate: int) -> int:

@@ -17,10 +17,10 @@ import torch
 
 from .audio import FrameChunker, iter_joined
 from .codes_cache import CodesCache
-from .fingerprint import digest, file_identity, weights_fingerprint
+from .fingerprint import file_identity, weights_fingerprint
 from .sources import SequenceSource
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2  # 2: entries carry what they were made from and a checksum
 
 
 class MimiSequenceEncoder:
@@ -33,36 +33,36 @@ class MimiSequenceEncoder:
         self.chunk_frames = chunk_frames
         self.frame_size = int(mimi.frame_size)
         self.sample_rate = int(mimi.sample_rate)
+        self.card = int(mimi.cardinality)
         self.device = next(iter(mimi.parameters())).device
         self.mimi_fingerprint = weights_fingerprint(mimi)
 
-    def cache_key(self, kind: str, identity: Any) -> str:
-        return digest({"kind": kind, "identity": identity, "mimi": self.mimi_fingerprint,
-                       "num_codebooks": self.num_codebooks, "version": ENCODING_VERSION}, length=32)
+    def made_from(self, kind: str, identity: Any) -> dict[str, Any]:
+        """What codes of this encoder depend on: the cache files them under it and checks it when reading them."""
+        return {"kind": kind, "identity": identity, "mimi": self.mimi_fingerprint,
+                "num_codebooks": self.num_codebooks, "version": ENCODING_VERSION}
 
     def encode_source(self, source: SequenceSource, max_frames: int) -> torch.Tensor:
         """Codes `[K, T]` of the source's chapters joined in order, T <= max_frames."""
-        identity = [file_identity(chapter.path) for chapter in source.chapters]
-        key = self.cache_key("audio", identity)
+        made_from = self.made_from("audio", [file_identity(chapter.path) for chapter in source.chapters])
         blocks = iter_joined([chapter.path for chapter in source.chapters], self.sample_rate)
-        return self.encode_cached(key, blocks, max_frames, description=source.sequence_id)
+        return self.encode_cached(made_from, blocks, max_frames, label=source.sequence_id)
 
     def encode_silence(self, num_frames: int) -> torch.Tensor:
         """Codes `[K, num_frames]` of digital silence."""
-        key = self.cache_key("silence", None)
         blocks = silence_blocks(num_frames * self.frame_size)
-        return self.encode_cached(key, blocks, num_frames, "silence", endless=True)
+        return self.encode_cached(self.made_from("silence", None), blocks, num_frames, "silence", endless=True)
 
-    def encode_cached(self, key: str, blocks: Iterator[np.ndarray], max_frames: int, description: str,
+    def encode_cached(self, made_from: dict[str, Any], blocks: Iterator[np.ndarray], max_frames: int, label: str,
                       endless: bool = False) -> torch.Tensor:
         """Codes from the cache, or encoded and stored; an `endless` signal (silence) is never marked complete."""
         if self.cache is not None:
-            cached = self.cache.get(key, max_frames)
+            cached = self.cache.get(made_from, max_frames, self.num_codebooks, self.card, label)
             if cached is not None:
                 return cached
         codes, complete = self.encode_blocks(blocks, max_frames)
         if self.cache is not None:
-            self.cache.put(key, codes, complete=complete and not endless, description=description)
+            self.cache.put(made_from, codes, complete=complete and not endless, label=label)
         return codes
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ from .codes_cache import CodesCache, default_cache_dir
 from .distributed import DistributedContext
 from .encoding import MimiSequenceEncoder
 from .models import model_identity
+from .preflight import check_records_folder
 from .rank_report import RankReport
 from .records import SequenceLosses
 from .scorer import ChunkedScorer, ModelShape, ScoringItem, SequenceCallback, StepScorer
@@ -86,10 +87,11 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
     def open_store(self, run_key: str) -> None:
-        """The store of finished records next to the output file, when there is one and resuming is on; `run_key`
-        digests everything that changes a record."""
+        """The store of finished records next to the output file, when there is one and resuming is on (its folder
+        checked writable before anything is scored); `run_key` digests everything that changes a record."""
         if self.config.output and self.config.resume:
-            self.store = SequenceStore(store_dir_for(self.config.output), run_key)
+            check_records_folder(self.config.output, "output")
+            self.store = SequenceStore(store_dir_for(self.config.output), run_key, self.shape.dep_q)
 
     def resume(self, entries: list[Entry]) -> list[Entry]:
         """Load finished entries from the store; return the entries still to score."""
@@ -97,12 +99,11 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
             return entries
         todo = []
         for entry in entries:
-            entry_id, identity = self.identify(entry)
-            record = self.store.load(self.store.key_for(entry_id, identity))
+            record = self.store.load(*self.identify(entry))
             if record is None:
                 todo.append(entry)
             else:
-                self.finished[entry_id] = record
+                self.finished[record.sequence_id] = record
         self.resumed = len(entries) - len(todo)
         if self.resumed:
             self.log(f"resuming: {self.resumed} finished {self.unit}(s) loaded from {self.store.directory}")
@@ -132,7 +133,8 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         self.finished[record.sequence_id] = record
         self.scored_frames += record.num_frames
         if self.store is not None:
-            self.store.save(self.store.key_for(*self.identify(entry)), record)
+            _, identity = self.identify(entry)
+            self.store.save(identity, record)
 
     def run_scorer(self, scorer: StepScorer | ChunkedScorer, items: list[ScoringItem],
                    on_sequence: SequenceCallback) -> None:

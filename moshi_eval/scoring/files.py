@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 
@@ -79,15 +78,3 @@ def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor],
     """Contiguous CPU copies of `tensors` with string `metadata`, atomically."""
     contiguous = {name: tensor.contiguous().cpu() for name, tensor in tensors.items()}
     write_atomic(path, lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))
-
-
-def read_safetensors(path: str | Path, name: str) -> tuple[torch.Tensor, dict[str, str]] | None:
-    """The tensor `name` and the metadata of a safetensors file, or None when it is absent or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.get_tensor(name), handle.metadata() or {}
-    except (SafetensorError, OSError):
-        return None

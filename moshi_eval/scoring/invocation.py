@@ -18,6 +18,7 @@ from typing import Protocol
 
 from .cli_errors import run_command
 from .distributed import shutdown_distributed
+from .output_lock import release_claims
 from .store import store_dir_for
 
 
@@ -65,9 +66,10 @@ class Invocation:
         return f"finished {self.unit}s were not kept (--no-resume)"
 
     def run(self, body: Callable[[], int]) -> int:
-        """`body()`'s exit code through `run_command` (this interruption message on Ctrl-C), the torchrun process group
-        shut down afterwards."""
+        """`body()`'s exit code through `run_command` (this interruption message on Ctrl-C); afterwards the outputs it
+        claimed are released and the torchrun process group is shut down."""
         try:
             return run_command(body, self.interrupted)
         finally:
+            release_claims()
             shutdown_distributed()

@@ -1,8 +1,10 @@
-"""Notes about settings (keys ignored, mapped or deprecated) that a person must see, one line each.
+"""Notes a person must see, one line each: about settings (keys ignored, mapped or deprecated) and about the files of
+a run (a cache entry or resume record recomputed, a read-only cache, a stale lock taken over).
 
-Command lines print them on stderr with `print_notes`; the Python API emits them with `warn_notes` as
+Command lines print settings notes on stderr with `print_notes`; the Python API emits them with `warn_notes` as
 `SettingsNoteWarning`, a `UserWarning`: Python shows those by default, unlike `DeprecationWarning`s raised inside a
-library, which it hides.
+library, which it hides. Notes about files are `FileNoteWarning`s wherever they arise (command lines show warnings on
+one line).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from collections.abc import Iterable
 
 class SettingsNoteWarning(UserWarning):
     """A setting that was ignored, mapped onto another or is deprecated."""
+
+
+class FileNoteWarning(UserWarning):
+    """A file of a run not used as found: a cache entry or record that fails its checks (computed again), a cache that
+    cannot be written (codes not stored), a stale lock (taken over)."""
 
 
 def warn_notes(notes: Iterable[str], stacklevel: int = 3) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 from moshi.models import loaders
 
+from .output_lock import claim_output
 from .settings_file import ConfigError
+from .store import store_dir_for
 
 HF_REFERENCE = "hf://"
 FILE_REFERENCE = "file://"
@@ -65,16 +68,59 @@ def check_plot_file(path: str | Path, flag: str = "--plot") -> None:
                           f"{', '.join('.' + name for name in sorted(formats))}")
 
 
-def check_output_folder(path: str | Path, flag: str) -> None:
-    """`path` is, or can be created as, a writable directory."""
-    path = Path(path)
+def folder_problem(path: Path) -> str | None:
+    """Why no file can be written in the folder `path` (existing, or to be created), or None."""
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a file, not a folder")
+        return "is a file, not a folder"
     target = path if path.exists() else existing_ancestor(path)
     if not target.is_dir():
-        raise ConfigError(f"{flag} {path}: {target} is a file, so no folder can be created there")
+        return f"{target} is a file, so no folder can be created there"
     if not os.access(target, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {target} (permission denied)")
+        return f"cannot write in {target} (permission denied)"
+    return None
+
+
+def check_output_folder(path: str | Path, flag: str) -> None:
+    """`path` is, or can be created as, a writable directory."""
+    problem = folder_problem(Path(path))
+    if problem is not None:
+        raise ConfigError(f"{flag} {path}: {problem}")
+
+
+def check_records_folder(output: str | Path, flag: str) -> None:
+    """The folder of resume records next to `output` (`<stem>.sequences/`) is, or can be created as, a writable
+    directory: found before the first record is scored, not after."""
+    records = store_dir_for(output)
+    problem = folder_problem(records)
+    if problem is not None:
+        raise ConfigError(f"{flag} {output}: its resume records folder {records}: {problem}; make it writable or turn "
+                          "resuming off (--no-resume)")
+
+
+class RunOutputs(Protocol):
+    output: str | None
+    resume: bool
+
+
+def claim_outputs(config: RunOutputs, flag: str) -> None:
+    """The resume records folder writable (when resuming), then the output claimed for this command
+    (`output_lock.claim_output`): a second run on the same output stops here, before loading a model."""
+    if config.output is None:
+        return
+    if config.resume:
+        check_records_folder(config.output, flag)
+    claim_output(config.output)
+
+
+def check_cache_folder(path: str | Path, flag: str) -> None:
+    """A codes cache: an existing folder that can be read (a shared, read-only cache is read without storing new
+    codes), or one that can be created."""
+    path = Path(path)
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: cannot be read (permission denied)")
+        return
+    check_output_folder(path, flag)
 
 
 def check_input_path(path: str | Path, flag: str, folder: bool = False) -> None:

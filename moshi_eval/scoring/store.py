@@ -1,9 +1,11 @@
 """Finished sequences of a run on disk, so that an interrupted run resumes without recomputing them.
 
 Each finished sequence is written as it completes to `<output stem>.sequences/<key>.safetensors` (per-frame,
-per-codebook losses `[T, dep_q]` plus its id and files in the metadata), atomically. The key digests the run key (model
-fingerprint and every setting that changes the losses) with the sequence's id and its source files' identities, so a
-record is reused only by a run that would compute exactly the same thing.
+per-codebook losses `[T, dep_q]` plus its id and files in the metadata), atomically. What a record is made from is the
+run key (a digest of the model fingerprint and every setting that changes the losses), the sequence's id and its
+source files' identities; its file name digests them, so a record is looked up only by a run that would compute exactly
+the same thing. Records are checked when read (`checked_files`: their checksum, what they were made from, losses that
+are cross-entropies of `dep_q` codebooks); one that fails is reported in one line and scored again.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 
 import torch
 
-from .files import read_safetensors, write_safetensors_atomic
+from .checked_files import read_checked, write_checked
 from .fingerprint import digest
 from .records import SequenceLosses
+
+RECORD_FORMAT = 2  # 2: records carry what they were made from and a checksum
 
 
 def store_dir_for(output: str | Path) -> Path:
@@ -25,29 +29,44 @@ def store_dir_for(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}.sequences")
 
 
-class SequenceStore:
-    """`load(key)` / `save(key, sequence)` of finished sequences in `directory`, for one `run_key`."""
+def losses_problem(losses: torch.Tensor, num_codebooks: int) -> str | None:
+    """What makes `losses` unusable as per-frame, per-codebook cross-entropies `[T, num_codebooks]`, or None."""
+    if losses.dtype != torch.float32 or losses.dim() != 2 or losses.shape[1] != num_codebooks or not losses.shape[0]:
+        return f"holds {losses.dtype} losses {list(losses.shape)}, not float32 [T, {num_codebooks}]"
+    defined = losses[~losses.isnan()]
+    if bool((defined < 0).any()) or not bool(defined.isfinite().all()):
+        return "holds losses that are no cross-entropies (negative or infinite)"
+    return None
 
-    def __init__(self, directory: Path | str, run_key: str) -> None:
+
+class SequenceStore:
+    """`load(sequence_id, source)` / `save(source, sequence)` of finished sequences in `directory`, for one `run_key`
+    and a model of `num_codebooks` scored codebooks."""
+
+    def __init__(self, directory: Path | str, run_key: str, num_codebooks: int) -> None:
         self.directory = Path(directory)
         self.run_key = run_key
+        self.num_codebooks = num_codebooks
 
-    def key_for(self, sequence_id: str, source_identity: Any) -> str:
-        return digest({"run": self.run_key, "sequence": sequence_id, "source": source_identity}, length=32)
+    def made_from(self, sequence_id: str, source_identity: Any) -> dict[str, Any]:
+        return {"run": self.run_key, "sequence": sequence_id, "source": source_identity, "format": RECORD_FORMAT}
 
-    def path_for(self, key: str) -> Path:
+    def path_for(self, sequence_id: str, source_identity: Any) -> Path:
+        key = digest(self.made_from(sequence_id, source_identity), length=32)
         return self.directory / f"{key}.safetensors"
 
-    def load(self, key: str) -> SequenceLosses | None:
-        entry = read_safetensors(self.path_for(key), "codebook_losses")
+    def load(self, sequence_id: str, source_identity: Any) -> SequenceLosses | None:
+        """The record of this sequence read from these sources, or None when absent or failing its checks
+        (reported)."""
+        entry = read_checked(self.path_for(sequence_id, source_identity), "codebook_losses",
+                             self.made_from(sequence_id, source_identity), f"resume record of {sequence_id}",
+                             "scoring it again", lambda losses: losses_problem(losses, self.num_codebooks))
         if entry is None:
             return None
         losses, metadata = entry
-        if metadata.get("run_key") != self.run_key:
-            return None
-        return SequenceLosses(metadata["sequence_id"], losses.numpy(), json.loads(metadata.get("files", "[]")))
+        return SequenceLosses(sequence_id, losses.numpy(), json.loads(metadata.get("files", "[]")))
 
-    def save(self, key: str, sequence: SequenceLosses) -> None:
-        metadata = {"run_key": self.run_key, "sequence_id": sequence.sequence_id, "files": json.dumps(sequence.files)}
-        write_safetensors_atomic(self.path_for(key), {"codebook_losses": torch.from_numpy(sequence.codebook_losses)},
-                                 metadata)
+    def save(self, source_identity: Any, sequence: SequenceLosses) -> None:
+        write_checked(self.path_for(sequence.sequence_id, source_identity), "codebook_losses",
+                      torch.from_numpy(sequence.codebook_losses), self.made_from(sequence.sequence_id, source_identity),
+                      {"sequence_id": sequence.sequence_id, "files": json.dumps(sequence.files)})

@@ -4,6 +4,7 @@ reference every score is checked against."""
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,22 @@ def small_lm(seed: int = 0) -> LMModel:
     than most utterances."""
     torch.manual_seed(seed)
     return LMModel(**SMALL_LM_CONFIG).eval()
+
+
+def save_small_checkpoint(folder: Path) -> list[str]:
+    """The small LM and the demo Mimi as local weights and configs; the model flags naming them."""
+    from safetensors.torch import save_file
+
+    from moshi_eval.librilight.demo import DEMO_MIMI_CONFIG
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(small_lm().state_dict(), str(folder / "lm.safetensors"))
+    save_file(demo_mimi().state_dict(), str(folder / "mimi.safetensors"))
+    (folder / "lm_config.json").write_text(json.dumps(SMALL_LM_CONFIG | {"model_type": "moshi"}))
+    (folder / "mimi_config.json").write_text(json.dumps(DEMO_MIMI_CONFIG))
+    return ["--moshi-weights", str(folder / "lm.safetensors"), "--lm-config", str(folder / "lm_config.json"),
+            "--mimi-weights", str(folder / "mimi.safetensors"), "--mimi-config", str(folder / "mimi_config.json"),
+            "--device", "cpu"]
 
 
 def codes_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

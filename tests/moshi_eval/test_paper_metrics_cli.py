@@ -10,10 +10,8 @@ import sys
 
 import pytest
 from librilight_helpers import REPO_ROOT, subprocess_env
-from paper_metrics_helpers import DATA, SMALL_LM_CONFIG, copy_sets, demo_mimi, set_dirs, small_lm
-from safetensors.torch import save_file
+from paper_metrics_helpers import DATA, copy_sets, demo_mimi, save_small_checkpoint, set_dirs, small_lm
 
-from moshi_eval.librilight.demo import DEMO_MIMI_CONFIG
 from moshi_eval.paper_metrics import evaluate_paper_metrics
 from moshi_eval.paper_metrics.cli import main
 
@@ -21,14 +19,7 @@ from moshi_eval.paper_metrics.cli import main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The small LM and the demo Mimi as local weights and configs, and the model flags naming them."""
-    folder = tmp_path_factory.mktemp("checkpoint")
-    save_file(small_lm().state_dict(), str(folder / "lm.safetensors"))
-    save_file(demo_mimi().state_dict(), str(folder / "mimi.safetensors"))
-    (folder / "lm_config.json").write_text(json.dumps(SMALL_LM_CONFIG | {"model_type": "moshi"}))
-    (folder / "mimi_config.json").write_text(json.dumps(DEMO_MIMI_CONFIG))
-    return ["--moshi-weights", str(folder / "lm.safetensors"), "--lm-config", str(folder / "lm_config.json"),
-            "--mimi-weights", str(folder / "mimi.safetensors"), "--mimi-config", str(folder / "mimi_config.json"),
-            "--device", "cpu"]
+    return save_small_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 def comparable(data):

@@ -93,7 +93,7 @@ def test_second_run_hits_the_cache(tmp_path, mimi):
     assert [s.sequence_id for s in first.sequences] == ["1/a", "1/b", "2/c"]
     assert first.sequences[0].num_frames == -(-2 * round(2.0 * 24000) // mimi.frame_size)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
-    assert CodesCache(tmp_path / "cache").get("missing", 1) is None
+    assert CodesCache(tmp_path / "cache").get({"kind": "missing"}, 1, 8, mimi.cardinality, "missing") is None
 
 
 def write_broken_tree(root):

@@ -32,11 +32,11 @@ def test_written_files_follow_the_umask(tmp_path, umask, mask, expected):
     os.umask(mask)
     sequence = SequenceLosses("s", np.ones((3, 2), dtype=np.float32), ["s.flac"])
     LibriLightResult([sequence], card=16, frame_rate=12.5, positions=[2], window=1).write_json(tmp_path / "r.json")
-    store = SequenceStore(tmp_path / "r.sequences", "run")
-    store.save("key", sequence)
+    store = SequenceStore(tmp_path / "r.sequences", "run", num_codebooks=2)
+    store.save(["s.flac"], sequence)
     cache = CodesCache(tmp_path / "cache")
-    cache.put("entry", torch.zeros(8, 4, dtype=torch.long), complete=True)
-    for path in (tmp_path / "r.json", store.path_for("key"), cache.path_for("entry")):
+    cache.put({"entry": 1}, torch.zeros(8, 4, dtype=torch.long), complete=True)
+    for path in (tmp_path / "r.json", store.path_for("s", ["s.flac"]), cache.path_for({"entry": 1})):
         assert mode(path) == expected, path
-    assert store.load("key").sequence_id == "s" and cache.get("entry", 4).shape == (8, 4)
-    assert sorted(p.name for p in (tmp_path / "r.sequences").iterdir()) == ["key.safetensors"]
+    assert store.load("s", ["s.flac"]).sequence_id == "s" and cache.get({"entry": 1}, 4, 8, 16, "e").shape == (8, 4)
+    assert [p.name for p in (tmp_path / "r.sequences").iterdir()] == [store.path_for("s", ["s.flac"]).name]
