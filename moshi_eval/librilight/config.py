@@ -59,6 +59,8 @@ class LibriLightConfig(CheckedSettings):
     resume: bool = True
     legacy_keys: bool = False
     check_every: int = 250
+    context: int | None = None
+    rope_max_period: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""

@@ -55,6 +55,8 @@ class PaperMetricsConfig(CheckedSettings):
     output: str | None = None
     resume: bool = True
     zerospeech_submission: str | None = None
+    context: int | None = None
+    rope_max_period: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""

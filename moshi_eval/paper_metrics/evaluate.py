@@ -105,7 +105,9 @@ class PaperMetricsRun(EvaluationRun[Utterance]):
         """Everything that changes an utterance's per-token losses."""
         config = self.config
         return digest({"evaluation": "paper_metrics", "model": self.identity["fingerprint"],
-                       "dtype": self.identity["dtype"], "text_policy": config.text_policy, "stream": config.stream,
+                       "dtype": self.identity["dtype"], "context": self.identity["context"],
+                       "rope_max_period": self.identity["rope_max_period"], "text_policy": config.text_policy,
+                       "stream": config.stream,
                        "other_stream": config.other_stream, "mimi": encoder.mimi_fingerprint}, length=32)
 
     def prepare(self, utterances: list[Utterance], encoder: MimiSequenceEncoder) -> list[tuple[Utterance, ScoringItem]]:

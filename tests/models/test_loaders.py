@@ -376,7 +376,11 @@ def test_checkpoint_info_from_hub(tiny: TinyLM, tmp_path: Path, monkeypatch: pyt
     repo = _write_repo(tiny, tmp_path / "repo", {"lora_name": "adapters.safetensors", "ttt_name": "ttt.safetensors"})
     names = ["config.json", "lm.safetensors", loaders.MIMI_NAME, loaders.TEXT_TOKENIZER_NAME, "adapters.safetensors",
              "ttt.safetensors"]
-    hub = _install_hub(monkeypatch, {("kyutai/tiny", name): repo / name for name in names})
+    served = {("kyutai/tiny", name): repo / name for name in names}
+    served["kyutai/tiny", "config.json"] = tmp_path / "fresh_cache" / "config.json"  # nothing else downloaded yet
+    served["kyutai/tiny", "config.json"].parent.mkdir()
+    served["kyutai/tiny", "config.json"].write_bytes((repo / "config.json").read_bytes())
+    hub = _install_hub(monkeypatch, served)
     info = loaders.CheckpointInfo.from_hf_repo("kyutai/tiny", revision="v1")
     assert sorted(hub.calls) == sorted(("kyutai/tiny", name, "v1") for name in names)
     assert info.moshi_weights == repo / "lm.safetensors"

@@ -1,13 +1,12 @@
-"""Acceptance 6: `--device cuda` becomes an explicit `cuda:<index>` (what `torch.cuda.set_device` needs); unusable
-devices are errors naming the value."""
+"""`moshi.models.model_flags`: the device rule (`cuda` becomes an explicit `cuda:<index>`, what
+`torch.cuda.set_device` needs; unusable devices are errors naming the value), the flags' two spellings, the request."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from moshi_eval.scoring.devices import resolve_device, select_device
-from moshi_eval.scoring.settings_file import ConfigError
+from moshi.models.model_flags import resolve_device, select_device
 
 
 @pytest.mark.parametrize(("requested", "local_rank", "count", "expected"), [
@@ -25,12 +24,12 @@ def test_devices_are_explicit(requested, local_rank, count, expected):
 
 
 @pytest.mark.parametrize(("requested", "count", "message"), [
-    ("cuda", 0, "--device cuda: no CUDA device is visible"),
+    ("cuda", 0, "--device cuda: no CUDA GPU is visible"),
     ("cuda:2", 2, r"--device cuda:2: only 2 CUDA device\(s\) are visible \(cuda:0 to cuda:1\)"),
     ("gpu", 1, "--device 'gpu' is not a device"),
 ])
 def test_unusable_devices_are_named(requested, count, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ValueError, match=message):
         resolve_device(requested, cuda_count=count)
 
 
