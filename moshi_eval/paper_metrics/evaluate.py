@@ -168,6 +168,8 @@ class PaperMetricsRun(EvaluationRun[Utterance]):
             "mode": config.mode,
             "chunk_size": config.chunk_size,
             "batch_size": config.batch_size,
+            "context": config.context,
+            "rope_max_period": config.rope_max_period,
         }
 
     def report(self, result: PaperMetricsResult) -> None:
