@@ -1,7 +1,8 @@
 """Checkpoint folders laid out the way moshi-finetune's `Checkpointer` writes them, over a small base repository.
 
 The base (`write_base`) is a local repository folder: the tiny parity LM (`lm_moshiko_tiny`), a tiny random Mimi with
-as many bins as the LM's card (40), a sentencepiece tokenizer as wide as its text card and a config.json naming them.
+as many bins as the LM's card (40; codebooks and decoder drawn as the server's demo checkpoint draws them, so that
+codes and sound depend on each other), a sentencepiece tokenizer as wide as its text card and a config.json naming them.
 Over it:
 
 - kyutai's layout, LoRA (`write_kyutai_lora`): `checkpoint_000010/consolidated/` with config.json (the base config plus
@@ -28,7 +29,7 @@ from moshi.models import loaders
 from moshi.models.compression import MimiModel
 from moshi.modules.lora import replace_lora_with_linear
 from moshi.modules.ttt_finetune import FINETUNE_DEFAULTS
-from moshi.server.demo_checkpoint import train_demo_tokenizer
+from moshi.server.demo_checkpoint import calibrate_codebooks, redraw_decoder_weights, train_demo_tokenizer
 
 MIMI_CONFIG = {
     "sample_rate": 24000, "channels": 1, "frame_rate": 12.5,
@@ -63,7 +64,10 @@ def write_base(folder: Path, parity_dir: Path) -> Path:
     config = json.loads((parity_dir / "lm_moshiko_tiny" / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | BASE_NAMES, indent=1))
     torch.manual_seed(0)
-    save_file(MimiModel.from_config(MIMI_CONFIG).state_dict(), folder / BASE_NAMES["mimi_name"])
+    mimi = MimiModel.from_config(MIMI_CONFIG)
+    calibrate_codebooks(mimi)
+    redraw_decoder_weights(mimi)
+    save_file(mimi.state_dict(), folder / BASE_NAMES["mimi_name"])
     (folder / BASE_NAMES["mimi_config_name"]).write_text(json.dumps(MIMI_CONFIG))
     train_demo_tokenizer(folder / BASE_NAMES["tokenizer_name"], vocab_size=config["text_card"])
     return folder

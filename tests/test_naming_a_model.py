@@ -290,3 +290,89 @@ def test_a_ttt_config_without_a_section_is_one_line(files, tmp_path, capsys, com
     bad.write_text("data: {}\n")
     line = the_error_line(command, ["--hf-repo", str(files.base), "--ttt-config", str(bad)], tmp_path, files, capsys)
     assert line.startswith(f"error: the TTT config {bad} has no `ttt:` section")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Long-context controls, sampling flags, the two spellings
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_context_and_rope_period_change_the_model_say_so_once_and_are_recorded(files, tmp_path, capsys, command):
+    base_argv = ["--hf-repo", str(files.base)]
+    trained = run_command(command, base_argv, tmp_path / "trained", files)
+    capsys.readouterr()
+    changed = run_command(command, [*base_argv, "--context", "1", "--rope-max-period", "500"], tmp_path / "changed",
+                          files)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert [note.split(" changes ")[0] for note in notes] == ["note: --context 1", "note: --rope-max-period 500"]
+    assert "instead of the 6 it was trained with" in notes[0] and "instead of the 10000" in notes[1]
+    if command == "server":
+        assert changed["lm"].keys() == trained["lm"].keys()
+    elif command == "inference":
+        assert not torch.equal(changed["pcm"], trained["pcm"])
+    else:
+        recorded = changed["config"] if command == "librilight" else changed["settings"]
+        assert recorded["context"] == 1 and recorded["rope_max_period"] == 500
+        assert changed["model"]["context"] == 1 and changed["model"]["rope_max_period"] == 500
+        assert trained["model"]["context"] == 6 and trained["model"]["rope_max_period"] == 10000
+        assert changed["model"]["fingerprint"] == trained["model"]["fingerprint"]
+        key = "librilight_loss_8" if command == "librilight" else "utterances"
+        assert changed[key] != trained[key]
+
+
+def test_the_served_model_has_the_context_and_period_asked_for(files):
+    args = server_cli.build_parser().parse_args(["--hf-repo", str(files.base), "--device", "cpu", "--context", "3",
+                                                 "--rope-max-period", "500"])
+    lm = server_cli.load_served_model(args).lm_gen.lm_model
+    assert lm.context == 3 and lm.transformer.attention_contexts() == [3, 3]
+    assert lm.transformer.max_period == 500 and lm.depformer.max_period == 10000
+
+
+def test_sampling_flags_replace_the_checkpoint_settings(files):
+    config = config_with(files, "sampling", lambda c: c | {"lm_gen_config": {"temp": 0.9, "top_k": 8}})
+    argv = ["--hf-repo", str(files.base), "--lm-config", str(config), "--device", "cpu"]
+
+    def settings(*flags: str) -> tuple:
+        gen = server_cli.load_served_model(server_cli.build_parser().parse_args([*argv, *flags])).lm_gen
+        return gen.temp, gen.top_k, gen.temp_text, gen.top_k_text
+
+    defaults = settings()
+    assert defaults[:2] == (0.9, 8)
+    assert settings("--temp", "0.5", "--top-k-text", "3") == (0.5, 8, defaults[2], 3)
+    assert settings("--temp-text", "0.2", "--top-k", "2") == (0.9, 2, 0.2, defaults[3])
+
+
+def test_the_inference_seed_and_temperature_are_taken(files, tmp_path):
+    argv = ["--hf-repo", str(files.base)]
+    first = run_command("inference", [*argv, "--seed", "1"], tmp_path, files)
+    assert_same(run_command("inference", [*argv, "--seed", "1"], tmp_path, files), first)
+    assert not torch.equal(run_command("inference", [*argv, "--seed", "2"], tmp_path, files)["pcm"], first["pcm"])
+    assert not torch.equal(run_command("inference", [*argv, "--seed", "1", "--temp-text", "0.1"], tmp_path,
+                                       files)["text"], first["text"])
+
+
+PARSERS = {"server": server_cli.build_parser, "inference": run_inference.build_parser,
+           "librilight": librilight_cli.build_parser, "paper_metrics": paper_metrics_cli.build_parser}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_one_spelling_and_both_are_accepted(command, tmp_path):
+    parser = PARSERS[command]()
+    shown = parser.format_help()
+    ours = command in ("librilight", "paper_metrics")
+    for upstream_name, our_name in (("--moshi-weight", "--moshi-weights"), ("--mimi-weight", "--mimi-weights"),
+                                    ("--lora-weight", "--lora-weights"), ("--no_fuse_lora", "--no-fuse-lora"),
+                                    ("--half", "--dtype")):
+        assert (f"{our_name} " in shown) == ours and (f"{upstream_name} " in shown) != ours
+    config_flag = "--lm-config" if ours else ("--config" if command == "inference" else "--config-path")
+    assert f"{config_flag} " in shown
+    for flag in ("--checkpoint", "--ttt-config", "--ttt-weights", "--context", "--rope-max-period", "--mimi-config"):
+        assert f"{flag} " in shown
+    extra = ["x.wav"] if command == "inference" else []
+    upstream = parser.parse_args(["--moshi-weight", "a", "--mimi-weight", "b", "--lora-weight", "c", "--config-path",
+                                  "d", "--half", "--no_fuse_lora", *extra])
+    spelled_ours = parser.parse_args(["--moshi-weights", "a", "--mimi-weights", "b", "--lora-weights", "c",
+                                      "--lm-config", "d", "--dtype", "float16", "--no-fuse-lora", *extra])
+    assert vars(upstream) == vars(spelled_ours)
+    assert (upstream.moshi_weights, upstream.mimi_weights, upstream.lora_weights, upstream.lm_config,
+            upstream.dtype, upstream.fuse_lora) == ("a", "b", "c", "d", "float16", False)

@@ -98,7 +98,7 @@ def add_model_flags(parser: argparse.ArgumentParser, spelling: str, default_repo
                                                              "the checkpoint's (changes the model's function)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when a GPU is visible, else cpu)")
     dtype_help = "weights' dtype (default auto: bfloat16 on a GPU, float32 elsewhere)"
-    half_help = "float16 weights (for GPUs without bfloat16), i.e. --dtype float16"
+    half_help = "float16 weights (for GPUs without bfloat16); default: bfloat16 on a GPU, float32 elsewhere"
     group.add_argument("--dtype", choices=("auto", *DTYPES), help=dtype_help if spelling == OURS else argparse.SUPPRESS)
     group.add_argument("--half", dest="dtype", action="store_const", const="float16",
                        help=half_help if spelling == UPSTREAM else argparse.SUPPRESS)
@@ -200,7 +200,7 @@ class ModelRequest:
             overrides["context"] = self.context
             if self.context != config.get("context"):
                 changes.append(f"--context {self.context} changes the model's function: its attention looks back "
-                               f"{self.context} steps instead of the {config.get('context') or 'unbounded'} it was "
+                               f"{self.context} step(s) instead of the {config.get('context') or 'unbounded'} it was "
                                "trained with (layers whose context a TTT config sets keep theirs)")
         if self.rope_max_period is not None:
             trained = config.get("max_period", DEFAULT_ROPE_MAX_PERIOD)
