@@ -31,18 +31,25 @@ from moshi.modules.lora import replace_lora_with_linear
 from moshi.modules.ttt_finetune import FINETUNE_DEFAULTS
 from moshi.server.demo_checkpoint import calibrate_codebooks, redraw_decoder_weights, train_demo_tokenizer
 
-MIMI_CONFIG = {
-    "sample_rate": 24000, "channels": 1, "frame_rate": 12.5,
-    "seanet": {"channels": 1, "dimension": 16, "causal": True, "n_filters": 2, "n_residual_layers": 1,
-               "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
-               "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
-               "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True},
-    "quantizer": {"dimension": 8, "n_q": 8, "bins": 40, "input_dimension": 16, "output_dimension": 16},
-    "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
-                    "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none", "norm": "layer_norm",
-                    "positional_embedding": "rope", "dim_feedforward": 32, "input_dimension": 16,
-                    "output_dimensions": [16]},
-}
+
+def tiny_mimi_config(bins: int) -> dict[str, Any]:
+    """A Mimi two SEANet filters wide, with 8 codebooks of `bins` entries and a one-layer transformer."""
+    return {
+        "sample_rate": 24000, "channels": 1, "frame_rate": 12.5,
+        "seanet": {"channels": 1, "dimension": 16, "causal": True, "n_filters": 2, "n_residual_layers": 1,
+                   "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
+                   "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
+                   "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True},
+        "quantizer": {"dimension": 8, "n_q": 8, "bins": bins, "input_dimension": 16, "output_dimension": 16},
+        "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
+                        "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
+                        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 32,
+                        "input_dimension": 16, "output_dimensions": [16]},
+    }
+
+
+MIMI_CONFIG = tiny_mimi_config(bins=40)
+
 BASE_NAMES = {"moshi_name": "model.safetensors", "mimi_name": "mimi.safetensors",
               "mimi_config_name": "mimi_config.json", "tokenizer_name": "tokenizer.model"}
 LORA_ARGS = {"lora": True, "lora_rank": 4, "lora_scaling": 2.0}
