@@ -376,3 +376,24 @@ def test_help_shows_one_spelling_and_both_are_accepted(command, tmp_path):
     assert vars(upstream) == vars(spelled_ours)
     assert (upstream.moshi_weights, upstream.mimi_weights, upstream.lora_weights, upstream.lm_config,
             upstream.dtype, upstream.fuse_lora) == ("a", "b", "c", "d", "float16", False)
+
+
+def test_an_evaluation_settings_file_sets_the_context_too(files, tmp_path):
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("context: 1\nrope_max_period: 500\n")
+    from_file = run_command("librilight", ["--hf-repo", str(files.base), "--config", str(settings)], tmp_path / "a",
+                            files)
+    from_flags = run_command("librilight", ["--hf-repo", str(files.base), "--context", "1", "--rope-max-period", "500"],
+                             tmp_path / "b", files)
+    assert from_file["model"]["context"] == 1 and from_file["config"]["context"] == 1
+    assert_same(from_file, from_flags)
+
+
+def test_an_evaluation_refuses_a_context_its_model_was_not_built_with(files):
+    from moshi.models.model_flags import ModelRequest
+    from moshi_eval.librilight import evaluate_librilight
+
+    lm = ModelRequest(hf_repo=str(files.base)).resolve().load_lm("cpu", torch.float32)
+    with pytest.raises(ValueError, match="context is 1 in the settings but the model was built with 6"):
+        evaluate_librilight(lm, None, codes=[str(files.codes)], user_stream="zero", positions=[8], window=4,
+                            context=1, progress=False)
