@@ -125,8 +125,8 @@ class ModelRequest:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, spelling: str, default_repo: str | None = None) -> ModelRequest:
-        """The request of parsed flags (absent ones included); `default_repo` is the repository when no flag names
-        one, a checkpoint folder or LM weights (server and inference: upstream's; the evaluations: none)."""
+        """The request of parsed flags (absent ones included); `default_repo` is the repository when neither
+        `--hf-repo` nor `--checkpoint` is given (server and inference: upstream's; the evaluations: none)."""
         values = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(cls)
                   if field.name not in ("fuse_lora", "spelling")}
         request = cls(**values, fuse_lora=getattr(args, "fuse_lora", True), spelling=spelling)
