@@ -2,7 +2,10 @@
 
 A checkpoint repository (on the Hugging Face Hub or a local folder) holds a `config.json` with the LM keyword
 arguments plus a few file-name and usage keys, the LM weights, the Mimi weights and a sentencepiece model.
-`CheckpointInfo.from_hf_repo` resolves those files; `get_moshi_lm` / `get_mimi` build the models and load the weights.
+`CheckpointInfo.from_hf_repo` resolves those files (`from_checkpoint`: a moshi-finetune checkpoint folder;
+`from_files`: files without a repository); `get_moshi_lm` / `get_mimi` build the models and load the weights. A
+config.json's keys are checked against `LMModel`'s arguments before anything is built (`check_lm_config`), and a file
+that cannot be had from the Hub is one `HubDownloadError` naming the repository and the file.
 
 File references accepted everywhere: a local path, `file://<path>`, or `hf://<owner>/<repo>/<path in repo>`.
 Weights are read from safetensors files only (no pickle): `.pt` / `.bin` / `.ckpt` files are refused.
