@@ -8,6 +8,10 @@ whole frames. The text of item 0 is printed as it is generated; with `outfile`, 
 wav (`name-<i>.wav` when the batch has several items). Progress goes to stderr, text to stdout, and a bad flag, file or
 checkpoint ends with one `error:` line (exit status 2).
 
+The model is named with the flags of `moshi.models.model_flags` (upstream's spelling shown, ours accepted;
+`--checkpoint` for a moshi-finetune checkpoint folder; docs/naming_a_model.md); `--temp`, `--temp-text`, `--top-k` and
+`--top-k-text` replace the checkpoint's sampling settings and `--seed` sets the seed (default upstream's, 4242).
+
 Needs soundfile and soxr (`pip install 'moshi[inference]'`). Only Moshi dialogue checkpoints are supported, with
 `--cfg-coef 1`.
 """
@@ -24,12 +28,13 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from .models import checkpoint_flags
+from .models import model_flags
 from .models.compression import MimiModel
 from .models.lm import LMGen, LMModel
+from .models.loaders import DEFAULT_REPO
 
 SEED = 4242
-"""The seed upstream's offline inference sets, for comparable sampling."""
+"""The seed upstream's offline inference sets, for comparable sampling (the default of `--seed`)."""
 
 
 class InferenceError(Exception):
@@ -47,8 +52,10 @@ class Reply:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moshi-inference", description="Run Moshi offline on an audio file and write its spoken reply.")
-    checkpoint_flags.add_checkpoint_flags(parser, ("--config", "--lm-config"))
-    checkpoint_flags.add_runtime_flags(parser)
+    model_flags.add_model_flags(parser, model_flags.UPSTREAM, default_repo=DEFAULT_REPO,
+                                config_flags=("--config", "--lm-config"))
+    model_flags.add_sampling_flags(parser)
+    parser.add_argument("--seed", type=int, default=SEED, help="random seed of the sampling (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="replies sampled in parallel (default: %(default)s)")
     parser.add_argument("infile", help="input audio file (any format soundfile reads)")
     parser.add_argument("outfile", nargs="?", default="",
@@ -141,23 +148,24 @@ def run(args: argparse.Namespace) -> Reply:
     """Everything `main` does, returning the reply (item 0's text is printed, wavs are written on the way)."""
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size must be at least 1, got {args.batch_size}")
-    checkpoint_flags.check_cfg_coef(args.cfg_coef)
-    device = checkpoint_flags.device_from_flags(args)
-    torch.manual_seed(SEED)
-    info = checkpoint_flags.checkpoint_from_flags(args)
-    if info.model_type != "moshi":
-        raise InferenceError(f"model type {info.model_type!r}: only Moshi dialogue checkpoints are supported here")
+    request = model_flags.ModelRequest.from_args(args, model_flags.UPSTREAM, default_repo=DEFAULT_REPO)
+    torch.manual_seed(args.seed)
+    resolved, device = model_flags.open_model(request, args.device)
+    if resolved.info.model_type != "moshi":
+        raise InferenceError(f"model type {resolved.info.model_type!r}: only Moshi dialogue checkpoints are supported "
+                             "here")
+    sampling = model_flags.sampling_settings(args, resolved.info)
     log("loading Mimi, the text tokenizer and Moshi")
-    mimi = info.get_mimi(device=device)
-    tokenizer = info.get_text_tokenizer()
-    lm = info.get_moshi(device=device, dtype=args.dtype, fuse_lora=args.fuse_lora)
+    mimi = resolved.load_mimi(device)
+    tokenizer = resolved.load_tokenizer()
+    lm = resolved.load_lm(device, model_flags.resolve_dtype(args.dtype, device))
     pcm = read_mono(args.infile, mimi.sample_rate).to(device)
     frames = whole_frames(pcm[None].expand(args.batch_size, -1, -1), mimi.frame_size)
     if not frames:
         raise InferenceError(f"{args.infile} is shorter than one Mimi frame ({mimi.frame_size} samples at "
                              f"{mimi.sample_rate} Hz)")
     log(f"{len(frames)} frames of {args.infile}, batch of {args.batch_size}")
-    lm_gen = LMGen(lm, **info.lm_gen_config)
+    lm_gen = LMGen(lm, **sampling)
     reply = reply_to(frames, mimi, lm_gen, on_text=lambda token: print_text(text_piece(tokenizer, lm, token)))
     print(flush=True)
     if args.outfile:
@@ -178,13 +186,11 @@ def log(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    checkpoint_flags.warnings_on_one_line()
+    model_flags.warnings_on_one_line()
     try:
         run(args)
-    except (InferenceError, *checkpoint_flags.CHECKPOINT_ERRORS) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    except (InferenceError, *model_flags.EXPECTED_ERRORS) as error:
+        return model_flags.report_error(error)
     return 0
 
 

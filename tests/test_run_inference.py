@@ -13,6 +13,7 @@ import pytest
 import sentencepiece
 import soundfile
 import torch
+from finetune_checkpoints import tiny_mimi_config
 from safetensors.torch import save_file
 
 from moshi import run_inference
@@ -20,18 +21,7 @@ from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MIMI_CONFIG = {
-    "sample_rate": 24000, "channels": 1, "frame_rate": 12.5,
-    "seanet": {"channels": 1, "dimension": 16, "causal": True, "n_filters": 2, "n_residual_layers": 1,
-               "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
-               "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
-               "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True},
-    "quantizer": {"dimension": 8, "n_q": 8, "bins": 32, "input_dimension": 16, "output_dimension": 16},
-    "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
-                    "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none", "norm": "layer_norm",
-                    "positional_embedding": "rope", "dim_feedforward": 32, "input_dimension": 16,
-                    "output_dimensions": [16]},
-}
+MIMI_CONFIG = tiny_mimi_config(bins=32)
 LM_CONFIG = {
     "dim": 32, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8, "card": 32, "num_heads": 2, "num_layers": 1,
     "hidden_scale": 2, "causal": True, "context": 50, "gating": "silu", "norm": "rms_norm_f32",

@@ -142,8 +142,7 @@ class LMModel(StreamingContainer):
             causal=causal, ttt_blocks=ttt_blocks, checkpointing=gradient_checkpointing, **factory, **main_kwargs,
         )
         if self.ttt_config is not None:
-            for index, layer_context in self.ttt_config.attention_contexts(num_layers).items():
-                self.transformer.layers[index].self_attn.context = layer_context
+            self.transformer.set_attention_contexts(self.ttt_config.attention_contexts(num_layers))
         self.out_norm = make_norm(norm, dim, **factory)
 
         num_inputs = 1
@@ -471,7 +470,7 @@ class LMGen(StreamingModule[LMGenState]):
         lm = self.lm_model
         on_gpu = lm.device.type == "cuda"
         ring = DelayRing.empty(lm.initial_tokens(batch_size), lm.delays[: lm.num_codebooks], lm.dep_q,
-                               lm.text_card_out, lm.card, lm.text_linear.weight.dtype, lm.ungenerated_token_id)
+                               lm.text_card_out, lm.card, lm.dtype, lm.ungenerated_token_id)
         return LMGenState(
             batch_size,
             lm.device,

@@ -2,7 +2,10 @@
 
 A checkpoint repository (on the Hugging Face Hub or a local folder) holds a `config.json` with the LM keyword
 arguments plus a few file-name and usage keys, the LM weights, the Mimi weights and a sentencepiece model.
-`CheckpointInfo.from_hf_repo` resolves those files; `get_moshi_lm` / `get_mimi` build the models and load the weights.
+`CheckpointInfo.from_hf_repo` resolves those files (`from_checkpoint`: a moshi-finetune checkpoint folder;
+`from_files`: files without a repository); `get_moshi_lm` / `get_mimi` build the models and load the weights. A
+config.json's keys are checked against `LMModel`'s arguments before anything is built (`check_lm_config`), and a file
+that cannot be had from the Hub is one `HubDownloadError` naming the repository and the file.
 
 File references accepted everywhere: a local path, `file://<path>`, or `hf://<owner>/<repo>/<path in repo>`.
 Weights are read from safetensors files only (no pickle): `.pt` / `.bin` / `.ckpt` files are refused.
@@ -11,6 +14,10 @@ Weights are read from safetensors files only (no pickle): `.pt` / `.bin` / `.ckp
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import functools
+import inspect
 import json
 import os
 import warnings
@@ -27,13 +34,24 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..modules.lora import replace_all_linear_with_lora, replace_lora_with_linear
+from ..modules.ttt import TTTConfig
 from .compression import MimiModel
 from .lm import LMModel
 
 try:
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 except ImportError:  # huggingface_hub < 0.23
-    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -198,7 +216,7 @@ def looks_like_local_path(text: str) -> bool:
             or os.path.isabs(text))
 
 
-def _require_repository(hf_repo: str | Path) -> None:
+def require_repository(hf_repo: str | Path) -> None:
     """A repository that looks like a local path must be a folder (it is never a Hub id), so a typo fails at once."""
     if _is_local_folder(hf_repo):
         return
@@ -210,8 +228,57 @@ def _require_repository(hf_repo: str | Path) -> None:
                                 f"{DEFAULT_REPO})")
 
 
+class HubDownloadError(OSError):
+    """A file of a Hugging Face repository that cannot be had; the message names the repository, the file, why, and
+    what to do instead (`hub_download_error`)."""
+
+
+class HubFileNotFoundError(HubDownloadError, EntryNotFoundError):
+    """The repository is there but has no such file."""
+
+
+def hub_download_error(kind: type[HubDownloadError], repo_id: str, filename: str, reason: str) -> HubDownloadError:
+    return kind(f"cannot get {filename} of the Hugging Face repository {repo_id}: {reason}. Use local files instead (a "
+                "local checkpoint folder as the repository, or the files themselves, e.g. --moshi-weights), or set "
+                "HF_HUB_OFFLINE=1 to use the files already in the Hugging Face cache")
+
+
+HUB_PROBE_TIMEOUT = 5.0
+"""Seconds to wait for the Hub's answer before taking it for unreachable."""
+
+
+@functools.cache
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (None when it answers), asked once per process with one request and no retries:
+    `hf_hub_download` retries for about 25 s before it gives up on an unreachable Hub."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 - requests and httpx raise different types; any failure means unreachable
+        return f"{constants.ENDPOINT} is unreachable ({' '.join(str(error).split()) or type(error).__name__})"
+    return None
+
+
 def _download(repo_id: str, filename: str, revision: str | None) -> Path:
-    return Path(hf_hub_download(repo_id, filename, revision=revision))
+    """`filename` of the Hub repository `repo_id`, from the cache or downloaded; a HubDownloadError when it cannot be
+    had. An unreachable Hub is found out with one request: cached files are then used as they are."""
+    from huggingface_hub import constants
+
+    unreachable = None if constants.HF_HUB_OFFLINE else _hub_unreachable()
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=unreachable is not None))
+    except LocalEntryNotFoundError as error:
+        reason = unreachable or ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else " ".join(str(error).split()))
+        raise hub_download_error(HubDownloadError, repo_id, filename, f"not in the local cache and {reason}") from error
+    except EntryNotFoundError as error:
+        raise hub_download_error(HubFileNotFoundError, repo_id, filename, "the repository has no such file") from error
+    except RepositoryNotFoundError as error:
+        raise hub_download_error(HubDownloadError, repo_id, filename, "no such repository on the Hub (or it is "
+                                 "private or gated: log in with `hf auth login`)") from error
+    except HfHubHTTPError as error:
+        raise hub_download_error(HubDownloadError, repo_id, filename, " ".join(str(error).split())) from error
 
 
 def _resolve_config_path(hf_repo: str | Path, revision: str | None) -> Path | None:
@@ -221,8 +288,6 @@ def _resolve_config_path(hf_repo: str | Path, revision: str | None) -> Path | No
         return path if path.exists() else None
     try:
         return _download(str(hf_repo), "config.json", revision)
-    except LocalEntryNotFoundError:
-        raise
     except EntryNotFoundError:
         return None
 
@@ -238,10 +303,9 @@ def _is_safetensors(path: str | Path) -> bool:
     return Path(path).suffix.lower() in SAFETENSORS_SUFFIXES
 
 
-def _require_safetensors(path: str | Path, what: str) -> Path:
-    """The path of an existing safetensors file; pickle-based checkpoints are refused (they can run code)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+def require_safetensors_name(path: str | Path, what: str) -> None:
+    """A ValueError unless `path` names a safetensors file; pickle-based checkpoints are refused (they can run code)."""
+    suffix = Path(path).suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise ValueError(
             f"{what} {path} is a pickle-based checkpoint ({suffix}); only safetensors files are loaded. "
@@ -250,7 +314,12 @@ def _require_safetensors(path: str | Path, what: str) -> Path:
         )
     if not _is_safetensors(path):
         raise ValueError(f"{what} {path} is not a safetensors file (expected one of {', '.join(SAFETENSORS_SUFFIXES)})")
-    return _require_file(path, what)
+
+
+def _require_safetensors(path: str | Path, what: str) -> Path:
+    """The path of an existing safetensors file (`require_safetensors_name`)."""
+    require_safetensors_name(path, what)
+    return _require_file(Path(path), what)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,9 +378,10 @@ class CheckpointInfo:
         folder with the same layout).
 
         Each explicit argument overrides the file named by config.json; overrides are file references (local path,
-        `file://`, `hf://`). Without config.json the repository is taken to hold a released 7B Moshi.
+        `file://`, `hf://`). A file named by a `*_name` key of config.json is taken from the config's own folder when it
+        is there, else from the repository. Without config.json the repository is taken to hold a released 7B Moshi.
         """
-        _require_repository(hf_repo)
+        require_repository(hf_repo)
         if config_path is None:
             resolved_config = _resolve_config_path(hf_repo, revision)
         else:
@@ -321,35 +391,86 @@ class CheckpointInfo:
                 f"{hf_repo} has no config.json: assuming the released Moshi 7B configuration and file names",
                 stacklevel=2,
             )
-            raw_config = None
+        files = CheckpointFiles(moshi_weights, mimi_weights, tokenizer, mimi_config_path, lora_weights, ttt_weights)
+        return _checkpoint_info(resolved_config, hf_repo, files, revision)
+
+    @staticmethod
+    def from_files(
+        moshi_weights: Path | str,
+        config_path: Path | str | None = None,
+        mimi_weights: Path | str | None = None,
+        tokenizer: Path | str | None = None,
+        mimi_config_path: Path | str | None = None,
+        lora_weights: Path | str | None = None,
+        ttt_weights: Path | str | None = None,
+    ) -> CheckpointInfo:
+        """A checkpoint given as files, without a repository: the LM weights, optionally its config.json (default:
+        the 7B configuration; its `*_name` keys are looked up in its folder), and the other files when needed
+        (`mimi_weights` and `tokenizer` stay None when neither an argument nor the config's folder gives them)."""
+        config = None if config_path is None else _require_file(hf_get(config_path), "config file")
+        files = CheckpointFiles(moshi_weights, mimi_weights, tokenizer, mimi_config_path, lora_weights, ttt_weights)
+        return _checkpoint_info(config, None, files, None)
+
+    @staticmethod
+    def from_checkpoint(
+        path: str | Path,
+        hf_repo: str | Path | None = None,
+        config_path: Path | str | None = None,
+        moshi_weights: Path | str | None = None,
+        mimi_weights: Path | str | None = None,
+        tokenizer: Path | str | None = None,
+        mimi_config_path: Path | str | None = None,
+        lora_weights: Path | str | None = None,
+        ttt_weights: Path | str | None = None,
+        revision: str | None = None,
+    ) -> CheckpointInfo:
+        """A checkpoint folder written by moshi-finetune's `Checkpointer`: `path` is its `consolidated/` folder or the
+        `checkpoint_NNNNNN/` folder above it.
+
+        The folder holds `config.json` (the base model's config.json with `lora`, `lora_rank`, `lora_scaling`) and
+        either `lora.safetensors` (the trained adapters: LoRA and/or TTT weights, loaded over the base model's weights)
+        or `consolidated.safetensors` (every weight, adapters merged). Our users' fork adds `training_config.json`:
+        its `ttt:` section builds the TTT layers (`TTTConfig.from_moshi_finetune`) and its `moshi_paths` name the base
+        model (`hf_repo_id`, or `moshi_path` / `mimi_path` / `tokenizer_path`). `hf_repo` and the explicit files
+        override what the folder says (`config_path` its config.json); when nothing names the base model, the released
+        Moshi is assumed (a warning).
+        """
+        folder = finetune_checkpoint_folder(path)
+        training_file = folder / TRAINING_CONFIG_NAME
+        training = _read_json(training_file, "training config") if training_file.is_file() else {}
+        base = _BaseModelPaths(_mapping(training.get("moshi_paths") or {}, f"{training_file}: moshi_paths"),
+                               training_file)
+        config_file = folder / "config.json" if config_path is None else _require_file(hf_get(config_path),
+                                                                                       "config file")
+        raw_config = read_lm_config(config_file)
+        lora = bool(raw_config.get("lora"))
+        if (folder / CONSOLIDATED_NAME).is_file():
+            moshi_weights = moshi_weights or folder / CONSOLIDATED_NAME
+            lora = lora and lora_weights is not None  # the adapters trained are merged into the file
         else:
-            raw_config = _read_json(resolved_config, "config file")
-        lm_config, names, usage = _split_config(raw_config)
+            moshi_weights = moshi_weights or base.file("moshi_path")
+            lora_weights = lora_weights or (folder / ADAPTERS_NAME if lora else None)
+            ttt_weights = ttt_weights or (None if lora else folder / ADAPTERS_NAME)
+        files = CheckpointFiles(moshi_weights, mimi_weights or base.file("mimi_path"),
+                                tokenizer or base.file("tokenizer_path"), mimi_config_path, lora_weights, ttt_weights)
+        hf_repo = hf_repo or base.paths.get("hf_repo_id")
+        if hf_repo is None and None in (files.moshi_weights, files.mimi_weights, files.tokenizer):
+            warnings.warn(f"{folder} does not say which model it was trained from (no training_config.json naming "
+                          f"moshi_paths): assuming {DEFAULT_REPO}; name it with --hf-repo", stacklevel=2)
+            hf_repo = DEFAULT_REPO
+        if hf_repo is not None:
+            require_repository(hf_repo)
+        info = _checkpoint_info(config_file, hf_repo, files, revision)
+        info.lm_config = {key: value for key, value in info.lm_config.items() if lora or key not in _LORA_KEYS}
+        ttt = _finetune_ttt_config(training, training_file)
+        if ttt is not None:
+            info.lm_config["ttt"] = ttt
+        return info
 
-        def pick(override: Path | str | None, name: str | None) -> Path | None:
-            if override is not None:
-                return hf_get(override, revision=revision)
-            if name is None:
-                return None
-            return hf_get(name, hf_repo, revision=revision)
-
-        mimi_config_file = pick(mimi_config_path, names["mimi_config_name"])
-        mimi_config = None if mimi_config_file is None else _read_json(mimi_config_file, "Mimi config file")
-        return CheckpointInfo(
-            moshi_weights=pick(moshi_weights, names["moshi_name"]),
-            mimi_weights=pick(mimi_weights, names["mimi_name"]),
-            tokenizer=pick(tokenizer, names["tokenizer_name"]),
-            lm_config=lm_config,
-            raw_config=raw_config,
-            mimi_config=mimi_config,
-            model_type=usage["model_type"],
-            lora_weights=pick(lora_weights, names["lora_name"]),
-            lm_gen_config=usage["lm_gen_config"],
-            tts_config=usage["tts_config"],
-            stt_config=usage["stt_config"],
-            model_id=usage["model_id"],
-            ttt_weights=pick(ttt_weights, names["ttt_name"]),
-        )
+    def with_lm_overrides(self, **overrides: Any) -> CheckpointInfo:
+        """This checkpoint with `LMModel` keyword arguments replaced (e.g. `ttt=...`, `context=...`)."""
+        lm_config = default_lm_config() if self.lm_config is None else dict(self.lm_config)
+        return dataclasses.replace(self, lm_config=lm_config | overrides)
 
     def get_moshi(
         self,
@@ -381,6 +502,8 @@ class CheckpointInfo:
 
     def get_mimi(self, device: torch.device | str = "cpu") -> MimiModel:
         """The Mimi codec, set to as many codebooks as one audio stream of the LM uses."""
+        if self.mimi_weights is None:
+            raise ValueError("no Mimi weights were given (name them, or a repository holding them)")
         return get_mimi(self.mimi_weights, self.mimi_config, device=device, num_codebooks=self.mimi_num_codebooks)
 
     @property
@@ -393,6 +516,8 @@ class CheckpointInfo:
 
     def get_text_tokenizer(self) -> sentencepiece.SentencePieceProcessor:
         """The sentencepiece tokenizer of the text stream."""
+        if self.tokenizer is None:
+            raise ValueError("no text tokenizer was given (name it, or a repository holding it)")
         path = _require_file(Path(self.tokenizer), "text tokenizer")
         return sentencepiece.SentencePieceProcessor(model_file=str(path))
 
@@ -401,17 +526,6 @@ def mimi_codebooks(n_q: int, dep_q: int) -> int:
     """Codebooks Mimi must produce for an LM with `n_q` audio streams, `dep_q` of them its own: the wider of the own
     and the user audio."""
     return max(dep_q, n_q - dep_q)
-
-
-def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The JSON object in `path`; a missing file, invalid JSON or another JSON value raise an error naming the file."""
-    return _read_json(Path(path), what)
-
-
-def lm_kwargs_of(raw_config: dict[str, Any]) -> dict[str, Any]:
-    """The `LMModel` keyword arguments of a checkpoint's config.json (without its file-name and usage keys)."""
-    lm_config, _, _ = _split_config(raw_config)
-    return lm_config or {}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -448,6 +562,219 @@ def _split_config(raw_config: dict[str, Any] | None) -> tuple[dict | None, dict[
     return lm_config, names, usage
 
 
+@dataclass
+class CheckpointFiles:
+    """Files given explicitly (file references), each overriding the one config.json names."""
+
+    moshi_weights: Path | str | None = None
+    mimi_weights: Path | str | None = None
+    tokenizer: Path | str | None = None
+    mimi_config: Path | str | None = None
+    lora_weights: Path | str | None = None
+    ttt_weights: Path | str | None = None
+
+
+def _checkpoint_info(
+    config_file: Path | None, hf_repo: str | Path | None, files: CheckpointFiles, revision: str | None,
+) -> CheckpointInfo:
+    """The checkpoint described by `config_file` (None: the released 7B), each file taken from `files`, else from
+    the config's folder when the file its `*_name` key names is there, else from `hf_repo` (None: not found)."""
+    raw_config = None if config_file is None else read_lm_config(config_file)
+    lm_config, names, usage = _split_config(raw_config)
+
+    def pick(override: Path | str | None, name: str | None) -> Path | None:
+        if override is not None:
+            return hf_get(override, revision=revision)
+        if name is None:
+            return None
+        if config_file is not None and (config_file.parent / name).is_file():
+            return config_file.parent / name
+        return None if hf_repo is None else hf_get(name, hf_repo, revision=revision)
+
+    mimi_config_file = pick(files.mimi_config, names["mimi_config_name"])
+    return CheckpointInfo(
+        moshi_weights=pick(files.moshi_weights, names["moshi_name"]),
+        mimi_weights=pick(files.mimi_weights, names["mimi_name"]),
+        tokenizer=pick(files.tokenizer, names["tokenizer_name"]),
+        lm_config=lm_config,
+        raw_config=raw_config,
+        mimi_config=None if mimi_config_file is None else _read_json(mimi_config_file, "Mimi config file"),
+        model_type=usage["model_type"],
+        lora_weights=pick(files.lora_weights, names["lora_name"]),
+        lm_gen_config=usage["lm_gen_config"],
+        tts_config=usage["tts_config"],
+        stt_config=usage["stt_config"],
+        model_id=usage["model_id"],
+        ttt_weights=pick(files.ttt_weights, names["ttt_name"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config.json: LM arguments checked before anything is built
+
+_LORA_KEYS = ("lora", "lora_rank", "lora_scaling")
+_REFUSED_KEYS = ("conditioners", "fuser", "condition_provider", "cross_attention", "quantize",
+                 "demux_second_text_stream", "demux_second_stream", "depformer_causal")
+"""Keys of upstream's configs that this fork reads only to refuse them (or to drop them, `depformer_causal`)."""
+REQUIRED_LM_KEYS = ("dim", "num_heads", "num_layers", "n_q", "dep_q", "card", "delays")
+"""Keys every Moshi config.json has: without them `LMModel`'s small defaults would build another architecture."""
+_SET_BY_LM = ("self", "d_model", "num_heads", "dim_feedforward", "norm", "causal", "context", "ttt_blocks", "ttt",
+              "checkpointing", "rope", "activation", "device", "dtype", "layer_kwargs", "kwargs")
+
+
+def _parameters(function: Any) -> set[str]:
+    return set(inspect.signature(function).parameters)
+
+
+@functools.cache
+def lm_config_keys() -> frozenset[str]:
+    """Every key a checkpoint's config.json may hold: `LMModel`'s arguments, those it passes on to its transformers
+    (`depformer_<name>` for the depformer's), the file-name, usage and LoRA keys, and the keys refused with a
+    message."""
+    from ..modules.transformer import StreamingTransformer, StreamingTransformerLayer
+
+    passed_on = (_parameters(StreamingTransformer.__init__) | _parameters(StreamingTransformerLayer.__init__))
+    main = passed_on - set(_SET_BY_LM)
+    depformer = {f"depformer_{name}" for name in main | {"num_heads", "context"}}
+    own = _parameters(LMModel.__init__) - {"self", "device", "dtype", "kwargs"}
+    return frozenset(own | main | depformer | {*_CONFIG_FILE_KEYS, *_CONFIG_USAGE_KEYS, *_LORA_KEYS, *_REFUSED_KEYS})
+
+
+def check_lm_config(raw_config: dict[str, Any], source: str | Path) -> None:
+    """A ValueError naming `source`, the unknown keys of `raw_config` (each with the closest known key) and the
+    missing required ones, or a NotImplementedError naming the features this fork does not support, before any model
+    is built."""
+    known = lm_config_keys()
+    unknown = sorted(set(raw_config) - known)
+    missing = [key for key in REQUIRED_LM_KEYS if key not in raw_config]
+    problems = []
+    if unknown:
+        problems.append("unknown LM argument(s) " + ", ".join(_with_closest(key, known) for key in unknown))
+    if missing:
+        problems.append("missing LM argument(s) " + ", ".join(repr(key) for key in missing))
+    if problems:
+        raise ValueError(f"{source}: {'; '.join(problems)}")
+    refused = [key for key in _REFUSED_KEYS if raw_config.get(key) and key != "depformer_causal"]
+    if refused:
+        raise NotImplementedError(f"{source}: {', '.join(refused)}: conditioned Moshi models, cross-attention, "
+                                  "quantization and a second text stream are not supported by this fork")
+
+
+def _with_closest(key: str, known: frozenset[str]) -> str:
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+    return f"{key!r} (did you mean {matches[0]!r}?)" if matches else repr(key)
+
+
+def read_lm_config(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json, its keys checked (`check_lm_config`)."""
+    raw_config = _read_json(Path(path), "config file")
+    check_lm_config(raw_config, path)
+    return raw_config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# moshi-finetune checkpoint folders
+
+TRAINING_CONFIG_NAME = "training_config.json"
+ADAPTERS_NAME = "lora.safetensors"
+CONSOLIDATED_NAME = "consolidated.safetensors"
+_BASE_PATH_KEYS = {"moshi_path": "LM weights", "mimi_path": "Mimi weights", "tokenizer_path": "text tokenizer"}
+
+
+def finetune_checkpoint_folder(path: str | Path) -> Path:
+    """The `consolidated/` folder of a moshi-finetune checkpoint given as itself or as the `checkpoint_NNNNNN/` folder
+    above it; a FileNotFoundError saying what such a folder holds otherwise."""
+    path = Path(path)
+    folder = path / "consolidated" if (path / "consolidated").is_dir() else path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path}: no such folder")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no config.json; a moshi-finetune checkpoint is a "
+                                "checkpoint_NNNNNN/consolidated/ folder with config.json and lora.safetensors or "
+                                "consolidated.safetensors")
+    weights = [name for name in (ADAPTERS_NAME, CONSOLIDATED_NAME) if (folder / name).is_file()]
+    if len(weights) != 1:
+        found = "both" if weights else "neither"
+        raise FileNotFoundError(f"checkpoint {folder}: holds {found} of {ADAPTERS_NAME} (adapters) and "
+                                f"{CONSOLIDATED_NAME} (every weight); expected exactly one")
+    return folder
+
+
+@dataclass
+class _BaseModelPaths:
+    """The `moshi_paths` of a training config: the base model's repository (`hf_repo_id`) or files."""
+
+    paths: dict[str, Any]
+    training_file: Path
+
+    def file(self, key: str) -> str | None:
+        """The file `moshi_paths.<key>` names (None when it names none); a FileNotFoundError naming the key when it is
+        not there."""
+        value = self.paths.get(key)
+        if value is not None and not str(value).startswith("hf://") and not Path(value).is_file():
+            raise FileNotFoundError(f"{self.training_file}: moshi_paths.{key} {value}: no such file (the "
+                                    f"{_BASE_PATH_KEYS[key]} the training started from; paths are relative to where "
+                                    "it ran): give the file explicitly, or the repository it came from")
+        return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"{what} must be a mapping, got {type(value).__name__}")
+
+
+def _finetune_ttt_config(training: dict[str, Any], training_file: Path) -> TTTConfig | None:
+    """The TTT layers a training config's `ttt:` section enables (None when it has none or `enable` is false). The
+    file lists every key of their `TTTArgs`, so keys that only steer training are not pointed out."""
+    section = _mapping(training.get("ttt") or {}, f"{training_file}: ttt")
+    if not section.get("enable"):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return TTTConfig.from_moshi_finetune(section)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{training_file}: its ttt section: {error}") from error
+
+
+def read_ttt_config(path: str | Path) -> TTTConfig:
+    """The TTT config of a file: the `ttt:` section of a training YAML or of a `training_config.json`, or a file that
+    is such a section; in our format or in moshi-finetune's (`TTTConfig.from_section`). Errors name the file."""
+    path = Path(path)
+    data = _read_json(path, "TTT config") if path.suffix.lower() == ".json" else _read_yaml(path, "TTT config")
+    if "ttt" not in data:
+        try:
+            return TTTConfig.from_section(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"the TTT config {path} has no `ttt:` section and is not such a section itself "
+                             f"({error})") from error
+    section = data["ttt"]
+    if not isinstance(section, dict) or not section:
+        raise ValueError(f"the TTT config {path} has no `ttt:` section (a mapping of TTT settings; its `ttt` is "
+                         f"{section!r})")
+    try:
+        return TTTConfig.from_section(section)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the TTT config {path}: {error}") from error
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    _require_file(path, what)
+    try:
+        import yaml
+    except ImportError as error:
+        raise ValueError(f"{what} {path}: reading YAML needs pyyaml (pip install pyyaml), or give a JSON file") \
+            from error
+    try:
+        value = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"{what} {path} must hold a mapping, got {type(value).__name__}")
+
+
 def _treat_early_end_of_text_as_padding(model: LMModel) -> None:
     """Hibiki may sample end-of-text (id 2) before its input ends; its embedding is made that of padding (id 3)."""
     with torch.no_grad():
@@ -481,8 +808,12 @@ def get_moshi_lm(
             saved without them); on shared keys this file wins.
         lm_kwargs_overrides: keyword arguments replacing those of `lm_kwargs`.
 
-    Weights are loaded strictly: missing or unexpected keys raise a ValueError listing them. Checkpoints saved by
-    moshi-finetune's TTT integration are renamed to this package's layout, with a warning listing unmapped keys.
+    An adapter file (`lora_weights`, `ttt_weights`; the same file may be both, as moshi-finetune's `lora.safetensors`)
+    may hold LoRA adapters (`.lora_A.` / `.lora_B.` keys) and other weights (TTT layers, fine-tuned embeddings): the
+    adapters go to the LoRA layers, the other weights over the base weights. LoRA wraps every linear layer except those
+    of the TTT layers, which are trained in full. Weights are loaded strictly: missing or unexpected keys raise a
+    ValueError listing them. Checkpoints saved by moshi-finetune's TTT integration are renamed to this package's
+    layout, with a warning listing unmapped keys.
     """
     kwargs = _prepare_lm_kwargs(lm_kwargs, lm_kwargs_overrides)
     lora = bool(kwargs.pop("lora", False))
@@ -491,17 +822,25 @@ def get_moshi_lm(
     if lora_weights is not None and not lora:
         raise ValueError(f"LoRA weights {lora_weights} were given but the LM config does not enable `lora`")
 
+    adapter_files = [path for path in dict.fromkeys((ttt_weights, lora_weights)) if path is not None]
     if filename is None:
         if ttt_weights is not None:
             raise ValueError(f"TTT weights {ttt_weights} were given without base LM weights to merge them with")
         model = LMModel(device=device, dtype=dtype, **kwargs)
+        adapters = None if lora_weights is None else _load_safetensors(lora_weights, "LoRA weights", device)
     else:
         model = LMModel(device="meta", dtype=dtype, **kwargs)
-        state = _read_lm_state(filename, ttt_weights, device)
-        _load_strict(model, state, _describe_sources(filename, ttt_weights), dtype)
+        state, adapters = _read_lm_state(filename, adapter_files, device)
+        _load_strict(model, state, _describe_sources(filename, adapter_files), dtype)
+        if adapters and not lora:
+            raise ValueError(f"{', '.join(map(str, adapter_files))} hold(s) LoRA adapters but the LM config does not "
+                             "enable `lora`")
+        if not adapters and lora_weights is None:
+            adapters = None
 
     if lora:
-        _add_lora(model, lora_rank, lora_scaling, lora_weights, device, dtype, fuse_lora)
+        source = ", ".join(map(str, adapter_files))
+        _add_lora(model, lora_rank, lora_scaling, adapters, f"LoRA file {source}", device, dtype, fuse_lora)
     if torch.device(device).type != "meta":
         _ensure_materialized(model, filename)
     model.eval()
@@ -523,18 +862,24 @@ def _prepare_lm_kwargs(lm_kwargs: dict[str, Any] | None, overrides: dict[str, An
 _FINETUNE_TTT_MARKERS = (".seq_modeling_block.", ".original_layer.")
 
 
-def _describe_sources(filename: str | Path, ttt_weights: str | Path | None) -> str:
-    return f"{filename}" if ttt_weights is None else f"{filename} + TTT weights {ttt_weights}"
+def _describe_sources(filename: str | Path, adapter_files: Sequence[str | Path]) -> str:
+    return " + ".join(map(str, [filename, *adapter_files]))
+
+
+def _is_lora_key(key: str) -> bool:
+    return ".lora_" in key
 
 
 def _read_lm_state(
-    filename: str | Path, ttt_weights: str | Path | None, device: torch.device | str
-) -> dict[str, torch.Tensor]:
-    """The base weights, with the TTT weights file (if any) merged over them."""
+    filename: str | Path, adapter_files: Sequence[str | Path], device: torch.device | str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The base weights with the adapter files' other weights merged over them, and the files' LoRA adapters."""
     state = _read_weights(filename, "LM weights", device)
-    if ttt_weights is not None:
-        state.update(_read_weights(ttt_weights, "TTT weights", device))
-    return state
+    adapters: dict[str, torch.Tensor] = {}
+    for path in adapter_files:
+        for key, value in _read_weights(path, "adapter weights", device).items():
+            (adapters if _is_lora_key(key) else state)[key] = value
+    return state, adapters
 
 
 def _read_weights(path: str | Path, what: str, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -637,23 +982,26 @@ def _add_lora(
     model: LMModel,
     rank: int,
     scaling: float,
-    lora_weights: str | Path | None,
+    adapters: dict[str, torch.Tensor] | None,
+    source: str,
     device: torch.device | str,
     dtype: torch.dtype,
     fuse: bool,
 ) -> None:
-    """Wrap every linear layer in a LoRA adapter, load the adapter weights when given, and fuse on request."""
-    if lora_weights is None:
-        replace_all_linear_with_lora(model, rank, scaling, device=device, dtype=dtype)
+    """Wrap every linear layer outside the TTT layers in a LoRA adapter, load the `adapters` when given (freshly
+    initialised adapters otherwise), and fuse on request."""
+    from ..modules.ttt import TTTBlock
+
+    if adapters is None:
+        replace_all_linear_with_lora(model, rank, scaling, device=device, dtype=dtype, skip=(TTTBlock,))
     else:
-        replace_all_linear_with_lora(model, rank, scaling, device="meta", dtype=dtype)
-        state = _load_safetensors(lora_weights, "LoRA weights", device)
-        _check_shapes(model, state, f"LoRA file {lora_weights}")
-        _cast_floats_like(state, model, dtype)
-        result = model.load_state_dict(state, strict=False, assign=True)
-        missing_adapters = [key for key in result.missing_keys if ".lora_A." in key or ".lora_B." in key]
+        replace_all_linear_with_lora(model, rank, scaling, device="meta", dtype=dtype, skip=(TTTBlock,))
+        _check_shapes(model, adapters, source)
+        _cast_floats_like(adapters, model, dtype)
+        result = model.load_state_dict(adapters, strict=False, assign=True)
+        missing_adapters = [key for key in result.missing_keys if _is_lora_key(key)]
         if missing_adapters or result.unexpected_keys:
-            raise WeightsMismatchError(f"LoRA file {lora_weights}", missing_adapters, result.unexpected_keys)
+            raise WeightsMismatchError(source, missing_adapters, result.unexpected_keys)
     if fuse:
         replace_lora_with_linear(model)
 

@@ -99,19 +99,20 @@ def replace_all_linear_with_lora(
     scaling: float,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    skip: tuple[type[nn.Module], ...] = (),
 ) -> None:
-    """Wrap every `nn.Linear` below `module` in a `LoRALinear`, in place.
+    """Wrap every `nn.Linear` below `module` in a `LoRALinear`, in place, except inside modules of the `skip` types.
 
     The adapters are created on `device` / with `dtype` (default: those of each base weight); use the meta device when
     their values will be loaded from a file afterwards.
     """
     for name, child in module.named_children():
-        if isinstance(child, LoRALinear):
+        if isinstance(child, (LoRALinear, *skip)):
             continue
         if isinstance(child, nn.Linear):
             setattr(module, name, LoRALinear.wrap(child, rank, scaling, device=device, dtype=dtype))
         else:
-            replace_all_linear_with_lora(child, rank, scaling, device=device, dtype=dtype)
+            replace_all_linear_with_lora(child, rank, scaling, device=device, dtype=dtype, skip=skip)
 
 
 def replace_lora_with_linear(module: nn.Module) -> None:

@@ -5,12 +5,18 @@ feed-forward). Outside streaming it runs a whole sequence `[B, T, C]` from posit
 continues the sequence: the attention layers keep a ring KV cache that stores, next to every key and value, its absolute
 position. Masks are built from those positions, so a chunk of any length is exact, also after the cache has wrapped past
 the attention context, and every batch item can sit at its own position (per-item resets and exec masks).
+
+The attention context of each layer is changed in one place, outside streaming (the KV cache is sized by it):
+`StreamingTransformer.set_attention_contexts` (per layer, e.g. a TTT config's contexts), `bounded_attention_context`
+(a block in which no layer looks further back than a given number of steps) and `set_attention_context` (every
+attention layer of a model, upstream's function).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -205,7 +211,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         raise ValueError("a streaming attention needs a finite `context` (or weights_per_step) to size its KV cache")
 
     def _init_streaming_state(self, batch_size: int) -> AttentionState:
-        weight = self.in_projs[0].weight if hasattr(self.in_projs[0], "weight") else next(self.parameters())
+        weight = next(self.parameters())
         capacity = self.cache_capacity()
         shape = (batch_size, self.num_kv_heads, capacity, self.head_dim)
         return AttentionState(
@@ -416,6 +422,16 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             for i in range(num_layers)
         )
 
+    def attention_contexts(self) -> list[int | None]:
+        """The attention context of each layer (None: unbounded)."""
+        return [layer.self_attn.context for layer in self.layers]
+
+    def set_attention_contexts(self, contexts: Mapping[int, int | None]) -> None:
+        """Give the layers at the indices of `contexts` their new attention context (outside streaming: the KV caches
+        are sized by it)."""
+        for index, context in contexts.items():
+            _set_context(self.layers[index].self_attn, context)
+
     def _init_streaming_state(self, batch_size: int) -> TransformerState:
         device = module_device(self)
         return TransformerState(batch_size, device, offsets=torch.zeros(batch_size, device=device, dtype=torch.long))
@@ -483,11 +499,35 @@ class ProjectedTransformer(StreamingContainer):
         return [y.transpose(1, 2) for y in outputs] if self.conv_layout else outputs
 
 
+def _set_context(attention: StreamingMultiheadAttention, context: int | None) -> None:
+    if attention.is_streaming:
+        raise RuntimeError("the attention context cannot change while streaming (the KV cache is sized by it)")
+    if context is not None and context < 1:
+        raise ValueError(f"an attention context must be at least 1 step, got {context}")
+    attention.context = context
+
+
 def set_attention_context(model: nn.Module, context: int | None) -> None:
     """Change the attention context of every attention layer of `model` (outside streaming)."""
     for module in model.modules():
         if isinstance(module, StreamingMultiheadAttention):
-            module.context = context
+            _set_context(module, context)
+
+
+@contextlib.contextmanager
+def bounded_attention_context(transformer: StreamingTransformer, steps: int) -> Iterator[None]:
+    """Inside the block, no layer of `transformer` attends further back than `steps` steps (restored afterwards).
+
+    When no stream runs more than `steps` steps between resets, no query reaches further back anyway: the attention is
+    the same, and the KV caches (sized by the context) hold `steps` entries instead of the full context.
+    """
+    saved = transformer.attention_contexts()
+    transformer.set_attention_contexts(
+        {index: steps if context is None else min(context, steps) for index, context in enumerate(saved)})
+    try:
+        yield
+    finally:
+        transformer.set_attention_contexts(dict(enumerate(saved)))
 
 
 __all__ = [
@@ -497,6 +537,7 @@ __all__ = [
     "StreamingTransformer",
     "StreamingTransformerLayer",
     "TransformerState",
+    "bounded_attention_context",
     "set_attention_context",
     "sin_embedding",
 ]

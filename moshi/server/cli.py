@@ -1,9 +1,10 @@
 """`python -m moshi.server` / `moshi-server-py`: load a checkpoint and serve it on upstream's websocket protocol.
 
 Flags follow upstream's server (`--host`, `--port`, `--static`, `--ssl`, the checkpoint flags, `--device`, `--half`,
-`--cfg-coef`, `--no_fuse_lora`), plus `--ttt-weights`, `--mimi-config`, `--seed` and the connection flags
-(`--idle-timeout`, `--heartbeat`, `--max-frame-age`). Mistakes in flags or files are reported as one `error:` line
-with exit status 2.
+`--cfg-coef`, `--no_fuse_lora`), plus `--seed`, the sampling flags (`--temp`, `--temp-text`, `--top-k`,
+`--top-k-text`), the connection flags (`--idle-timeout`, `--heartbeat`, `--max-frame-age`) and the model flags every
+command shares (`moshi.models.model_flags`: `--checkpoint`, `--ttt-config`, `--context`, ...; docs/naming_a_model.md).
+Mistakes in flags or files are reported as one `error:` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import logging
 import math
 import os
 import ssl
-import sys
 from pathlib import Path
 
 import torch
 from aiohttp import web
+from huggingface_hub.utils import logging as hf_logging
 
-from ..models import LMGen, checkpoint_flags
+from ..models import LMGen, model_flags
+from ..models.loaders import DEFAULT_REPO
 from .app import ServerSettings, build_app, bundled_page_dir
 from .conversation import ConversationLimits
 from .served_model import DEFAULT_SEED, ServedModel
@@ -39,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="every conversation starts from this random seed (default: %(default)s); -1: never reseed")
     add_connection_flags(parser)
-    checkpoint_flags.add_checkpoint_flags(parser)
-    checkpoint_flags.add_runtime_flags(parser)
+    model_flags.add_model_flags(parser, model_flags.UPSTREAM, default_repo=DEFAULT_REPO)
+    model_flags.add_sampling_flags(parser)
     return parser
 
 
@@ -96,43 +98,39 @@ def ssl_context_from_flag(value: str | None) -> ssl.SSLContext | None:
 
 def load_served_model(args: argparse.Namespace) -> ServedModel:
     """Resolve and load the checkpoint the flags name, ready to serve (warmed up on a GPU)."""
-    checkpoint_flags.check_cfg_coef(args.cfg_coef)
-    device = checkpoint_flags.device_from_flags(args)
-    info = checkpoint_flags.checkpoint_from_flags(args)
-    logger.info("loading Mimi from %s", info.mimi_weights)
-    mimi = info.get_mimi(device=device)
-    tokenizer = info.get_text_tokenizer()
-    logger.info("loading the LM from %s", info.moshi_weights)
-    lm = info.get_moshi(device=device, dtype=args.dtype, fuse_lora=args.fuse_lora)
-    model = ServedModel(mimi, LMGen(lm, **info.lm_gen_config), tokenizer, seed=None if args.seed < 0 else args.seed)
-    if device.type == "cuda":
+    request = model_flags.ModelRequest.from_args(args, model_flags.UPSTREAM, default_repo=DEFAULT_REPO)
+    resolved, device = model_flags.open_model(request, args.device)
+    sampling = model_flags.sampling_settings(args, resolved.info)
+    logger.info("loading Mimi from %s", resolved.info.mimi_weights)
+    mimi = resolved.load_mimi(device)
+    tokenizer = resolved.load_tokenizer()
+    logger.info("loading the LM from %s", resolved.info.moshi_weights)
+    lm = resolved.load_lm(device, model_flags.resolve_dtype(args.dtype, device))
+    model = ServedModel(mimi, LMGen(lm, **sampling), tokenizer, seed=None if args.seed < 0 else args.seed)
+    if torch.device(device).type == "cuda":
         logger.info("warming up (capturing CUDA graphs)")
         model.warmup()
     return model
 
 
-def one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    checkpoint_flags.warnings_on_one_line()
+    model_flags.warnings_on_one_line()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hf_logging.disable_propagation()  # huggingface_hub prints its own messages; through ours too they would show twice
     try:
         settings = ServerSettings(static_dir=static_dir_from_flag(args.static), **connection_settings(args))
         ssl_context = ssl_context_from_flag(args.ssl)
         with torch.no_grad():
             model = load_served_model(args)
-    except checkpoint_flags.CHECKPOINT_ERRORS as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+    except model_flags.EXPECTED_ERRORS as error:
+        return model_flags.report_error(error)
     scheme = "https" if ssl_context else "http"
     logger.info("serving %s on %s://%s:%d", settings.static_dir or "no page", scheme, args.host, args.port)
     try:
         web.run_app(build_app(model, settings), host=args.host, port=args.port, ssl_context=ssl_context,
                     print=None)
     except OSError as error:
-        print(f"error: cannot listen on {args.host}:{args.port}: {one_line(error)}", file=sys.stderr)
-        return 2
+        return model_flags.report_error(OSError(f"cannot listen on {args.host}:{args.port}: "
+                                                f"{model_flags.error_line(error)}"))
     return 0

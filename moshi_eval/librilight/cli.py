@@ -12,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_arguments, model_spec
+from moshi.models import model_flags
+from moshi.models.model_flags import ModelRequest
+
+from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
 from ..scoring.cli_errors import run_command
+from ..scoring.distributed import DistributedContext
 from ..scoring.invocation import Invocation
-from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
 from ..scoring.preflight import (
     check_cache_folder,
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, help="seed of the selection and of the `sample` text policy")
     data.add_argument("--strict", action="store_true", help="unusable inputs are errors instead of listed skips")
     add_codes_cache_arguments(data)
-    add_model_arguments(parser, ttt_config=True)
+    model_flags.add_model_flags(parser, model_flags.OURS)
     scoring = parser.add_argument_group("evaluation")
     scoring.add_argument("--batch-size", type=int, help="sequences scored together (default 1)")
     scoring.add_argument("--max-sequence-length", type=int, help="frames scored per sequence at most (default 50000)")
@@ -138,7 +140,7 @@ def settings_from_file(args: argparse.Namespace, settings: dict[str, Any]) -> di
     return {name: given["config"] for name in settings if name not in given}
 
 
-def check_before_work(config: LibriLightConfig, spec: ModelSpec | None, from_file: dict[str, str]) -> None:
+def check_before_work(config: LibriLightConfig, request: ModelRequest | None, from_file: dict[str, str]) -> None:
     """Everything that can be checked without loading a model or reading audio (ConfigError naming the flag, or the
     setting and the file it came from)."""
 
@@ -156,8 +158,8 @@ def check_before_work(config: LibriLightConfig, spec: ModelSpec | None, from_fil
     for name in ("audio_files", "codes"):
         for entry in getattr(config, name) or ():
             check_input_path(entry, label(name))
-    if spec is not None:
-        spec.check_local_files()
+    if request is not None:
+        request.check_files()
 
 
 def print_summary(data: dict[str, Any], output: str | None) -> None:
@@ -183,49 +185,48 @@ def sequences_line(data: dict[str, Any], output: str | None) -> str:
             f"{skipped} skipped{where}")
 
 
-def run_evaluation(config: LibriLightConfig, spec: ModelSpec, device: str, dtype_name: str,
-                   quiet: bool) -> dict[str, Any]:
+def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argparse.Namespace,
+                   context: DistributedContext) -> dict[str, Any]:
     import torch
 
-    from ..scoring.models import load_lm, load_mimi, resolve_dtype
     from ..scoring.scorer import ModelShape
     from .evaluate import evaluate_librilight, resolve_user_stream
 
-    dtype = resolve_dtype(dtype_name, device)
-    lm, info = load_lm(spec, device, dtype)
+    resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
+                                              context.is_main)
+    lm = resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
     needs_mimi = config.codes is None or resolve_user_stream(config.user_stream, ModelShape.of(lm)) == "silence"
-    mimi = load_mimi(spec, lm, device, info) if needs_mimi else None
+    mimi = resolved.load_mimi(device, "audio input and the silence user stream (else: pre-encoded --codes with "
+                                      "--user-stream zero)") if needs_mimi else None
     with torch.no_grad():
-        result = evaluate_librilight(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
+        result = evaluate_librilight(lm, mimi, config, model_source=request.describe(),
+                                     progress=not getattr(args, "quiet", False))
     return result.to_dict()
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.devices import resolve_device, select_device
     from ..scoring.distributed import init_distributed
 
     settings, notes = merged_settings(args)
     context = init_distributed()
     if context.is_main:
         print_notes(notes)
-    quiet = getattr(args, "quiet", False)
-    demo = getattr(args, "demo", False)
-    device = resolve_device(getattr(args, "device", "cpu" if demo else None), context.local_rank)
-    select_device(device)
-    if demo:
+    if getattr(args, "demo", False):
         from .demo import demo_settings, run_demo
 
         config = LibriLightConfig(**demo_settings(settings))
         invocation.config = config
         check_before_work(config, None, settings_from_file(args, settings))
-        data = run_demo(config, device, quiet)
+        device = model_flags.resolve_device(getattr(args, "device", "cpu"), context.local_rank)
+        model_flags.select_device(device)
+        data = run_demo(config, device, getattr(args, "quiet", False))
     else:
         settings.setdefault("output", DEFAULT_OUTPUT)
         config = LibriLightConfig(**settings)
         invocation.config = config
-        spec = model_spec(args)
-        check_before_work(config, spec, settings_from_file(args, settings))
-        data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), quiet)
+        request = model_request(args, config)
+        check_before_work(config, request, settings_from_file(args, settings))
+        data = run_evaluation(config, request, args, context)
     if context.is_main:
         print_summary(data, config.output)
     return 0
@@ -250,12 +251,8 @@ def compare_command(argv: list[str]) -> int:
     return 0
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
-    return f"warning: {' '.join(str(message).split())}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
+    model_flags.warnings_on_one_line()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         return run_command(lambda: compare_command(argv[1:]))

@@ -23,7 +23,10 @@ __all__ = ["ConfigError", "LibriLightConfig", "config_field_names", "parse_float
 
 @dataclasses.dataclass
 class LibriLightConfig(CheckedSettings):
-    """What to evaluate and how; every field has a CLI flag of the same name (`--max-chapters` for `max_chapters`)."""
+    """What to evaluate and how; every field has a CLI flag of the same name (`--max-chapters` for `max_chapters`).
+
+    `context` and `rope_max_period` record the attention context and RoPE period the LM was built with when they
+    change its function (None: the checkpoint's); the model must have been built with them."""
 
     audio_dir: str | None = None
     audio_files: list[str] | None = None
@@ -59,6 +62,8 @@ class LibriLightConfig(CheckedSettings):
     resume: bool = True
     legacy_keys: bool = False
     check_every: int = 250
+    context: int | None = None
+    rope_max_period: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""

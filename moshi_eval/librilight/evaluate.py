@@ -131,6 +131,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         sampling = {"seed": config.seed, "temp_text": config.temp_text, "top_k_text": config.top_k_text}
         return digest({
             "model": self.identity["fingerprint"], "dtype": self.identity["dtype"],
+            "context": self.identity["context"], "rope_max_period": self.identity["rope_max_period"],
             **({"ttt": self.identity["ttt_config"]} if "ttt_config" in self.identity else {}),
             "text_policy": config.text_policy, "sampling": sampling if config.text_policy == "sample" else None,
             "user_stream": self.user_stream, "max_sequence_length": config.max_sequence_length,

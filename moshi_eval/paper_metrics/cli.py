@@ -13,10 +13,13 @@ import argparse
 import sys
 from typing import Any
 
+from moshi.models import model_flags
+from moshi.models.model_flags import ModelRequest
+
 from ..scoring import codebook_weights
-from ..scoring.cli_arguments import add_codes_cache_arguments, add_model_arguments, model_spec
+from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
+from ..scoring.distributed import DistributedContext
 from ..scoring.invocation import Invocation
-from ..scoring.models import ModelSpec
 from ..scoring.notes import print_notes
 from ..scoring.preflight import (
     check_cache_folder,
@@ -62,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         data.add_argument(f"--{bench}-max-pairs", type=int, help=f"a seeded random subset of {bench} pairs")
     data.add_argument("--seed", type=int, help="seed of the subsets (default 0)")
     add_codes_cache_arguments(data)
-    add_model_arguments(parser)
+    model_flags.add_model_flags(parser, model_flags.OURS)
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--stream", choices=STREAMS, help="where the utterance goes: own stream (default) or user")
     scoring.add_argument("--other-stream", choices=OTHER_STREAMS, help="the other audio stream: zero (default) or "
@@ -103,7 +106,7 @@ def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
     return settings, notes
 
 
-def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: str | None,
+def check_before_work(config: PaperMetricsConfig, request: ModelRequest, config_file: str | None,
                       given: set[str]) -> None:
     """What can be checked without loading a model or reading audio (ConfigError naming the flag, or the setting and
     the file it came from)."""
@@ -124,7 +127,7 @@ def check_before_work(config: PaperMetricsConfig, spec: ModelSpec, config_file: 
         check_input_path(getattr(config, f"{bench}_dir"), label(f"{bench}_dir"), folder=True)
         if bench in GOLD_BENCHMARKS:
             check_input_path(config.gold_file(bench), label(f"{bench}_gold"))
-    spec.check_local_files()
+    request.check_files()
 
 
 def print_summary(data: dict[str, Any]) -> None:
@@ -140,18 +143,19 @@ def print_summary(data: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run_evaluation(config: PaperMetricsConfig, spec: ModelSpec, device: str, dtype_name: str,
-                   quiet: bool) -> dict[str, Any]:
-    from ..scoring.models import load_lm, load_mimi, resolve_dtype
+def run_evaluation(config: PaperMetricsConfig, request: ModelRequest, args: argparse.Namespace,
+                   context: DistributedContext) -> dict[str, Any]:
     from .evaluate import evaluate_paper_metrics
 
-    lm, info = load_lm(spec, device, resolve_dtype(dtype_name, device))
-    mimi = load_mimi(spec, lm, device, info)
-    return evaluate_paper_metrics(lm, mimi, config, model_source=spec.describe(), progress=not quiet)
+    resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
+                                              context.is_main)
+    lm = resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
+    mimi = resolved.load_mimi(device, "encoding the benchmarks' audio")
+    return evaluate_paper_metrics(lm, mimi, config, model_source=request.describe(),
+                                  progress=not getattr(args, "quiet", False))
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.devices import resolve_device, select_device
     from ..scoring.distributed import init_distributed
 
     settings, notes = merged_settings(args)
@@ -160,17 +164,16 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
         print_notes(notes)
     config = PaperMetricsConfig(**settings)
     invocation.config = config
-    spec = model_spec(args)
-    check_before_work(config, spec, getattr(args, "config", None), set(vars(args)))
-    device = resolve_device(getattr(args, "device", None), context.local_rank)
-    select_device(device)
-    data = run_evaluation(config, spec, device, getattr(args, "dtype", "auto"), getattr(args, "quiet", False))
+    request = model_request(args, config)
+    check_before_work(config, request, getattr(args, "config", None), set(vars(args)))
+    data = run_evaluation(config, request, args, context)
     if context.is_main:
         print_summary(data)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    model_flags.warnings_on_one_line()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     invocation = Invocation(PROGRAM, argv, unit="utterance")

@@ -28,6 +28,8 @@ class PaperMetricsConfig(CheckedSettings):
     against it), `other_stream` what the other audio stream holds (`zero`: no input; `silence`: Mimi codes of digital
     silence), `text_policy` what the text stream holds. `codebook_weights` weight the tokens of each codebook (equal by
     default); `normalization` picks the score `<bench>_accuracy` compares (`mean` or `sum` log-probability).
+    `context` and `rope_max_period` record the attention context and RoPE period the LM was built with when they
+    change its function (`--context`, `--rope-max-period`; None: the checkpoint's).
     """
 
     swuggy_dir: str | None = None
@@ -55,6 +57,8 @@ class PaperMetricsConfig(CheckedSettings):
     output: str | None = None
     resume: bool = True
     zerospeech_submission: str | None = None
+    context: int | None = None
+    rope_max_period: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""

@@ -106,7 +106,9 @@ class PaperMetricsRun(EvaluationRun[Utterance]):
         """Everything that changes an utterance's per-token losses."""
         config = self.config
         return digest({"evaluation": "paper_metrics", "model": self.identity["fingerprint"],
-                       "dtype": self.identity["dtype"], "text_policy": config.text_policy, "stream": config.stream,
+                       "dtype": self.identity["dtype"], "context": self.identity["context"],
+                       "rope_max_period": self.identity["rope_max_period"], "text_policy": config.text_policy,
+                       "stream": config.stream,
                        "other_stream": config.other_stream, "mimi": encoder.mimi_fingerprint}, length=32)
 
     def prepare(self, utterances: list[Utterance], encoder: MimiSequenceEncoder) -> list[tuple[Utterance, ScoringItem]]:
@@ -167,6 +169,8 @@ class PaperMetricsRun(EvaluationRun[Utterance]):
             "mode": config.mode,
             "chunk_size": config.chunk_size,
             "batch_size": config.batch_size,
+            "context": config.context,
+            "rope_max_period": config.rope_max_period,
         }
 
     def report(self, result: PaperMetricsResult) -> None:

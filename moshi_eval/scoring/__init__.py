@@ -9,8 +9,8 @@
 - `sources`, `records`: the sequences to score (audio files or a codes file) and their scores.
 - `audio`, `encoding`, `codes_cache`, `prepare`: reading and resampling audio, Mimi encoding with a shared codes cache,
   turning sources into scoring items.
-- `models`: loading the LM and Mimi from command-line flags; `fingerprint`: stable identities of weights and files;
-  `devices`: the device from `--device` (`cuda` -> `cuda:<index>`).
+- `models`: the scored model as the results describe it; `fingerprint`: stable identities of weights and files. The
+  model is named, loaded and put on a device by `moshi.models.model_flags`, as in every command.
 - `files`, `store`: atomic result files and per-sequence records for resuming; `distributed`, `rank_report`: sharding
   over `torchrun` ranks; `sanity`: non-finite and worse-than-uniform losses.
 - `checked_files`, `output_lock`: cache entries and records read back only when they hold what they claim (else
@@ -21,7 +21,8 @@
   suggestions, notes printed on stderr or warned as `UserWarning`s.
 - `cli_errors`, `invocation`, `preflight`: command lines end with one `error:` line per expected failure (exit 2) or,
   on Ctrl-C, what is kept and the command that resumes (exit 130); paths, model files and a path-like `--hf-repo` are
-  checked before any work. `cli_arguments`: the model, device, dtype and codes-cache flags every command shares.
+  checked before any work. `cli_arguments`: the codes-cache flags, and the model request of an evaluation's
+  settings.
 
 Benchmarks (`moshi_eval.librilight`, `moshi_eval.paper_metrics`) build on these pieces.
 """

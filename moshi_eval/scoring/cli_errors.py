@@ -1,11 +1,12 @@
 """How evaluation command lines end: one `error:` line for every expected failure, a resume hint on Ctrl-C.
 
 `run_command(body, interrupted)` runs a command's body and turns what a user can cause into one line on stderr instead
-of a traceback: bad settings and values (`ValueError`, including `ConfigError` and `DataError`), missing or unreadable
-files (`OSError`, unreadable safetensors), unsupported model configurations (`NotImplementedError`) and non-finite
-losses (`NonFiniteLossError`) give `error: <message naming the file or value>` and exit code 2. Ctrl-C prints
-`interrupted: <what interrupted() says>` (where the partial results are and the command that resumes them) and exits
-with 130, the shell's code for SIGINT. Anything else is a bug and keeps its traceback.
+of a traceback: what naming and loading a model can raise (`moshi.models.model_flags.EXPECTED_ERRORS`: bad settings and
+values, including `ConfigError` and `DataError`, missing or unreadable files, unsupported model configurations) and
+non-finite losses (`NonFiniteLossError`) give `error: <message naming the file or value>` and exit code 2, printed as
+`moshi.models.model_flags.report_error` prints it. Ctrl-C prints `interrupted: <what interrupted() says>` (where the
+partial results are and the command that resumes them) and exits with 130, the shell's code for SIGINT. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,27 +14,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from safetensors import SafetensorError
+from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
+from moshi.models.model_flags import report_error
 
 from .sanity import NonFiniteLossError
 
-EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, NotImplementedError, NonFiniteLossError,
-                                                    SafetensorError)
-
-
-def error_line(error: BaseException) -> str:
-    """The error's message on one line; an `OSError` from the system names its file first."""
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        text = f"{error.filename}: {error.strerror}"
-    else:
-        text = str(error) or type(error).__name__
-    parts = [part.strip() for part in text.splitlines() if part.strip()]
-    line = parts[0] if parts else type(error).__name__
-    for part in parts[1:]:
-        line += (" " if line.endswith(":") else "; ") + part
-    return line
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (*MODEL_ERRORS, NonFiniteLossError)
 
 
 def run_command(body: Callable[[], int], interrupted: Callable[[], str] | None = None) -> int:
@@ -46,5 +33,4 @@ def run_command(body: Callable[[], int], interrupted: Callable[[], str] | None =
         print(f"interrupted{': ' + hint if hint else ''}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except EXPECTED_ERRORS as error:
-        print(f"error: {error_line(error)}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return report_error(error)

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from .codes_cache import CodesCache, default_cache_dir
 from .distributed import DistributedContext
 from .encoding import MimiSequenceEncoder
-from .models import model_identity
+from .models import check_long_context, model_identity
 from .preflight import check_records_folder
 from .rank_report import RankReport
 from .records import SequenceLosses
@@ -42,6 +42,8 @@ class RunSettings(Protocol):
     use_cache: bool
     cache_dir: str | None
     encode_chunk_frames: int
+    context: int | None
+    rope_max_period: float | None
 
 
 class EvaluationRun(abc.ABC, Generic[Entry]):
@@ -61,6 +63,7 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
         self.context = context
         self.progress = progress and context.is_main
         self.shape = ModelShape.of(lm)
+        check_long_context(lm, config.context, config.rope_max_period)
         self.identity = model_identity(lm, model_source)
         self.finished: dict[str, SequenceLosses] = {}
         self.timing: dict[str, Any] = {"encode_seconds": 0.0, "score_seconds": 0.0}

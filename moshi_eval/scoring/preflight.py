@@ -1,9 +1,8 @@
 """Checks a command line runs before any work, so that a mistyped path fails in a second, not after an evaluation.
 
 Each check raises `ConfigError` naming the flag and the path: output files that could not be written (a directory, a
-parent that is a file or not writable, a plot format matplotlib cannot write), input files and folders that do not
-exist, and a `--hf-repo` that looks like a local path but names no folder (it would otherwise be tried as a Hugging
-Face repository id, with network retries).
+parent that is a file or not writable, a plot format matplotlib cannot write) and input files and folders that do not
+exist. The model's files are checked by `moshi.models.model_flags.ModelRequest.check_files`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,9 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from moshi.models import loaders
-
 from .output_lock import claim_output
 from .settings_file import ConfigError
 from .store import store_dir_for
-
-HF_REFERENCE = "hf://"
-FILE_REFERENCE = "file://"
 
 
 def setting_label(name: str, config_file: str | None) -> str:
@@ -132,26 +126,3 @@ def check_input_path(path: str | Path, flag: str, folder: bool = False) -> None:
         raise ConfigError(f"{flag} {path}: is a file, not a folder")
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{flag} {path}: cannot be read (permission denied)")
-
-
-def check_file_reference(reference: str, flag: str) -> None:
-    """A local file reference (a path or `file://<path>`) names an existing file; `hf://` references are not
-    checked."""
-    if reference.startswith(HF_REFERENCE):
-        return
-    path = Path(reference.removeprefix(FILE_REFERENCE))
-    if not path.is_file():
-        raise ConfigError(f"{flag} {reference}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-
-
-def check_hf_repo(value: str, flag: str = "--hf-repo") -> None:
-    """A `--hf-repo` that looks like a local path must be an existing folder (Hub ids are left to the Hub)."""
-    path = Path(value)
-    if path.is_dir():
-        return
-    if path.exists():
-        raise ConfigError(f"{flag} {value}: is a file; give the checkpoint folder (holding config.json) or a Hugging "
-                          "Face repository id such as kyutai/moshiko-pytorch-bf16")
-    if loaders.looks_like_local_path(value):
-        raise ConfigError(f"{flag} {value}: no such local folder (a Hugging Face repository id looks like "
-                          "kyutai/moshiko-pytorch-bf16)")

@@ -11,8 +11,8 @@ Several sequences share one batch: each slot of the batch takes the next sequenc
 slot alone is reset with `reset_streaming(mask)`), so nothing an item does touches the others. `StepScorer` stops a
 slot with nothing left (`set_exec_mask`); `ChunkedScorer` refills slots between calls and lets an idle slot run on
 padding. While they score, the main transformer's attention context is cut to the longest sequence
-(`attention_bounded_to`: same attention, KV caches of that length). Only per-frame, per-codebook losses are kept:
-float32, on CPU.
+(`moshi.modules.transformer.bounded_attention_context`: same attention, KV caches of that length). Only per-frame,
+per-codebook losses are kept: float32, on CPU.
 
 Text policies (`text_policy`): `greedy`, `sample` (per step only), `pad` and `zero` (no text at all).
 
@@ -24,9 +24,8 @@ cross-stream score of an utterance placed in the user stream).
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.models.loaders import mimi_codebooks
-from moshi.modules.transformer import StreamingMultiheadAttention
+from moshi.modules.transformer import bounded_attention_context
 
 from .eval_mode import eval_mode
 from .sanity import NonFiniteLossError
@@ -142,25 +141,6 @@ def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
     return undefined
 
 
-@contextlib.contextmanager
-def attention_bounded_to(lm: LMModel, steps: int) -> Iterator[None]:
-    """Inside the block, the main transformer's attention context is at most `steps` (restored afterwards).
-
-    When no sequence streams more than `steps` steps between resets, no query reaches further back than `steps` anyway,
-    so the attention is the same; the KV caches, sized by the context, then hold `steps` entries instead of the model's
-    full context (3000 for Moshi): short utterances can be batched without gigabytes of caches.
-    """
-    layers = [module for module in lm.transformer.modules() if isinstance(module, StreamingMultiheadAttention)]
-    saved = [layer.context for layer in layers]
-    for layer in layers:
-        layer.context = steps if layer.context is None else min(layer.context, steps)
-    try:
-        yield
-    finally:
-        for layer, context in zip(layers, saved):
-            layer.context = context
-
-
 class _SlotScorer(abc.ABC):
     """What both scorers share: the LM, its shape and the text policy, and how a run is set up.
 
@@ -195,7 +175,8 @@ class _SlotScorer(abc.ABC):
         longest = queue[0].num_frames
         with eval_mode(self.lm):
             lm_gen = self.make_lm_gen()
-            with attention_bounded_to(self.lm, longest + self.shape.max_delay), lm_gen.streaming(batch_size):
+            with bounded_attention_context(self.lm.transformer, longest + self.shape.max_delay), \
+                    lm_gen.streaming(batch_size):
                 self.slot_run(lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
 
 

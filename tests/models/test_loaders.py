@@ -241,6 +241,32 @@ def test_ttt_weights_load_from_their_own_file(tiny: TinyLM, tmp_path: Path) -> N
     _assert_same_outputs(loaded, reference, tiny.codes)
 
 
+def test_one_adapter_file_holds_lora_and_ttt_weights(tiny: TinyLM, tmp_path: Path) -> None:
+    """moshi-finetune's lora.safetensors of a LoRA + TTT run: LoRA adapters on every linear layer except the TTT
+    layers' (trained in full), and the TTT weights, in one file."""
+    config = {**_lora_config(tiny), **_ttt_config(tiny)}
+    torch.manual_seed(4)
+    trained = _load_tiny(tiny, config=config, ttt_weights=None, filename=None)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    assert not any(isinstance(module, LoRALinear) for module in trained.transformer.layers[1].ttt.modules())
+    base = load_file(tiny.weights)
+    adapters = {key: value for key, value in trained.state_dict().items()
+                if ".lora_" in key or (".ttt." in key and "frozen_W" not in key)}
+    assert any(".ttt." in key for key in adapters) and any(".lora_" in key for key in adapters)
+    save_file(adapters, tmp_path / "lora.safetensors")
+    merged = {key.replace(".frozen_W", ""): value for key, value in trained.state_dict().items()
+              if ".lora_" not in key and ".ttt." not in key}
+    save_file({key: merged[key] for key in base}, tmp_path / "base.safetensors")
+    for fuse in (False, True):
+        loaded = _load_tiny(tiny, config=config, filename=tmp_path / "base.safetensors",
+                            lora_weights=tmp_path / "lora.safetensors", fuse_lora=fuse)
+        _assert_same_outputs(loaded, trained.eval(), tiny.codes, atol=1e-5)
+    with pytest.raises(ValueError, match="hold.* LoRA adapters but the LM config does not enable `lora`"):
+        _load_tiny(tiny, config=_ttt_config(tiny), ttt_weights=tmp_path / "lora.safetensors")
+
+
 def test_missing_ttt_weights_are_named(tiny: TinyLM) -> None:
     ttt_keys = set(LMModel(**_ttt_config(tiny), device="meta").state_dict()) - set(load_file(tiny.weights))
     with pytest.raises(loaders.WeightsMismatchError, match="ttt_weights") as error:
@@ -312,17 +338,24 @@ class _FakeHub:
     def __init__(self, files: dict[tuple[str, str], Path]) -> None:
         self.files = files
         self.calls: list[tuple[str, str, str | None]] = []
+        self.cache_only: list[bool] = []
 
-    def __call__(self, repo_id: str, filename: str, *, revision: str | None = None, **_: Any) -> str:
+    def __call__(self, repo_id: str, filename: str, *, revision: str | None = None, local_files_only: bool = False,
+                 **_: Any) -> str:
         self.calls.append((repo_id, filename, revision))
+        self.cache_only.append(local_files_only)
         if (repo_id, filename) not in self.files:
+            if local_files_only:
+                raise loaders.LocalEntryNotFoundError(f"{filename} of {repo_id} is not cached")
             raise loaders.EntryNotFoundError(f"{filename} not in {repo_id}")
         return str(self.files[(repo_id, filename)])
 
 
-def _install_hub(monkeypatch: pytest.MonkeyPatch, files: dict[tuple[str, str], Path]) -> _FakeHub:
+def _install_hub(monkeypatch: pytest.MonkeyPatch, files: dict[tuple[str, str], Path],
+                 unreachable: str | None = None) -> _FakeHub:
     hub = _FakeHub(files)
     monkeypatch.setattr(loaders, "hf_hub_download", hub)
+    monkeypatch.setattr(loaders, "_hub_unreachable", lambda: unreachable)
     return hub
 
 
@@ -376,7 +409,11 @@ def test_checkpoint_info_from_hub(tiny: TinyLM, tmp_path: Path, monkeypatch: pyt
     repo = _write_repo(tiny, tmp_path / "repo", {"lora_name": "adapters.safetensors", "ttt_name": "ttt.safetensors"})
     names = ["config.json", "lm.safetensors", loaders.MIMI_NAME, loaders.TEXT_TOKENIZER_NAME, "adapters.safetensors",
              "ttt.safetensors"]
-    hub = _install_hub(monkeypatch, {("kyutai/tiny", name): repo / name for name in names})
+    served = {("kyutai/tiny", name): repo / name for name in names}
+    served["kyutai/tiny", "config.json"] = tmp_path / "fresh_cache" / "config.json"  # nothing else downloaded yet
+    served["kyutai/tiny", "config.json"].parent.mkdir()
+    served["kyutai/tiny", "config.json"].write_bytes((repo / "config.json").read_bytes())
+    hub = _install_hub(monkeypatch, served)
     info = loaders.CheckpointInfo.from_hf_repo("kyutai/tiny", revision="v1")
     assert sorted(hub.calls) == sorted(("kyutai/tiny", name, "v1") for name in names)
     assert info.moshi_weights == repo / "lm.safetensors"
@@ -395,12 +432,42 @@ def test_repository_without_config_is_the_7b(tmp_path: Path, monkeypatch: pytest
 
 
 def test_offline_cache_miss_is_not_mistaken_for_a_legacy_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*_: Any, **__: Any) -> str:
-        raise loaders.LocalEntryNotFoundError("offline and not cached")
-
-    monkeypatch.setattr(loaders, "hf_hub_download", offline)
-    with pytest.raises(loaders.LocalEntryNotFoundError):
+    _install_hub(monkeypatch, {}, unreachable="https://hub.example is unreachable (no route)")
+    with pytest.raises(loaders.HubDownloadError) as error:
         loaders.CheckpointInfo.from_hf_repo("kyutai/anything")
+    assert str(error.value).startswith("cannot get config.json of the Hugging Face repository kyutai/anything: not in "
+                                       "the local cache and https://hub.example is unreachable (no route).")
+    assert "HF_HUB_OFFLINE=1" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unreachable_hub_is_asked_once_and_the_cache_used(tiny: TinyLM, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _write_repo(tiny, tmp_path / "repo", {})
+    names = ["config.json", "lm.safetensors", loaders.MIMI_NAME, loaders.TEXT_TOKENIZER_NAME]
+    hub = _install_hub(monkeypatch, {("kyutai/cached", name): repo / name for name in names},
+                       unreachable="https://hub.example is unreachable")
+    info = loaders.CheckpointInfo.from_hf_repo("kyutai/cached")
+    assert info.moshi_weights == repo / "lm.safetensors" and set(hub.cache_only) == {True}
+
+
+def test_a_file_missing_from_a_repository_is_named(tiny: TinyLM, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_hub(monkeypatch, {})
+    with pytest.raises(loaders.HubDownloadError, match="cannot get lm.safetensors of the Hugging Face repository "
+                                                       "kyutai/tiny: the repository has no such file"):
+        loaders.hf_get("lm.safetensors", "kyutai/tiny")
+
+
+def test_the_hub_probe_names_an_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    loaders._hub_unreachable.cache_clear()
+    try:
+        reason = loaders._hub_unreachable()
+    finally:
+        loaders._hub_unreachable.cache_clear()
+    assert reason is not None and reason.startswith("http://127.0.0.1:9 is unreachable (")
 
 
 def test_invalid_config_json_is_reported(tmp_path: Path) -> None:
@@ -475,3 +542,90 @@ def test_a_repository_that_is_a_file_is_named(tmp_path: Path) -> None:
     config.write_text("{}")
     with pytest.raises(NotADirectoryError, match="is a file"):
         loaders.CheckpointInfo.from_hf_repo(str(config))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config.json checks and the files its `*_name` keys name
+
+
+def test_every_key_of_the_released_configs_is_known(parity_dir: Path, tiny: TinyLM) -> None:
+    for config in (json.loads((parity_dir / "moshiko_7b_config.json").read_text()), tiny.config,
+                   loaders.DEFAULT_LM_CONFIG):
+        loaders.check_lm_config(config, "config.json")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: {**{k: v for k, v in c.items() if k != "context"}, "contxt": 6},
+     r"^cfg: unknown LM argument\(s\) 'contxt' \(did you mean 'context'\?\)$"),
+    (lambda c: {**c, "depformer_num_head": 2, "colour": 1},
+     r"^cfg: unknown LM argument\(s\) 'colour', 'depformer_num_head' \(did you mean 'depformer_num_heads'\?\)$"),
+    (lambda c: {k: v for k, v in c.items() if k not in ("dim", "delays")},
+     r"^cfg: missing LM argument\(s\) 'dim', 'delays'$"),
+])
+def test_config_mistakes_name_the_key(tiny: TinyLM, change, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        loaders.check_lm_config(change(tiny.config), "cfg")
+
+
+def test_unsupported_features_are_refused_before_building(tiny: TinyLM) -> None:
+    with pytest.raises(NotImplementedError, match="^cfg: conditioners, cross_attention: "):
+        loaders.check_lm_config({**tiny.config, "conditioners": {"a": 1}, "cross_attention": True}, "cfg")
+
+
+def test_named_files_are_found_beside_the_config(tiny: TinyLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local config.json naming `mimi_config_name` (and the other files) is read beside itself, not on the Hub."""
+    folder = _write_repo(tiny, tmp_path / "local", {"mimi_config_name": "mimi_config.json",
+                                                    "tokenizer_name": "tok.model"})
+    (folder / "mimi_config.json").write_text(json.dumps({"sample_rate": 24000}))
+    (folder / "tok.model").write_text("x")
+    hub = _install_hub(monkeypatch, {("kyutai/base", loaders.MIMI_NAME): tmp_path / "mimi.safetensors"})
+    info = loaders.CheckpointInfo.from_hf_repo("kyutai/base", config_path=folder / "config.json")
+    assert info.mimi_config == {"sample_rate": 24000} and info.tokenizer == folder / "tok.model"
+    assert info.moshi_weights == folder / "lm.safetensors" and info.mimi_weights == tmp_path / "mimi.safetensors"
+    assert hub.calls == [("kyutai/base", loaders.MIMI_NAME, None)]
+
+
+def test_files_without_a_repository(tiny: TinyLM, tmp_path: Path) -> None:
+    info = loaders.CheckpointInfo.from_files(tiny.weights, config_path=tiny.folder / "config.json")
+    assert info.mimi_weights is None and info.tokenizer is None and info.lm_config == tiny.config
+    with pytest.raises(ValueError, match="no Mimi weights"):
+        info.get_mimi()
+    _assert_same_outputs(info.get_moshi(dtype=torch.float32), _load_tiny(tiny), tiny.codes)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# TTT config files and moshi-finetune checkpoint folders
+
+
+def _their_section() -> dict[str, Any]:
+    return {"enable": True, "layers": "1", "mini_batch_size": 4, "ttt_mlp_layers": 2, "use_rope": True}
+
+
+@pytest.mark.parametrize("form", ["training yaml", "training_config.json", "section file", "our json"])
+def test_ttt_config_files(tmp_path: Path, form: str) -> None:
+    from moshi.modules.ttt import TTTConfig
+
+    theirs = TTTConfig.from_moshi_finetune(_their_section())
+    files = {
+        "training yaml": ("train.yaml", "run_dir: x\nttt:\n" + "".join(f"  {k}: {json.dumps(v)}\n"
+                                                                      for k, v in _their_section().items())),
+        "training_config.json": ("training_config.json", json.dumps({"run_dir": "x", "ttt": _their_section()})),
+        "section file": ("ttt.json", json.dumps(_their_section())),
+        "our json": ("ours.json", json.dumps({"ttt": theirs.to_dict()})),
+    }
+    name, text = files[form]
+    (tmp_path / name).write_text(text)
+    assert loaders.read_ttt_config(tmp_path / name) == theirs
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("data: {}\n", "has no `ttt:` section and is not such a section itself"),
+    ("ttt: [1, 2]\n", r"has no `ttt:` section \(a mapping of TTT settings; its `ttt` is \[1, 2\]\)"),
+    ("ttt:\n  enable: true\n  use_ropes: true\n", "use_ropes"),
+    ("ttt: {enable: true\n", "is not valid YAML"),
+])
+def test_bad_ttt_config_files_are_named(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        loaders.read_ttt_config(tmp_path / "bad.yaml")
+    assert str(tmp_path / "bad.yaml") in str(error.value)

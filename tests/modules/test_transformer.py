@@ -7,7 +7,7 @@ import torch
 from streaming_checks import assert_rollback_replays
 
 from moshi.models.lm import LMModel
-from moshi.modules.transformer import StreamingMultiheadAttention, StreamingTransformer
+from moshi.modules.transformer import StreamingMultiheadAttention, StreamingTransformer, bounded_attention_context
 
 CONTEXT = 6
 FRAMES = 40
@@ -167,3 +167,28 @@ def test_checkpointing_keeps_less_for_backward_and_gives_the_same_gradients():
         torch.testing.assert_close(got, want)
     with torch.no_grad(), checkpointed.streaming(2):
         torch.testing.assert_close(checkpointed(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_attention_contexts_are_set_per_layer_outside_streaming(transformer):
+    transformer.set_attention_contexts({1: 3})
+    assert transformer.attention_contexts() == [CONTEXT, 3]
+    assert transformer.layers[1].self_attn.cache_capacity() == 3
+    x = torch.randn(1, 12, 32)
+    with torch.no_grad(), transformer.streaming(1):
+        transformer(x[:, :4])
+        with pytest.raises(RuntimeError, match="cannot change while streaming"):
+            transformer.set_attention_contexts({0: 2})
+    with pytest.raises(ValueError, match="at least 1 step"):
+        transformer.set_attention_contexts({0: 0})
+
+
+def test_a_bounded_context_gives_the_same_outputs_with_smaller_caches(transformer):
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        reference = transformer(x)
+        with bounded_attention_context(transformer, 5), transformer.streaming(2):
+            assert transformer.attention_contexts() == [5, 5]
+            assert [layer.self_attn._streaming_state.capacity for layer in transformer.layers] == [5, 5]
+            streamed = torch.cat([transformer(x[:, t: t + 1]) for t in range(5)], dim=1)
+    assert transformer.attention_contexts() == [CONTEXT, CONTEXT]
+    torch.testing.assert_close(streamed, reference, atol=1e-5, rtol=0)

@@ -14,9 +14,9 @@ from librilight_helpers import random_codes, save_demo_checkpoint, write_codes, 
 from safetensors.torch import save_file
 
 from moshi.models import loaders
+from moshi.models.model_flags import ResolvedModel
 from moshi_eval.librilight.cli import main
 from moshi_eval.librilight.demo import DEMO_LM_CONFIG
-from moshi_eval.scoring import models
 from moshi_eval.scoring.store import SequenceStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
@@ -78,7 +78,7 @@ MISTAKES = {
     "shapes that do not match the config": (lambda r, a: replaced(a, "--lm-config", str(r / "wide.json")),
                                             SHAPE_MISMATCH, False),
     "unsupported config": (lambda r, a: replaced(a, "--lm-config", str(r / "conditioned.json")),
-                           r"\S+conditioned.json: conditioned Moshi models", False),
+                           r"\S+conditioned.json: conditioners: conditioned Moshi models", True),
     "local folder given as --hf-repo": (
         lambda r, a: replaced(replaced(a, "--moshi-weights", None), "--lm-config", None) + [
             "--hf-repo", "./checkpoints/no_such_run"],
@@ -119,7 +119,7 @@ def test_each_mistake_is_one_error_line(files, tmp_path, capsys, monkeypatch, mi
     if "--output" not in argv:
         argv += ["--output", str(tmp_path / "results.json")]
     if before_any_work:
-        monkeypatch.setattr(models, "load_lm", lambda *args: pytest.fail("a model was loaded before the check"))
+        monkeypatch.setattr(ResolvedModel, "load_lm", lambda *args: pytest.fail("a model was loaded before the check"))
     monkeypatch.setattr(loaders, "hf_hub_download", lambda *args, **kwargs: pytest.fail("the Hub was contacted"))
     assert main(argv) == 2
     err = capsys.readouterr().err

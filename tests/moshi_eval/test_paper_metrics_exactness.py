@@ -89,7 +89,8 @@ def test_own_stream_zero_text_zero_other_equals_forward(lm, cache_dir):
     data = run(lm, cache_dir)
     assert data["settings"] | {"max_pairs": None} == {
         "stream": "own", "other_stream": "zero", "text_policy": "zero", "codebook_weights": None,
-        "normalization": "mean", "seed": 0, "max_pairs": None, "mode": "chunked", "chunk_size": 16, "batch_size": 5}
+        "normalization": "mean", "seed": 0, "max_pairs": None, "mode": "chunked", "chunk_size": 16, "batch_size": 5,
+        "context": None, "rope_max_period": None}
     assert [data[f"{b}_samples"] for b in ("swuggy", "sblimp", "sstory", "tstory")] == [8, 6, 3, 2]
     check_utterances(data, reference(lm, cache_dir, data, "own", "zero"))
     check_accuracies(data)

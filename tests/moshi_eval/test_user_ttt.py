@@ -11,10 +11,11 @@ import torch
 from librilight_helpers import write_codes
 from user_ttt_fixtures import load_user_case
 
+from moshi.models.model_flags import ModelRequest
 from moshi.modules.ttt import CAUSAL_STREAMING_NOTE
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
-from moshi_eval.scoring.models import TTT_CAUSAL_FORM_FLAG, ModelSpec, load_lm
+from moshi_eval.scoring.models import TTT_CAUSAL_FORM_FLAG
 
 pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 
@@ -95,10 +96,10 @@ def test_bad_ttt_config_files_are_one_error_line(case, codes_dir, tmp_path, caps
     assert len(error) == 1 and error[0].startswith("error:") and message in error[0] and str(bad) in error[0]
 
 
-def test_load_lm_applies_the_section_over_the_lm_config(case):
-    spec = ModelSpec(moshi_weights=str(case.consolidated), lm_config=str(case.folder / "config.json"),
-                     ttt_config=str(case.folder / "train.yaml"))
+def test_the_request_applies_the_section_over_the_lm_config(case):
+    request = ModelRequest(moshi_weights=str(case.consolidated), lm_config=str(case.folder / "config.json"),
+                           ttt_config=str(case.folder / "train.yaml"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lm, info = load_lm(spec, "cpu", torch.float32)
-    assert info is None and lm.ttt_config == case.ttt_config()
+        lm = request.resolve().load_lm("cpu", torch.float32)
+    assert lm.ttt_config == case.ttt_config()

@@ -108,7 +108,7 @@ def test_mistakes_are_one_error_line(demo_checkpoint: Path, tmp_path: Path, mist
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without a GPU")
 def test_asking_for_a_missing_gpu_is_one_error_line(demo_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, lines = run_main(as_argv(local_files(demo_checkpoint) | {"--device": "cuda"}), capsys)
-    assert code == 2 and lines == ["error: --device cuda: no CUDA GPU is available here (use --device cpu)"]
+    assert code == 2 and lines == ["error: --device cuda: no CUDA GPU is visible here (use --device cpu)"]
 
 
 def test_static_flag_chooses_the_page(demo_checkpoint: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from moshi_eval.scoring.cli_errors import error_line, run_command
+from moshi.models.model_flags import error_line
+from moshi_eval.scoring.cli_errors import run_command
 from moshi_eval.scoring.sanity import NonFiniteLossError
 from moshi_eval.scoring.settings_file import ConfigError
 
