@@ -59,6 +59,7 @@ class LibriLightConfig(CheckedSettings):
     resume: bool = True
     legacy_keys: bool = False
     check_every: int = 250
+    ttt_inner_losses: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
