@@ -104,9 +104,22 @@ def worse_than_uniform(data: dict[str, Any]) -> bool:
     return any(loss is not None and loss > data["uniform_loss"] for loss in losses)
 
 
+def draw_inner_losses(axis: Any, layer: str, losses: dict[str, list[float | None]], bin_size: int) -> None:
+    """One TTT layer's inner losses by position bin: with W0, before and after the mini-batch's update."""
+    x = np.asarray(losses["position"], dtype=float) + bin_size / 2
+    styles = {"w0": ("W0 (initial weights)", "0.45", "--"), "before": ("before the update", "tab:blue", "-"),
+              "after": ("after the update", "tab:green", "-")}
+    for kind, (label, color, linestyle) in styles.items():
+        axis.plot(x, as_floats(losses[kind]), color=color, linestyle=linestyle, linewidth=1.1, label=label)
+    axis.set_ylabel(f"layer {layer}\ninner loss", fontsize=9)
+    axis.legend(fontsize=7, **LEGEND_OUTSIDE)
+
+
 def result_figure(data: dict[str, Any]) -> Any:
-    """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below."""
-    figure, (main, codebooks) = new_figure(2, [1.4, 1.0])
+    """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below, then
+    one panel per TTT layer with its inner losses when the results have them."""
+    inner = data.get("ttt_inner_losses") or {}
+    figure, (main, codebooks, *layers) = new_figure(2 + len(inner), [1.4, 1.0] + [0.7] * len(inner))
     x, y = curve_points(data)
     main.plot(x, y, color="tab:blue", linewidth=1.2, label=f"mean per-frame loss ({data['curve']['bin_size']}-frame "
                                                            "bins)")
@@ -123,10 +136,15 @@ def result_figure(data: dict[str, Any]) -> Any:
     add_minutes_axis(main, data["frame_rate"])
     for index, values in enumerate(data["curve"]["codebooks"]):
         codebooks.plot(bin_centres(data), as_floats(values), linewidth=0.9, label=f"codebook {index}")
-    codebooks.set_xlabel("frame position (12.5 frames per second)" if data["frame_rate"] == 12.5 else "frame position")
     codebooks.set_ylabel("per-codebook loss")
     if data["curve"]["codebooks"]:
         codebooks.legend(fontsize=7, **LEGEND_OUTSIDE)
+    for axis, (layer, losses) in zip(layers, sorted(inner.items(), key=lambda item: int(item[0]))):
+        draw_inner_losses(axis, layer, losses, data["curve"]["bin_size"])
+    if layers:
+        layers[0].set_title("TTT inner loss l(W; k_t, v_t) by position, mean over heads and sequences", fontsize=9)
+    (layers or [codebooks])[-1].set_xlabel(
+        "frame position (12.5 frames per second)" if data["frame_rate"] == 12.5 else "frame position")
     return figure
 
 

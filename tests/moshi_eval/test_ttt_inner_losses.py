@@ -1,7 +1,7 @@
 """`ttt_inner_losses` in the LibriLight evaluation: per TTT layer, the same binned w0 / before / after losses in step
 mode and chunked mode (greedy speculation, whose rejected steps are rolled back, included), for the reference TTT and a
-moshi-finetune config; each bin counts exactly the sequences' steps (no chunked-mode padding); a model without TTT layers
-is an error."""
+moshi-finetune config; each bin counts exactly the sequences' steps (no chunked-mode padding); a model without TTT
+layers is an error."""
 
 from __future__ import annotations
 
