@@ -82,6 +82,10 @@ def slope_text(slope: float | None) -> str:
     return f"slope {slope:+.3e} / frame ({slope * 1000:+.4f} per 1k frames)"
 
 
+def per_1k_frames(slope: float | None) -> str:
+    return "slope n/a" if slope is None else f"slope {slope * 1000:+.4f} per 1k frames"
+
+
 def draw_slope(axis: Any, data: dict[str, Any], x: np.ndarray, y: np.ndarray, color: str, label: str) -> None:
     slope = data.get("librilight_slope")
     if slope is None or x.size < 2:
@@ -148,23 +152,28 @@ def result_figure(data: dict[str, Any]) -> Any:
     return figure
 
 
+def draw_overlay(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Several results' curves on one axis, each with its windows and least-squares line (minutes on top)."""
+    for index, (label, data) in enumerate(runs):
+        color = f"C{index % 10}"
+        x, y = curve_points(data)
+        axis.plot(x, y, color=color, linewidth=1.2, label=label)
+        draw_slope(axis, data, x, y, color, f"{label}: fit, {per_1k_frames(data.get('librilight_slope'))}")
+        mark_windows(axis, data, color=color, label=None, label_values=False)
+    axis.set_ylabel("cross-entropy (nats)")
+    axis.legend(fontsize=8, **LEGEND_OUTSIDE)
+    axis.set_xlim(0, max(max(scored_frames(data) for _, data in runs), 1))
+    add_minutes_axis(axis, runs[0][1]["frame_rate"])
+
+
 def comparison_figure(runs: list[tuple[str, dict[str, Any]]]) -> Any:
     """Several results overlaid in one plot, each with its windows and least-squares line."""
     if not runs:
         raise ValueError("compare needs at least one result file")
     figure, (axis,) = new_figure(1, [1.4])
-    for index, (label, data) in enumerate(runs):
-        color = f"C{index % 10}"
-        x, y = curve_points(data)
-        axis.plot(x, y, color=color, linewidth=1.2, label=label)
-        draw_slope(axis, data, x, y, color, f"{label}: least-squares fit, {slope_text(data.get('librilight_slope'))}")
-        mark_windows(axis, data, color=color, label=None, label_values=False)
+    draw_overlay(axis, runs)
     axis.set_xlabel("frame position")
-    axis.set_ylabel("cross-entropy (nats)")
     axis.set_title("LibriLight loss against position (markers: window losses at their end positions)")
-    axis.legend(fontsize=8, **LEGEND_OUTSIDE)
-    axis.set_xlim(0, max(max(scored_frames(data) for _, data in runs), 1))
-    add_minutes_axis(axis, runs[0][1]["frame_rate"])
     return figure
 
 
