@@ -17,7 +17,7 @@ import numpy as np
 from ..librilight.plot import LEGEND_OUTSIDE, draw_overlay, new_figure
 from .runs import LIBRILIGHT
 
-DPI = 150
+DPI = 120
 
 
 def error_bars(intervals: list[list[float] | None], centres: list[float | None]) -> np.ndarray:
