@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..librilight.plot import LEGEND_OUTSIDE, draw_overlay, new_figure
+from ..librilight.plot import LEGEND_OUTSIDE, as_floats, draw_overlay, new_figure
 from .runs import LIBRILIGHT
 
 DPI = 120
@@ -31,10 +31,6 @@ def error_bars(intervals: list[list[float] | None], centres: list[float | None])
             below.append(max(0.0, centre - interval[0]))
             above.append(max(0.0, interval[1] - centre))
     return np.array([below, above])
-
-
-def as_floats(values: list[float | None]) -> np.ndarray:
-    return np.array([np.nan if value is None else value for value in values], dtype=float)
 
 
 def librilight_figure(runs: list[tuple[str, dict[str, Any]]], comparison: dict[str, Any] | None = None) -> Any:
