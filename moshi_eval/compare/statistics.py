@@ -133,7 +133,8 @@ def resample_counts(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
     """`[count, n]`: how often each of n items is drawn in each of `count` resamples of n draws."""
     if n == 0:
         return np.zeros((count, 0))
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=count).astype(np.float64)
+    draws = rng.integers(0, n, size=(count, n)) + n * np.arange(count)[:, None]
+    return np.bincount(draws.ravel(), minlength=count * n).reshape(count, n).astype(np.float64)
 
 
 @dataclasses.dataclass
