@@ -5,6 +5,7 @@ layers is an error."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -91,3 +92,31 @@ def test_off_by_default_and_an_error_without_ttt_layers(codes_dir):
     assert "ttt_inner_losses" not in data
     with pytest.raises(ValueError, match="no TTT layers"):
         inner_losses(small_lm(None), codes_dir)
+
+
+def test_ranks_add_up_their_inner_losses():
+    """Under torchrun every rank adds the others' sums (what `all_gather_bytes` brings back, its own part included)."""
+    from types import SimpleNamespace
+
+    from moshi.modules.ttt_inner_losses import InnerLossBins
+    from moshi_eval.librilight.evaluate import LibriLightRun
+
+    def bins(scale: float) -> dict[int, InnerLossBins]:
+        made = InnerLossBins.zeros(2, 6, "cpu")
+        positions = torch.arange(6)[None]
+        for kind in range(3):
+            made.add(kind, positions, scale * (kind + 1) * torch.ones(1, 6), positions < 4 + kind)
+        return {3: made}
+
+    other = bins(3.0)[3]
+    payload = json.dumps({"3": [other.totals.tolist(), other.counts.tolist()]}).encode()
+
+    class TwoRanks:
+        enabled = True
+
+        def all_gather_bytes(self, mine: bytes) -> list[bytes]:
+            return [mine, payload]
+
+    summary = LibriLightRun.gathered_inner_losses(SimpleNamespace(context=TwoRanks()), bins(1.0))
+    assert summary == {"3": {"position": [0, 2, 4], "w0": [2.0, 2.0, None], "before": [4.0, 4.0, 4.0],
+                             "after": [6.0, 6.0, 6.0], "count": [4, 4, 0]}}
