@@ -158,7 +158,8 @@ def draw_overlay(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
         color = f"C{index % 10}"
         x, y = curve_points(data)
         axis.plot(x, y, color=color, linewidth=1.2, label=label)
-        draw_slope(axis, data, x, y, color, f"{label}: fit, {per_1k_frames(data.get('librilight_slope'))}")
+        fit = f"{label}: least-squares fit, {per_1k_frames(data.get('librilight_slope'))}"
+        draw_slope(axis, data, x, y, color, fit)
         mark_windows(axis, data, color=color, label=None, label_values=False)
     axis.set_ylabel("cross-entropy (nats)")
     axis.legend(fontsize=8, **LEGEND_OUTSIDE)
