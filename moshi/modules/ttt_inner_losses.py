@@ -66,24 +66,16 @@ class InnerLossBins:
         self.totals[kind].index_add_(0, bins, values)
         self.counts[kind].index_add_(0, bins, weight)
 
-    def merge(self, other: InnerLossBins) -> None:
-        """Add another stream's sums (same bins)."""
-        if (other.bin_size, other.num_bins) != (self.bin_size, self.num_bins):
-            raise ValueError("inner-loss bins differ in size and cannot be merged")
-        self.totals += other.totals.to(self.totals)
-        self.counts += other.counts.to(self.counts)
-
     def summary(self) -> dict[str, list[Any]]:
         """`{"position": [first position of each bin], "w0": [...], "before": [...], "after": [...], "count": [...]}`:
         the mean losses of the bins holding any position (None for a kind without data in that bin), and how many
         (item, position) pairs each bin's `w0` and `before` average."""
         totals, counts = self.totals.double().cpu(), self.counts.double().cpu()
-        used = (counts[W0] > 0) | (counts[AFTER] > 0)
-        summary: dict[str, list[Any]] = {"position": [int(b) * self.bin_size for b in used.nonzero()[:, 0].tolist()]}
+        used = ((counts[W0] > 0) | (counts[AFTER] > 0)).nonzero()[:, 0].tolist()
+        summary: dict[str, list[Any]] = {"position": [b * self.bin_size for b in used]}
         for kind, name in enumerate(LOSS_KINDS):
-            summary[name] = [float(totals[kind, b] / counts[kind, b]) if counts[kind, b] > 0 else None
-                             for b in used.nonzero()[:, 0].tolist()]
-        summary["count"] = [int(counts[W0, b]) for b in used.nonzero()[:, 0].tolist()]
+            summary[name] = [float(totals[kind, b] / counts[kind, b]) if counts[kind, b] > 0 else None for b in used]
+        summary["count"] = [int(counts[W0, b]) for b in used]
         return summary
 
 

@@ -10,7 +10,6 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -204,7 +203,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
             self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
 
-    def inner_loss_recording(self) -> AbstractContextManager[dict[int, InnerLossBins]]:
+    def inner_loss_recording(self) -> contextlib.AbstractContextManager[dict[int, InnerLossBins]]:
         """Bins of `bin_size` steps covering the longest possible sequence, for every TTT layer, while
         `ttt_inner_losses` is on."""
         config = self.config
