@@ -12,7 +12,7 @@ __all__ = ["PaperMetricsEvaluator"]
 
 def __getattr__(name: str) -> Any:
     if name == "PaperMetricsEvaluator":
-        from .paper_metrics.evaluator import PaperMetricsEvaluator
+        from .training_metrics import PaperMetricsEvaluator
 
         return PaperMetricsEvaluator
     raise AttributeError(f"module 'moshi_eval' has no attribute {name!r}")

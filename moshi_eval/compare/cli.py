@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..scoring.cli import check_output_file, check_plot_file
 from ..scoring.cli_errors import run_command
 from ..scoring.files import write_json_atomic
-from ..scoring.preflight import check_output_file, check_plot_file
 from .report import compare_runs, comparison_table
 from .runs import read_runs
 from .statistics import Bootstrap

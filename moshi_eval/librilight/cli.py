@@ -18,12 +18,7 @@ from typing import Any
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.cli_errors import run_command
-from ..scoring.distributed import DistributedContext
-from ..scoring.invocation import Invocation
-from ..scoring.notes import print_notes
-from ..scoring.preflight import (
+from ..scoring.cli import (
     check_cache_folder,
     check_input_path,
     check_output_file,
@@ -31,6 +26,11 @@ from ..scoring.preflight import (
     claim_outputs,
     setting_label,
 )
+from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
+from ..scoring.cli_errors import run_command
+from ..scoring.distributed import DistributedContext
+from ..scoring.errors import print_notes
+from ..scoring.invocation import Invocation
 from ..scoring.text_policy import TEXT_POLICIES
 from .config import (
     SCORING_MODES,

@@ -10,7 +10,7 @@ import dataclasses
 
 from ..scoring.checked_settings import CheckedSettings
 from ..scoring.codebook_weights import parse_float_list, weights_for_codebooks
-from ..scoring.settings_file import ConfigError
+from ..scoring.settings import ConfigError
 from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
 
 USER_STREAMS = ("silence", "zero")

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..scoring.notes import warn_notes
-from ..scoring.settings_file import ConfigError, listed, read_settings_section, unknown_keys_message
+from ..scoring.errors import warn_notes
+from ..scoring.settings import ConfigError, listed, read_settings_section, unknown_keys_message
 from .config import config_field_names, parse_float_list, parse_positions
 
 PAPER_METRICS_SECTION = "paper_metrics"

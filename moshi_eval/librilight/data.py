@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..scoring.audio import read_audio_header
+from ..scoring.data import read_audio_header
 from ..scoring.sources import Chapter, DataError, SequenceSource, Skip, SkipCollector
 
 AUDIO_SUFFIXES = frozenset({".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})

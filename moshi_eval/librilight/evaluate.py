@@ -19,17 +19,17 @@ from moshi.modules.ttt_inner_losses import InnerLossBins
 
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest
-from ..scoring.models import model_flags
+from ..scoring.model import model_flags
 from ..scoring.output_lock import output_lock
-from ..scoring.prepare import ItemPreparer, source_identity
+from ..scoring.run import EvaluationRun
 from ..scoring.sanity import WorseThanUniformWarning
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
 from ..scoring.sources import DataError, SequenceSource, Skip
 from .config import LibriLightConfig
 from .config_keys import normalize_config_mapping
 from .data import discover_sequences
+from .prepare import ItemPreparer, source_identity
 from .results import LibriLightResult, SequenceLosses
 
 DEFAULT_FRAME_RATE = 12.5

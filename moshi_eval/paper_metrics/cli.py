@@ -17,11 +17,7 @@ from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
 from ..scoring import codebook_weights
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.distributed import DistributedContext
-from ..scoring.invocation import Invocation
-from ..scoring.notes import print_notes
-from ..scoring.preflight import (
+from ..scoring.cli import (
     check_cache_folder,
     check_input_path,
     check_output_file,
@@ -29,7 +25,11 @@ from ..scoring.preflight import (
     claim_outputs,
     setting_label,
 )
-from ..scoring.settings_file import ConfigError, read_settings_section
+from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
+from ..scoring.distributed import DistributedContext
+from ..scoring.errors import print_notes
+from ..scoring.invocation import Invocation
+from ..scoring.settings import ConfigError, read_settings_section
 from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS

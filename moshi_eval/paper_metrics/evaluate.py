@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from ..scoring.audio import read_audio_header
+from ..scoring.data import read_audio_header
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
 from ..scoring.eval_mode import eval_mode
-from ..scoring.evaluation_run import EvaluationRun
 from ..scoring.fingerprint import digest, file_identity
 from ..scoring.output_lock import output_lock
 from ..scoring.records import SequenceLosses
+from ..scoring.run import EvaluationRun
 from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
 from ..scoring.sources import DataError, SequenceSource
 from .config import PaperMetricsConfig

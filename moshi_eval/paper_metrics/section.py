@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..scoring.settings_file import ConfigError, listed, unknown_keys_message
+from ..scoring.settings import ConfigError, listed, unknown_keys_message
 from .config import PaperMetricsConfig
 from .pairs import BENCHMARKS
 

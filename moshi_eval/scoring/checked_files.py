@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .errors import FileNoteWarning
 from .files import write_safetensors_atomic
-from .notes import FileNoteWarning
 
 MADE_FROM = "made_from"
 CHECKSUM = "checksum"

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .checked_files import read_checked, write_checked
+from .errors import FileNoteWarning
 from .fingerprint import digest
-from .notes import FileNoteWarning
 
 DEFAULT_CACHE_ENV = "MOSHI_EVAL_CACHE"
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)

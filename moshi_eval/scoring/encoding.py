@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import FrameChunker, iter_joined
 from .codes_cache import CodesCache
+from .data import FrameChunker, iter_joined
 from .fingerprint import file_identity, weights_fingerprint
 from .sources import SequenceSource
 

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .notes import FileNoteWarning
+from .errors import FileNoteWarning
 
 LOCK_SUFFIX = ".lock"
 UNREADABLE = -1  # the pid of a lock file that cannot be read: none of ours (they are written whole), taken over

@@ -7,7 +7,7 @@ from librilight_helpers import write_codes
 from lm_fixtures import load_case
 
 from moshi_eval.librilight import evaluate_librilight_long_context
-from moshi_eval.scoring.notes import SettingsNoteWarning
+from moshi_eval.scoring.errors import SettingsNoteWarning
 
 pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
 

@@ -20,8 +20,8 @@ from moshi_eval.librilight.config_keys import (
     normalize_config_mapping,
     read_config_file,
 )
-from moshi_eval.scoring.notes import SettingsNoteWarning
-from moshi_eval.scoring.settings_file import ConfigError
+from moshi_eval.scoring.errors import SettingsNoteWarning
+from moshi_eval.scoring.settings import ConfigError
 
 
 def read_kind(tmp_path, kind):

@@ -18,7 +18,7 @@ from librilight_helpers import REPO_ROOT, random_codes, subprocess_env, write_co
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main as librilight_main
 from moshi_eval.paper_metrics.cli import main as paper_metrics_main
-from moshi_eval.scoring.notes import FileNoteWarning
+from moshi_eval.scoring.errors import FileNoteWarning
 from moshi_eval.scoring.output_lock import OutputLockedError, claim_output, lock_path_for, process_start, release_claims
 from moshi_eval.scoring.store import SequenceStore
 

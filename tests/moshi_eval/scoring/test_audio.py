@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.data import discover_sequences
 from moshi_eval.librilight.demo import build_demo_lm
-from moshi_eval.scoring.audio import read_resampled
 from moshi_eval.scoring.codes_cache import CodesCache
+from moshi_eval.scoring.data import read_resampled
 from moshi_eval.scoring.encoding import MimiSequenceEncoder
 from moshi_eval.scoring.sources import DataError
 

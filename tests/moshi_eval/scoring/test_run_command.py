@@ -8,7 +8,7 @@ import pytest
 from moshi.models.model_flags import error_line
 from moshi_eval.scoring.cli_errors import run_command
 from moshi_eval.scoring.sanity import NonFiniteLossError
-from moshi_eval.scoring.settings_file import ConfigError
+from moshi_eval.scoring.settings import ConfigError
 
 
 def raising(error):

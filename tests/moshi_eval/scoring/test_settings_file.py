@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moshi_eval.scoring.settings_file import (
+from moshi_eval.scoring.settings import (
     ConfigError,
     closest_key,
     read_settings_section,

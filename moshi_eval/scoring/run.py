@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Any, Generic, Protocol, TypeVar
 
+from .cli import check_records_folder
 from .codes_cache import CodesCache, default_cache_dir
 from .distributed import DistributedContext
 from .encoding import MimiSequenceEncoder
-from .models import check_long_context, model_identity
-from .preflight import check_records_folder
+from .model import check_long_context, model_identity
 from .rank_report import RankReport
 from .records import SequenceLosses
 from .scorer import ChunkedScorer, ModelShape, ScoringItem, SequenceCallback, StepScorer

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .encoding import MimiSequenceEncoder
-from .fingerprint import file_identity
-from .scorer import ModelShape, ScoringItem
-from .sources import DataError, SequenceSource
+from ..scoring.encoding import MimiSequenceEncoder
+from ..scoring.fingerprint import file_identity
+from ..scoring.scorer import ModelShape, ScoringItem
+from ..scoring.sources import DataError, SequenceSource
 
 
 def source_identity(source: SequenceSource) -> list[dict[str, Any]]:

@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..librilight import LibriLightConfig, evaluate_librilight
-from ..librilight.config_keys import map_settings
-from ..scoring.files import is_finite_number
-from ..scoring.notes import warn_notes
-from .config import PaperMetricsConfig
-from .evaluate import run_paper_metrics
-from .pairs import BENCHMARKS
-from .section import UserSection, read_user_section
+from .librilight import LibriLightConfig, evaluate_librilight
+from .librilight.config_keys import map_settings
+from .paper_metrics.config import PaperMetricsConfig
+from .paper_metrics.evaluate import run_paper_metrics
+from .paper_metrics.pairs import BENCHMARKS
+from .paper_metrics.section import UserSection, read_user_section
+from .scoring.errors import warn_notes
+from .scoring.files import is_finite_number
 
 
 class PaperMetricsEvaluator:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .output_lock import claim_output
-from .settings_file import ConfigError
+from .settings import ConfigError
 from .store import store_dir_for
 
 
