@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..scoring.cli import check_output_file, check_plot_file
-from ..scoring.cli_errors import run_command
+from ..scoring.cli import check_output_file, check_plot_file, run_command
 from ..scoring.files import write_json_atomic
 from .report import compare_runs, comparison_table
 from .runs import read_runs

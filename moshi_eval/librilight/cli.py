@@ -19,19 +19,20 @@ from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
 from ..scoring.cli import (
+    Invocation,
+    add_codes_cache_arguments,
     check_cache_folder,
     check_input_path,
     check_output_file,
     check_plot_file,
     claim_outputs,
+    model_request,
+    run_command,
     setting_label,
 )
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.cli_errors import run_command
-from ..scoring.distributed import DistributedContext
 from ..scoring.errors import print_notes
-from ..scoring.invocation import Invocation
-from ..scoring.text_policy import TEXT_POLICIES
+from ..scoring.run import DistributedContext
+from ..scoring.settings import TEXT_POLICIES
 from .config import (
     SCORING_MODES,
     USER_STREAMS,
@@ -207,7 +208,7 @@ def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argpar
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.distributed import init_distributed
+    from ..scoring.run import init_distributed
 
     settings, notes = merged_settings(args)
     context = init_distributed()

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..scoring.checked_settings import CheckedSettings
-from ..scoring.codebook_weights import parse_float_list, weights_for_codebooks
-from ..scoring.settings import ConfigError
-from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
+from ..scoring.errors import ConfigError
+from ..scoring.settings import (
+    CHUNKED_TEXT_POLICIES,
+    TEXT_POLICIES,
+    CheckedSettings,
+    parse_float_list,
+    weights_for_codebooks,
+)
 
 USER_STREAMS = ("silence", "zero")
 SCORING_MODES = ("step", "chunked")

@@ -1,7 +1,7 @@
 """The keys `moshi_eval.librilight` reads from settings files and mappings, and the `LibriLightConfig` fields they set.
 
 Besides the field names themselves, the keys of researchers' own files are understood. Their LibriLight settings sit in
-the `paper_metrics:` section of training YAML files (read with `scoring.settings_file.read_settings_section`), next to
+the `paper_metrics:` section of training YAML files (read with `scoring.settings.read_settings_section`), next to
 the keys of other metrics:
 
 - renamed keys: `librilight_audio_dir`, `librilight_max_chapters`, `librilight_num_sequences`, `librilight_max_tokens`
@@ -18,7 +18,7 @@ the keys of other metrics:
   StoryCloze, Figure 5, long-context files).
 
 Any other key is an error that suggests the closest known key. Notes are returned, never printed or warned here: the
-command line prints them and the Python API warns (`scoring.notes`).
+command line prints them and the Python API warns (`scoring.errors.warn_notes`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..scoring.errors import warn_notes
-from ..scoring.settings import ConfigError, listed, read_settings_section, unknown_keys_message
+from ..scoring.errors import ConfigError, warn_notes
+from ..scoring.settings import listed, read_settings_section, unknown_keys_message
 from .config import config_field_names, parse_float_list, parse_positions
 
 PAPER_METRICS_SECTION = "paper_metrics"

@@ -17,15 +17,12 @@ import torch
 from moshi.modules.ttt import recording_inner_losses, ttt_layers_by_index
 from moshi.modules.ttt_inner_losses import InnerLossBins
 
-from ..scoring.distributed import DistributedContext, init_distributed
-from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.fingerprint import digest
-from ..scoring.model import model_flags
-from ..scoring.output_lock import output_lock
-from ..scoring.run import EvaluationRun
-from ..scoring.sanity import WorseThanUniformWarning
+from ..scoring.data import MimiSequenceEncoder, SequenceSource, Skip
+from ..scoring.errors import DataError, WorseThanUniformWarning
+from ..scoring.files import digest
+from ..scoring.model import scoring_flags
+from ..scoring.run import DistributedContext, EvaluationRun, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
-from ..scoring.sources import DataError, SequenceSource, Skip
 from .config import LibriLightConfig
 from .config_keys import normalize_config_mapping
 from .data import discover_sequences
@@ -87,7 +84,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         self.on_sequence = on_sequence
         self.user_stream = resolve_user_stream(config.user_stream, self.shape)
         self.codebook_weights = config.resolved_codebook_weights(self.shape.dep_q)
-        self.model_flags = model_flags(lm)
+        self.model_flags = scoring_flags(lm)
         self.discovery_skips: list[Skip] = []
         self.sequence_skips: list[Skip] = []
         self.sources: list[SequenceSource] = []

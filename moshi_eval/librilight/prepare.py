@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.fingerprint import file_identity
+from ..scoring.data import MimiSequenceEncoder, SequenceSource
+from ..scoring.errors import DataError
+from ..scoring.files import file_identity
 from ..scoring.scorer import ModelShape, ScoringItem
-from ..scoring.sources import DataError, SequenceSource
 
 
 def source_identity(source: SequenceSource) -> list[dict[str, Any]]:

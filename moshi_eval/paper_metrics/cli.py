@@ -16,20 +16,21 @@ from typing import Any
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
-from ..scoring import codebook_weights
+from ..scoring import settings as scoring_settings
 from ..scoring.cli import (
+    Invocation,
+    add_codes_cache_arguments,
     check_cache_folder,
     check_input_path,
     check_output_file,
     check_output_folder,
     claim_outputs,
+    model_request,
     setting_label,
 )
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.distributed import DistributedContext
-from ..scoring.errors import print_notes
-from ..scoring.invocation import Invocation
-from ..scoring.settings import ConfigError, read_settings_section
+from ..scoring.errors import ConfigError, print_notes
+from ..scoring.run import DistributedContext
+from ..scoring.settings import read_settings_section
 from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
@@ -43,7 +44,7 @@ DEFAULT_OUTPUT = "paper_metrics_results.json"
 def parse_float_list(text: str) -> list[float]:
     """A `--codebook-weights` value; one that is not a list of numbers is an argparse error quoting it."""
     try:
-        return codebook_weights.parse_float_list(text)
+        return scoring_settings.parse_float_list(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 
@@ -156,7 +157,7 @@ def run_evaluation(config: PaperMetricsConfig, request: ModelRequest, args: argp
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.distributed import init_distributed
+    from ..scoring.run import init_distributed
 
     settings, notes = merged_settings(args)
     context = init_distributed()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..scoring.checked_settings import CheckedSettings
-from ..scoring.codebook_weights import weights_for_codebooks
-from ..scoring.text_policy import CHUNKED_TEXT_POLICIES
+from ..scoring.settings import CHUNKED_TEXT_POLICIES, CheckedSettings, weights_for_codebooks
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
 

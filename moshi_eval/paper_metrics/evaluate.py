@@ -13,16 +13,12 @@ from typing import Any
 
 import torch
 
-from ..scoring.data import read_audio_header
-from ..scoring.distributed import DistributedContext, init_distributed
-from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.eval_mode import eval_mode
-from ..scoring.fingerprint import digest, file_identity
-from ..scoring.output_lock import output_lock
-from ..scoring.records import SequenceLosses
-from ..scoring.run import EvaluationRun
+from ..scoring.data import MimiSequenceEncoder, SequenceSource, read_audio_header
+from ..scoring.errors import DataError
+from ..scoring.files import digest, file_identity
+from ..scoring.model import eval_mode
+from ..scoring.run import DistributedContext, EvaluationRun, SequenceLosses, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
-from ..scoring.sources import DataError, SequenceSource
 from .config import PaperMetricsConfig
 from .data import load_benchmarks
 from .pairs import BenchmarkSet, Utterance

@@ -15,7 +15,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..scoring.settings import ConfigError, listed, unknown_keys_message
+from ..scoring.errors import ConfigError
+from ..scoring.settings import listed, unknown_keys_message
 from .config import PaperMetricsConfig
 from .pairs import BENCHMARKS
 

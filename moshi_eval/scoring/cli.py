@@ -1,33 +1,64 @@
-"""Checks a command line runs before any work, so that a mistyped path fails in a second, not after an evaluation.
+"""What every evaluation command line shares: its flags beyond the model's, checks before any work, and how it ends.
 
-Each check raises `ConfigError` naming the flag and the path: output files that could not be written (a directory, a
-parent that is a file or not writable, a plot format matplotlib cannot write) and input files and folders that do not
-exist. The model's files are checked by `moshi.models.model_flags.ModelRequest.check_files`.
+- Flags: the codes cache (`--cache-dir`, `--no-cache`) next to `moshi.models.model_flags`' model flags; the model
+  request carries the `context` and `rope_max_period` of the evaluation's settings. The parsers use
+  `argument_default=argparse.SUPPRESS`: a flag that was not given is absent from the namespace, so the settings of a
+  config file are only replaced by the flags actually given.
+- Checks before any work, so that a mistyped path fails in a second, not after an evaluation: each raises
+  `ConfigError` naming the flag and the path (output files that could not be written, a plot format matplotlib cannot
+  write, input files and folders that do not exist). The model's files are checked by `ModelRequest.check_files`.
+- How a command ends: `run_command(body, interrupted)` turns what a user can cause into one line on stderr instead of
+  a traceback: what naming and loading a model can raise (`moshi.models.model_flags.EXPECTED_ERRORS`: bad settings
+  and values, including `ConfigError` and `DataError`, missing or unreadable files, unsupported model configurations)
+  and non-finite losses give `error: <message naming the file or value>` and exit code 2, printed as
+  `moshi.models.model_flags.report_error` prints it. Ctrl-C prints `interrupted: <what interrupted() says>` and exits
+  with 130, the shell's code for SIGINT. Anything else is a bug and keeps its traceback.
+- `Invocation`: the command as it was invoked. Once the command has read its settings it sets `config` (what it writes
+  to `output`, and whether it keeps finished records for resuming); on Ctrl-C the message then says how many finished
+  records the store holds and the command that resumes them (`--no-resume` dropped; under torchrun, the same torchrun
+  command).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from .output_lock import claim_output
-from .settings import ConfigError
-from .store import store_dir_for
+from moshi.models import model_flags
+from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
+from moshi.models.model_flags import ModelRequest, report_error
+
+from .errors import ConfigError, NonFiniteLossError
+from .files import existing_ancestor, folder_problem
+from .run import check_records_folder, claim_output, release_claims, shutdown_distributed, store_dir_for
+
+EXIT_INTERRUPTED = 130
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (*MODEL_ERRORS, NonFiniteLossError)
+
+
+def add_codes_cache_arguments(group: Any) -> None:
+    """`--cache-dir` and `--no-cache` in `group` (an argument group of the command's data)."""
+    group.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
+    group.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
+
+
+def model_request(args: argparse.Namespace, config: Any) -> ModelRequest:
+    """The model the flags name, with the `context` and `rope_max_period` of the evaluation's settings (a flag or a
+    config file's key; the results' `config` records them)."""
+    request = ModelRequest.from_args(args, model_flags.OURS)
+    return dataclasses.replace(request, context=config.context, rope_max_period=config.rope_max_period)
 
 
 def setting_label(name: str, config_file: str | None) -> str:
     """How errors name a setting: its flag (`--cache-dir`), or the field and the file it came from
     (`cache_dir (from eval.yaml)`)."""
     return f"{name} (from {config_file})" if config_file else f"--{name.replace('_', '-')}"
-
-
-def existing_ancestor(path: Path) -> Path:
-    """The closest ancestor of `path` (itself excluded) that exists."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    return ancestor
 
 
 def check_output_file(path: str | Path, flag: str) -> None:
@@ -62,33 +93,11 @@ def check_plot_file(path: str | Path, flag: str = "--plot") -> None:
                           f"{', '.join('.' + name for name in sorted(formats))}")
 
 
-def folder_problem(path: Path) -> str | None:
-    """Why no file can be written in the folder `path` (existing, or to be created), or None."""
-    if path.exists() and not path.is_dir():
-        return "is a file, not a folder"
-    target = path if path.exists() else existing_ancestor(path)
-    if not target.is_dir():
-        return f"{target} is a file, so no folder can be created there"
-    if not os.access(target, os.W_OK | os.X_OK):
-        return f"cannot write in {target} (permission denied)"
-    return None
-
-
 def check_output_folder(path: str | Path, flag: str) -> None:
     """`path` is, or can be created as, a writable directory."""
     problem = folder_problem(Path(path))
     if problem is not None:
         raise ConfigError(f"{flag} {path}: {problem}")
-
-
-def check_records_folder(output: str | Path, flag: str) -> None:
-    """The folder of resume records next to `output` (`<stem>.sequences/`) is, or can be created as, a writable
-    directory: found before the first record is scored, not after."""
-    records = store_dir_for(output)
-    problem = folder_problem(records)
-    if problem is not None:
-        raise ConfigError(f"{flag} {output}: its resume records folder {records}: {problem}; make it writable or turn "
-                          "resuming off (--no-resume)")
 
 
 class RunOutputs(Protocol):
@@ -126,3 +135,69 @@ def check_input_path(path: str | Path, flag: str, folder: bool = False) -> None:
         raise ConfigError(f"{flag} {path}: is a file, not a folder")
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{flag} {path}: cannot be read (permission denied)")
+
+
+def run_command(body: Callable[[], int], interrupted: Callable[[], str] | None = None) -> int:
+    """`body()`'s exit code, 2 after an expected error (one `error:` line), 130 after Ctrl-C (one `interrupted:`
+    line)."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        hint = interrupted() if interrupted is not None else ""
+        print(f"interrupted{': ' + hint if hint else ''}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except EXPECTED_ERRORS as error:
+        return report_error(error)
+
+
+class ResumableSettings(Protocol):
+    output: str | None
+    resume: bool
+
+
+@dataclasses.dataclass
+class Invocation:
+    """What this command was asked to do, for the message printed when it is interrupted.
+
+    `unit` names a finished record (`sequence`, `utterance`); `partial_results`: the output file is rewritten as each
+    record finishes, so an interrupted run leaves the records finished so far there.
+    """
+
+    program: str
+    argv: list[str]
+    unit: str
+    partial_results: bool = False
+    config: ResumableSettings | None = None
+
+    def resume_command(self) -> str:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "the same torchrun command" + (" without --no-resume" if "--no-resume" in self.argv else "")
+        return shlex.join([*self.program.split(), *[arg for arg in self.argv if arg != "--no-resume"]])
+
+    def interrupted(self) -> str:
+        config = self.config
+        if config is None or not config.output:
+            return f"nothing was computed yet; rerun with: {self.resume_command()}"
+        if not config.resume:
+            return f"{self.not_kept(config.output)}; rerun with: {self.resume_command()}"
+        store = store_dir_for(config.output)
+        kept = len(list(store.glob("*.safetensors"))) if store.is_dir() else 0
+        partial = ""
+        if self.partial_results and Path(config.output).is_file():
+            partial = f" (partial results in {config.output})"
+        return f"{kept} finished {self.unit}(s) kept in {store}/{partial}; resume with: {self.resume_command()}"
+
+    def not_kept(self, output: str) -> str:
+        """What became of the finished records of a run that does not keep them for resuming."""
+        if self.partial_results:
+            return f"finished {self.unit}s are in {output} but were not kept for resuming (--no-resume)"
+        return f"finished {self.unit}s were not kept (--no-resume)"
+
+    def run(self, body: Callable[[], int]) -> int:
+        """`body()`'s exit code through `run_command` (this interruption message on Ctrl-C); afterwards the outputs it
+        claimed are released and the torchrun process group is shut down."""
+        try:
+            return run_command(body, self.interrupted)
+        finally:
+            release_claims()
+            shutdown_distributed()

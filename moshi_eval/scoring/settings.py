@@ -1,29 +1,93 @@
-"""Settings files shared by every evaluation: a YAML (or JSON) file read whole, or one section of it.
+"""Settings every evaluation shares, and reading them from files.
 
-Researchers keep their evaluation settings inside training YAML files, in a section such as `paper_metrics:`, next to
-training keys (`batch_size`, `optim`, `ttt`, ...). `read_settings_section(path, "paper_metrics")` returns the raw
-mapping of that section together with one-line notes saying what around it was left out; a file without the section
-is read whole. Turning raw keys into an evaluation's settings is each evaluation's own business (LibriLight:
-`moshi_eval.librilight.config_keys`); the helpers here give all of them the same errors (`ConfigError`, naming the file)
-and the same message for unknown keys, with the closest known key suggested.
+- `CheckedSettings`: the base of each evaluation's settings dataclass, checked when built and when copied with changes.
+- Text policies (`TEXT_POLICIES`): what the text stream gets at each teacher-forced step while audio is scored:
+  `greedy` (the model's own argmax, the text Moshi would write; found by speculation in chunked scoring), `sample`
+  (drawn from the model, seeded; per-step scoring only), `pad` (the text padding token: the model is told it says no
+  word), `zero` (the zero token, "no input": the text stream is absent, as in a parallel forward whose text row is the
+  zero token).
+- Per-codebook weights of the token losses, read from a comma-separated list and checked against the codebooks scored.
+- Settings files: a YAML (or JSON) file read whole, or one section of it. Researchers keep their evaluation settings
+  inside training YAML files, in a section next to training keys (`batch_size`, `optim`, `ttt`, ...).
+  `read_settings_section(path, name)` returns the raw mapping of that section together with one-line notes saying what
+  around it was left out; a file without the section is read whole. Turning raw keys into an evaluation's settings is
+  each benchmark's own business; the helpers here give all of them the same errors (`ConfigError`, naming the file)
+  and the same message for unknown keys, with the closest known key suggested. A training file's `ttt:` section is
+  never applied implicitly: reading a section leaves it out with a note.
 
-A training file's `ttt:` section is never applied implicitly: reading a section leaves it out with a note.
+Kept free of torch so that command lines can list the choices before loading anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from typing_extensions import Self
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from moshi.models.lm import LMModel
+
+TEXT_POLICIES = ("greedy", "sample", "pad", "zero")
+CHUNKED_TEXT_POLICIES = ("greedy", "pad", "zero")
 NEVER_APPLIED_SECTIONS = ("ttt",)
 LISTED_KEYS = 8
 
 
-class ConfigError(ValueError):
-    """A settings file or value that cannot be used; the message names it."""
+class CheckedSettings:
+    """Mixed into a settings dataclass: `validate()` runs when it is built and when `replace` copies it; `to_dict()`
+    lists every field (as the results record them)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def check_text_policy(text_policy: str, allowed: Sequence[str] = TEXT_POLICIES) -> None:
+    """Raise a ValueError naming the policy when it is not one of `allowed`."""
+    if text_policy not in allowed:
+        raise ValueError(f"text policy {text_policy!r} is not supported here; use one of {', '.join(allowed)}")
+
+
+def forced_text_token(lm: LMModel, text_policy: str) -> int | None:
+    """The text token every step is forced to under `text_policy` (None: chosen by the model, greedy or sampled)."""
+    if text_policy == "pad":
+        return int(lm.text_padding_token_id)
+    if text_policy == "zero":
+        return int(lm.zero_token_id)
+    return None
+
+
+def parse_float_list(text: str) -> list[float]:
+    """'100, 1,1' -> [100.0, 1.0, 1.0]; ValueError quoting the text when a part is not a number."""
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as error:
+        raise ValueError(f"cannot read a comma-separated list of numbers from {text!r}") from error
+
+
+def weights_for_codebooks(weights: Sequence[float] | None, num_codebooks: int) -> list[float] | None:
+    """`weights` as floats, one per scored codebook (ValueError on a count mismatch); None stays None (equal
+    weights)."""
+    if weights is None:
+        return None
+    if len(weights) != num_codebooks:
+        raise ValueError(f"codebook_weights has {len(weights)} values; the model scores {num_codebooks} codebooks")
+    return [float(weight) for weight in weights]
 
 
 @dataclasses.dataclass(frozen=True)

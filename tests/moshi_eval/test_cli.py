@@ -11,7 +11,7 @@ from librilight_helpers import assert_results_close, comparable, save_demo_check
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 def test_cli_end_to_end_with_legacy_yaml(tmp_path, capsys):

@@ -20,8 +20,7 @@ from moshi_eval.librilight.config_keys import (
     normalize_config_mapping,
     read_config_file,
 )
-from moshi_eval.scoring.errors import SettingsNoteWarning
-from moshi_eval.scoring.settings import ConfigError
+from moshi_eval.scoring.errors import ConfigError, SettingsNoteWarning
 
 
 def read_kind(tmp_path, kind):

@@ -17,7 +17,7 @@ from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 from moshi_eval.scoring.model import TTT_CAUSAL_FORM_FLAG
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 FRAMES = 30
 
