@@ -27,21 +27,14 @@ from ..scoring.cli import (
     check_plot_file,
     claim_outputs,
     model_request,
+    number_list,
     run_command,
     setting_label,
 )
 from ..scoring.errors import print_notes
 from ..scoring.run import DistributedContext
-from ..scoring.settings import TEXT_POLICIES
-from .config import (
-    SCORING_MODES,
-    USER_STREAMS,
-    LibriLightConfig,
-    config_field_names,
-    parse_float_list,
-    parse_positions,
-    position_key,
-)
+from ..scoring.settings import SCORING_MODES, TEXT_POLICIES
+from .config import USER_STREAMS, LibriLightConfig, parse_positions, position_key
 from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
 
 PROGRAM = "python -m moshi_eval.librilight"
@@ -86,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--user-stream", choices=USER_STREAMS, help="user stream: Mimi silence (default) or zero")
     scoring.add_argument("--temp-text", type=float, help="temperature of the `sample` text policy")
     scoring.add_argument("--top-k-text", type=int, help="top-k of the `sample` text policy")
-    scoring.add_argument("--codebook-weights", type=parse_float_list, help="e.g. 100,1,1,1,1,1,1,1")
+    scoring.add_argument("--codebook-weights", type=number_list, help="e.g. 100,1,1,1,1,1,1,1")
     scoring.add_argument("--first-codebook-weight", type=float, help="weight of codebook 0, others 1 (e.g. 100)")
     scoring.add_argument("--positions", type=parse_positions, help="window ends in frames, e.g. 8k,16k,24k")
     scoring.add_argument("--window", type=int, help="window length in frames (default 1000)")
@@ -122,7 +115,7 @@ def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
     given = vars(args)
     mapped = read_config_file(given["config"]) if "config" in given else MappedSettings({})
     settings, notes = dict(mapped.values), list(mapped.notes)
-    fields = set(config_field_names())
+    fields = set(LibriLightConfig.field_names())
     flags = {key: value for key, value in given.items() if key in fields}
     if any(name in flags for name in DATA_SOURCE_FIELDS):
         replaced = [name for name in (*DATA_SOURCE_FIELDS, *sorted(mapped.source_fields)) if name in settings]

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..scoring.errors import ConfigError, warn_notes
-from ..scoring.settings import listed, read_settings_section, unknown_keys_message
-from .config import config_field_names, parse_float_list, parse_positions
+from ..scoring.settings import listed, parse_float_list, read_settings_section, unknown_keys_message
+from .config import LibriLightConfig, parse_positions
 
 PAPER_METRICS_SECTION = "paper_metrics"
 NUM_SEQUENCES_KEY = "librilight_num_sequences"
@@ -91,7 +91,7 @@ class _Collector:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.fields = set(config_field_names())
+        self.fields = set(LibriLightConfig.field_names())
         self.values: dict[str, Any] = {}
         self.set_by: dict[str, str] = {}
         self.selection: dict[str, Any] = {}

@@ -16,7 +16,6 @@ from typing import Any
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
-from ..scoring import settings as scoring_settings
 from ..scoring.cli import (
     Invocation,
     add_codes_cache_arguments,
@@ -26,12 +25,13 @@ from ..scoring.cli import (
     check_output_folder,
     claim_outputs,
     model_request,
+    number_list,
     setting_label,
 )
 from ..scoring.errors import ConfigError, print_notes
 from ..scoring.run import DistributedContext
-from ..scoring.settings import read_settings_section
-from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
+from ..scoring.settings import SCORING_MODES, read_settings_section
+from .config import GOLD_BENCHMARKS, OTHER_STREAMS, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
 from .section import read_user_section
@@ -39,14 +39,6 @@ from .section import read_user_section
 PROGRAM = "python -m moshi_eval.paper_metrics"
 SECTION = "paper_metrics"
 DEFAULT_OUTPUT = "paper_metrics_results.json"
-
-
-def parse_float_list(text: str) -> list[float]:
-    """A `--codebook-weights` value; one that is not a list of numbers is an argparse error quoting it."""
-    try:
-        return scoring_settings.parse_float_list(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--stream", choices=STREAMS, help="where the utterance goes: own stream (default) or user")
     scoring.add_argument("--other-stream", choices=OTHER_STREAMS, help="the other audio stream: zero (default) or "
                                                                        "Mimi silence")
-    scoring.add_argument("--text-policy", choices=("zero", "pad", "greedy"), help="text stream: zero token (default, "
-                                                                                  "no text), padding, or greedy")
-    scoring.add_argument("--codebook-weights", type=parse_float_list, help="token weight per codebook, e.g. "
+    scoring.add_argument("--text-policy", choices=PaperMetricsConfig.text_policies,
+                         help="text stream: zero token (default, no text), padding, or greedy")
+    scoring.add_argument("--codebook-weights", type=number_list, help="token weight per codebook, e.g. "
                                                                            "100,1,1,1,1,1,1,1 (default equal)")
     scoring.add_argument("--normalization", choices=NORMALIZATIONS, help="score compared in <bench>_accuracy: mean "
                                                                          "(default) or sum log-probability")

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..scoring.run import defined_codebook_losses
+
 NORMALIZATIONS = ("mean", "sum")
 
 
@@ -35,13 +37,9 @@ class UtteranceScore:
 
 def utterance_score(codebook_losses: np.ndarray, weights: Sequence[float] | None = None) -> UtteranceScore:
     """Scores of one utterance from its losses `[T, dep_q]` (float64 sums)."""
-    losses = np.asarray(codebook_losses, dtype=np.float64)
-    w = np.ones(losses.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (losses.shape[1],):
-        raise ValueError(f"codebook_weights has {w.shape[0]} values but the losses have {losses.shape[1]} codebooks")
-    defined = np.isfinite(losses)
+    losses, defined, w = defined_codebook_losses(codebook_losses, weights)
     weight_total = float((defined * w).sum())
-    total = -float((np.where(defined, losses, 0.0) * w).sum())
+    total = -float((losses * w).sum())
     mean = total / weight_total if weight_total > 0 else float("nan")
     return UtteranceScore(int(losses.shape[0]), int(defined.sum()), total, mean)
 

@@ -28,7 +28,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from moshi.models import model_flags
 from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
@@ -37,6 +37,7 @@ from moshi.models.model_flags import ModelRequest, report_error
 from .errors import ConfigError, NonFiniteLossError
 from .files import existing_ancestor, folder_problem
 from .run import check_records_folder, claim_output, release_claims, shutdown_distributed, store_dir_for
+from .settings import EvaluationSettings, parse_float_list
 
 EXIT_INTERRUPTED = 130
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (*MODEL_ERRORS, NonFiniteLossError)
@@ -44,11 +45,21 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (*MODEL_ERRORS, NonFiniteLoss
 
 def add_codes_cache_arguments(group: Any) -> None:
     """`--cache-dir` and `--no-cache` in `group` (an argument group of the command's data)."""
-    group.add_argument("--cache-dir", help="codes cache folder (default ~/.cache/moshi_eval/librilight_codes)")
+    group.add_argument("--cache-dir", help="codes cache folder (default $MOSHI_EVAL_CACHE, else "
+                                           "~/.cache/moshi_eval/codes)")
     group.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache")
 
 
-def model_request(args: argparse.Namespace, config: Any) -> ModelRequest:
+def number_list(text: str) -> list[float]:
+    """A comma-separated list of numbers on a command line (`--codebook-weights 100,1,1`); anything else is an
+    argparse error quoting it."""
+    try:
+        return parse_float_list(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def model_request(args: argparse.Namespace, config: EvaluationSettings) -> ModelRequest:
     """The model the flags name, with the `context` and `rope_max_period` of the evaluation's settings (a flag or a
     config file's key; the results' `config` records them)."""
     request = ModelRequest.from_args(args, model_flags.OURS)
@@ -100,12 +111,7 @@ def check_output_folder(path: str | Path, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: {problem}")
 
 
-class RunOutputs(Protocol):
-    output: str | None
-    resume: bool
-
-
-def claim_outputs(config: RunOutputs, flag: str) -> None:
+def claim_outputs(config: EvaluationSettings, flag: str) -> None:
     """The resume records folder writable (when resuming), then the output claimed for this command
     (`output_lock.claim_output`): a second run on the same output stops here, before loading a model."""
     if config.output is None:
@@ -150,11 +156,6 @@ def run_command(body: Callable[[], int], interrupted: Callable[[], str] | None =
         return report_error(error)
 
 
-class ResumableSettings(Protocol):
-    output: str | None
-    resume: bool
-
-
 @dataclasses.dataclass
 class Invocation:
     """What this command was asked to do, for the message printed when it is interrupted.
@@ -167,7 +168,7 @@ class Invocation:
     argv: list[str]
     unit: str
     partial_results: bool = False
-    config: ResumableSettings | None = None
+    config: EvaluationSettings | None = None
 
     def resume_command(self) -> str:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

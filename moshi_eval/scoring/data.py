@@ -248,9 +248,10 @@ class FrameChunker:
 
 
 def default_cache_dir() -> Path:
+    """`$MOSHI_EVAL_CACHE`, else `moshi_eval/codes` in the user's cache folder (`$XDG_CACHE_HOME`, `~/.cache`)."""
     if os.environ.get(DEFAULT_CACHE_ENV):
         return Path(os.environ[DEFAULT_CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moshi_eval" / "librilight_codes"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moshi_eval" / "codes"
 
 
 def codes_problem(codes: torch.Tensor, num_codebooks: int, card: int) -> str | None:

@@ -46,7 +46,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from .errors import ConfigError, FileNoteWarning, OutputLockedError
 from .files import digest, folder_problem, read_checked, write_checked
 from .model import check_long_context, model_identity
 from .scorer import ChunkedScorer, ModelShape, ScoringItem, SequenceCallback, StepScorer
+from .settings import EvaluationSettings
 
 if TYPE_CHECKING:
     from moshi.models.compression import MimiModel
@@ -72,22 +73,6 @@ LOCK_SUFFIX = ".lock"
 UNREADABLE = -1  # the pid of a lock file that cannot be read: none of ours (they are written whole), taken over
 
 
-class RunSettings(Protocol):
-    """The settings every evaluation has (its config dataclass has more)."""
-
-    output: str | None
-    resume: bool
-    batch_size: int
-    mode: str
-    text_policy: str
-    chunk_size: int
-    use_cache: bool
-    cache_dir: str | None
-    encode_chunk_frames: int
-    context: int | None
-    rope_max_period: float | None
-
-
 class EvaluationRun(abc.ABC, Generic[Entry]):
     """One evaluation of `lm`: finished records, counters, timings, and the steps every evaluation shares.
 
@@ -95,7 +80,7 @@ class EvaluationRun(abc.ABC, Generic[Entry]):
     (log lines and bars on stderr) shows on the main rank only, when `progress` is set.
     """
 
-    def __init__(self, name: str, unit: str, lm: LMModel, mimi: MimiModel | None, config: RunSettings,
+    def __init__(self, name: str, unit: str, lm: LMModel, mimi: MimiModel | None, config: EvaluationSettings,
                  context: DistributedContext, model_source: dict[str, Any] | None, progress: bool) -> None:
         self.name = name
         self.unit = unit

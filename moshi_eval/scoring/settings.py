@@ -1,6 +1,7 @@
 """Settings every evaluation shares, and reading them from files.
 
-- `CheckedSettings`: the base of each evaluation's settings dataclass, checked when built and when copied with changes.
+- `EvaluationSettings`: the settings every evaluation has (scoring mode, text policy, batch size, codebook weights,
+  codes cache, output and resuming, the model's context), the base of each benchmark's settings dataclass.
 - Text policies (`TEXT_POLICIES`): what the text stream gets at each teacher-forced step while audio is scored:
   `greedy` (the model's own argmax, the text Moshi would write; found by speculation in chunked scoring), `sample`
   (drawn from the model, seeded; per-step scoring only), `pad` (the text padding token: the model is told it says no
@@ -24,7 +25,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from typing_extensions import Self
 
@@ -35,26 +36,83 @@ if TYPE_CHECKING:
 
 TEXT_POLICIES = ("greedy", "sample", "pad", "zero")
 CHUNKED_TEXT_POLICIES = ("greedy", "pad", "zero")
+SCORING_MODES = ("step", "chunked")
 NEVER_APPLIED_SECTIONS = ("ttt",)
 LISTED_KEYS = 8
 
 
-class CheckedSettings:
-    """Mixed into a settings dataclass: `validate()` runs when it is built and when `replace` copies it; `to_dict()`
-    lists every field (as the results record them)."""
+@dataclasses.dataclass
+class EvaluationSettings:
+    """The settings every evaluation has; each benchmark's settings dataclass adds its own fields and checks and may
+    change the defaults. Checked when built and when copied with changes (`replace`); `to_dict()` lists every field
+    (as the results record them).
+
+    `mode`: `step` (one `step_with_logits` call per frame) or `chunked` (`chunk_size` frames per call, the same
+    numbers); `text_policy`: one of the class's `text_policies`; `batch_size`: sequences scored together;
+    `codebook_weights`: per-codebook weights of the token losses (None: equal); the codes cache in `cache_dir` (None:
+    `data.default_cache_dir()`) unless `use_cache` is off, Mimi encoding `encode_chunk_frames` frames per call; results
+    in `output`, their finished records kept for resuming when `resume` is on. `context` and `rope_max_period` record
+    the attention context and RoPE period the LM was built with when they change its function (None: the
+    checkpoint's); the model must have been built with them."""
+
+    text_policies: ClassVar[tuple[str, ...]] = TEXT_POLICIES
+
+    batch_size: int = 1
+    mode: str = "step"
+    text_policy: str = "greedy"
+    chunk_size: int = 1024
+    codebook_weights: list[float] | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    encode_chunk_frames: int = 25
+    output: str | None = None
+    resume: bool = True
+    context: int | None = None
+    rope_max_period: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
+        """Raise ValueError naming the first setting that cannot work; a benchmark's settings check theirs next."""
+        check_choice("mode", self.mode, SCORING_MODES)
+        check_choice("text_policy", self.text_policy, self.text_policies)
+        if self.mode == "chunked" and self.text_policy not in CHUNKED_TEXT_POLICIES:
+            raise ValueError(f"mode 'chunked' supports the text policies {', '.join(CHUNKED_TEXT_POLICIES)}; use mode "
+                             "'step' to sample")
+        check_at_least_one(self, "batch_size", "chunk_size", "encode_chunk_frames")
+        weights = self.codebook_weights
+        if weights is not None and (any(weight < 0 for weight in weights) or sum(weights) <= 0):
+            raise ValueError(f"codebook_weights must be non-negative with a positive sum, got {weights}")
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
+
+    def resolved_codebook_weights(self, num_codebooks: int) -> list[float] | None:
+        """The weights, checked against the number of scored codebooks (None: equal weights)."""
+        return weights_for_codebooks(self.codebook_weights, num_codebooks)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [field.name for field in dataclasses.fields(cls)]
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    """ValueError naming the setting when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_at_least_one(settings: object, *names: str) -> None:
+    """ValueError naming the first of the integer settings `names` that is below 1 (None is left alone)."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value!r}")
 
 
 def check_text_policy(text_policy: str, allowed: Sequence[str] = TEXT_POLICIES) -> None:
