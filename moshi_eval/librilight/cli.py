@@ -1,4 +1,4 @@
-"""`python -m moshi_eval.librilight`: evaluate a checkpoint, run the demo, or `compare` result files.
+"""`python -m moshi_eval.librilight`: evaluate a checkpoint or run the demo.
 
 Settings come from the defaults, then `--config FILE` (an eval.yaml, or a training YAML whose `paper_metrics:` section
 is read), then the flags given on the command line (flags win; a data flag such as `--audio-dir` replaces the file's
@@ -10,15 +10,13 @@ says where the partial results are and how to resume (exit code 130).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
 from ..scoring.cli import (
+    Command,
     Invocation,
     add_codes_cache_arguments,
     check_cache_folder,
@@ -28,7 +26,6 @@ from ..scoring.cli import (
     claim_outputs,
     model_request,
     number_list,
-    run_command,
     setting_label,
 )
 from ..scoring.errors import print_notes
@@ -45,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Exact long-context audio loss of a Moshi model on LibriLight (one streaming pass, teacher "
-                    f"forced). `{PROGRAM} compare a.json b.json --output cmp.png` overlays runs.",
+                    f"forced). `{PROGRAM} compare a.json b.json --output cmp.png` overlays runs (python -m "
+                    "moshi_eval.compare compares them).",
         argument_default=argparse.SUPPRESS)
     data = parser.add_argument_group("data")
     data.add_argument("--audio-dir", help="LibriLight tree <speaker>/<book>/<chapter>.flac, or a folder of audio files")
@@ -97,15 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--config", help="settings file: an eval.yaml, or a training YAML (its paper_metrics section)")
     parser.add_argument("--demo", action="store_true", help="random-weight demo on synthetic audio (< 1 min on CPU)")
-    return parser
-
-
-def build_compare_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROGRAM} compare",
-                                     description="Overlay several LibriLight result files in one plot.")
-    parser.add_argument("results", nargs="+", help="result JSON files")
-    parser.add_argument("--labels", nargs="+", help="one label per file (default: file names)")
-    parser.add_argument("--output", required=True, help="image to write (.png, .pdf, .svg, ...)")
     return parser
 
 
@@ -228,30 +217,8 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
     return 0
 
 
-def compare_command(argv: list[str]) -> int:
-    from .plot import plot_comparison
-
-    args = build_compare_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.results):
-        raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.results)} result files")
-    check_plot_file(args.output, "--output")
-    labels = args.labels or [Path(path).stem for path in args.results]
-    runs = []
-    for label, path in zip(labels, args.results):
-        try:
-            runs.append((label, json.loads(Path(path).read_text())))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read result file {path}: {error}") from error
-    plot_comparison(runs, args.output)
-    print(f"comparison written to {args.output}")
-    return 0
+COMMAND = Command(PROGRAM, build_parser, evaluate_command, unit="sequence", partial_results=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    model_flags.warnings_on_one_line()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        return run_command(lambda: compare_command(argv[1:]))
-    args = build_parser().parse_args(argv)
-    invocation = Invocation(PROGRAM, argv, unit="sequence", partial_results=True)
-    return invocation.run(lambda: evaluate_command(args, invocation))
+    return COMMAND.main(argv)

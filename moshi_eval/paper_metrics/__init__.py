@@ -8,12 +8,11 @@ Command line: `python -m moshi_eval.paper_metrics --help`. See docs/paper_metric
 """
 
 from .config import PaperMetricsConfig
-from .evaluate import evaluate_paper_metrics, run_paper_metrics
+from .evaluate import evaluate_paper_metrics
 from .results import PaperMetricsResult
 
 __all__ = [
     "PaperMetricsConfig",
     "PaperMetricsResult",
     "evaluate_paper_metrics",
-    "run_paper_metrics",
 ]

@@ -13,7 +13,8 @@
   and non-finite losses give `error: <message naming the file or value>` and exit code 2, printed as
   `moshi.models.model_flags.report_error` prints it. Ctrl-C prints `interrupted: <what interrupted() says>` and exits
   with 130, the shell's code for SIGINT. Anything else is a bug and keeps its traceback.
-- `Invocation`: the command as it was invoked. Once the command has read its settings it sets `config` (what it writes
+- `Command`: a command's parser and body, run the same way by every command (`Command.main`). `Invocation`: the
+  command as it was invoked. Once the command has read its settings it sets `config` (what it writes
   to `output`, and whether it keeps finished records for resuming); on Ctrl-C the message then says how many finished
   records the store holds and the command that resumes them (`--no-resume` dropped; under torchrun, the same torchrun
   command).
@@ -26,7 +27,7 @@ import dataclasses
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,14 @@ def run_command(body: Callable[[], int], interrupted: Callable[[], str] | None =
 class Invocation:
     """What this command was asked to do, for the message printed when it is interrupted.
 
-    `unit` names a finished record (`sequence`, `utterance`); `partial_results`: the output file is rewritten as each
-    record finishes, so an interrupted run leaves the records finished so far there.
+    `unit` names a finished record (`sequence`, `utterance`; None for a command that keeps none); `partial_results`:
+    the output file is rewritten as each record finishes, so an interrupted run leaves the records finished so far
+    there.
     """
 
     program: str
     argv: list[str]
-    unit: str
+    unit: str | None
     partial_results: bool = False
     config: EvaluationSettings | None = None
 
@@ -195,10 +197,30 @@ class Invocation:
         return f"finished {self.unit}s were not kept (--no-resume)"
 
     def run(self, body: Callable[[], int]) -> int:
-        """`body()`'s exit code through `run_command` (this interruption message on Ctrl-C); afterwards the outputs it
-        claimed are released and the torchrun process group is shut down."""
+        """`body()`'s exit code through `run_command` (this interruption message on Ctrl-C, for a command that keeps
+        records); afterwards the outputs it claimed are released and the torchrun process group is shut down."""
         try:
-            return run_command(body, self.interrupted)
+            return run_command(body, self.interrupted if self.unit else None)
         finally:
             release_claims()
             shutdown_distributed()
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One command line of moshi_eval: `main(argv)` parses `argv` (`sys.argv[1:]` by default) with `parser()` and runs
+    `body(args, invocation)` through `Invocation.run`; warnings print on one line. `unit` and `partial_results` are
+    the `Invocation`'s (None: the command keeps no records, Ctrl-C says `interrupted` alone)."""
+
+    program: str
+    parser: Callable[[], argparse.ArgumentParser]
+    body: Callable[[argparse.Namespace, Invocation], int]
+    unit: str | None = None
+    partial_results: bool = False
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        model_flags.warnings_on_one_line()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = self.parser().parse_args(argv)
+        invocation = Invocation(self.program, argv, self.unit, self.partial_results)
+        return invocation.run(lambda: self.body(args, invocation))
