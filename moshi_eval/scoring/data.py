@@ -50,7 +50,7 @@ UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT
 
 @dataclasses.dataclass(frozen=True)
 class Chapter:
-    """One audio file of a sequence, with its duration read from the header and its LibriLight metadata (if any)."""
+    """One audio file of a sequence, with its duration read from the header and the metadata beside it (if any)."""
 
     path: Path
     num_samples: int

@@ -160,7 +160,7 @@ class SettingsSection:
 
     @property
     def source(self) -> str:
-        """How messages name where the keys come from: `file.yaml` or `file.yaml [paper_metrics]`."""
+        """How messages name where the keys come from: `file.yaml` or `file.yaml [section]`."""
         return f"{self.path} [{self.section}]" if self.section else str(self.path)
 
 
@@ -220,7 +220,7 @@ def listed(names: Iterable[str], limit: int = LISTED_KEYS) -> str:
 
 
 def closest_key(key: str, known: Iterable[str]) -> str | None:
-    """The known key most like `key` (a typo, or the same name with or without a prefix such as `librilight_`)."""
+    """The known key most like `key` (a typo, or the same name with or without a prefix such as a benchmark's)."""
     known = list(known)
     matches = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     if matches:
