@@ -67,7 +67,7 @@ SETTINGS_SHARED = ("cache_dir", "use_cache", "encode_chunk_frames", "resume", "c
 
 def librilight_settings(section: UserSection) -> MappedSettings:
     """LibriLight's settings from the section's LibriLight keys, with the defaults of the fork's evaluator."""
-    return map_settings(section.librilight, section.source, old_evaluator_defaults=True)
+    return map_settings(section.librilight, section.source, fork_defaults=True)
 
 
 def inner_losses_asked(section: UserSection, lm: LMModel) -> tuple[bool, list[str]]:

@@ -1,7 +1,7 @@
-"""Evaluation settings: one dataclass with its checks, and the parsers of the command line's list values.
+"""Evaluation settings: one dataclass with its checks, and how positions are read and named (`8k` for 8000 frames).
 
-Settings files and the keys of researchers' own files (`librilight_*`, a training YAML's `paper_metrics:` section) are
-mapped onto these fields in `config_keys.py`.
+Settings files, and the keys of the moshi-finetune TTT fork's training files (`librilight_*` in a `paper_metrics:`
+section), are mapped onto these fields in `config_keys.py`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ prediction (its last `delay` frames, as `LMModel.forward` masks them). With code
 - `tokens`: the number of defined tokens;
 - `sum_logprob` = -sum over defined tokens of w[k] * loss: the (weighted) log-probability of the utterance;
 - `mean_logprob` = sum_logprob / (sum over defined tokens of w[k]): per token, equal to sum_logprob / tokens when the
-  weights are all 1, and the weighted mean of the users' scripts with `100,1,...,1`.
+  weights are all 1, and the weighted mean of the moshi-finetune TTT fork's scripts with `100,1,...,1`.
 
 A pair is won (1) when its good utterance scores higher under the chosen normalisation, tied (1/2) when both score the
 same, lost (0) otherwise.
