@@ -41,8 +41,6 @@ from .utils import talk_report
 
 SEED = 4242
 """The seed upstream's offline inference sets, for comparable sampling (the default of `--seed`)."""
-
-
 REPORT_FLAGS = {"bin_seconds": "--report-bin-seconds", "silence_dbfs": "--report-silence-dbfs"}
 """The `TalkSettings` fields the report's flags set (`args.report_<field>`)."""
 

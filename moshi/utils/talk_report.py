@@ -35,8 +35,8 @@ import torch
 
 DEFAULT_BIN_SECONDS = 10.0
 DEFAULT_SILENCE_DBFS = -40.0
-"""An RMS of 0.01. Speech recorded at an ordinary level has 80 ms frames of roughly -35 to -15 dBFS; pauses, low hiss and
-digital silence lie below. A model whose quiet output is louder needs a higher threshold (listen, then set it)."""
+"""An RMS of 0.01. Speech recorded at an ordinary level has 80 ms frames of roughly -35 to -15 dBFS; pauses, low hiss
+and digital silence lie below. A model whose quiet output is louder needs a higher threshold (listen, then set it)."""
 DEFAULT_NGRAM = 4
 
 
