@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from user_ttt_fixtures import LOCAL_DIR
 
 from moshi.models import loaders
 from moshi.models.compression import MimiModel
 from moshi.modules.lora import replace_lora_with_linear
 from moshi.modules.ttt_finetune import FINETUNE_DEFAULTS
 from moshi.server.demo_checkpoint import calibrate_codebooks, redraw_decoder_weights, train_demo_tokenizer
+
+USER_TTT_DIR = Path(__file__).resolve().parent / "fixtures" / "user_ttt"
 
 
 def tiny_mimi_config(bins: int) -> dict[str, Any]:
@@ -127,14 +128,14 @@ def users_ttt_section() -> dict[str, Any]:
     """Their `ttt:` section as their Checkpointer writes it: every key of their `TTTArgs`."""
     import yaml
 
-    section = yaml.safe_load((LOCAL_DIR / USERS_CASE / "train.yaml").read_text())["ttt"]
+    section = yaml.safe_load((USER_TTT_DIR / USERS_CASE / "train.yaml").read_text())["ttt"]
     return FINETUNE_DEFAULTS | TRAINING_ONLY_VALUES | section
 
 
 def write_users_ttt(run_dir: Path, base: Path, moshi_paths: dict[str, Any]) -> Path:
     """Our users' TTT checkpoint; returns its `consolidated/` folder."""
     folder = consolidated_folder(run_dir)
-    shutil.copy(LOCAL_DIR / USERS_CASE / "ttt_adapters.safetensors", folder / "lora.safetensors")
+    shutil.copy(USER_TTT_DIR / USERS_CASE / "ttt_adapters.safetensors", folder / "lora.safetensors")
     config = base_config(base) | {"lora": False, "lora_rank": 64, "lora_scaling": 2.0}
     (folder / "config.json").write_text(json.dumps(config, indent=4))
     paths = {"hf_repo_id": None, "mimi_path": None, "moshi_path": None, "tokenizer_path": None, "config_path": None}

@@ -18,9 +18,10 @@ way it departs from the reference is one named field. `docs/ttt.md` has the deta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +34,6 @@ from .ttt_finetune import FINETUNE_KEYS, finetune_section_settings
 from .ttt_inner import (
     NORM_EPS,
     FastWeights,
-    KeyPass,
     dual_form_queries,
     gelu_tanh,
     gelu_tanh_derivative,
@@ -47,6 +47,7 @@ from .ttt_inner import (
     rotate_adjacent_pairs,
     weighted_gradient_sum,
 )
+from .ttt_inner_losses import AFTER, BEFORE, W0, InnerLossBins, InnerLossTracker
 
 VARIANTS = ("linear", "mlp")
 DEFAULT_BASE_LR = {"linear": 1.0, "mlp": 0.1}
@@ -64,21 +65,6 @@ CAUSAL_STREAMING_NOTE = (
 
 
 @dataclasses.dataclass
-class InnerLossTrace:
-    """Inner reconstruction loss of one segment, given to `TTTLayer.inner_loss_hook`.
-
-    start: `[B]` absolute position of the segment's first token; num_tokens: its length (within one mini-batch);
-    loss_before / loss_after: `[B, H]` mean per-token inner loss of the segment's tokens under the weights its
-    mini-batch started from, and under the weights after its last token (the next mini-batch's once it closes).
-    """
-
-    start: torch.Tensor
-    num_tokens: int
-    loss_before: torch.Tensor
-    loss_after: torch.Tensor
-
-
-@dataclasses.dataclass
 class TTTState(State):
     """Fast weights of every batch item, in fp32.
 
@@ -86,12 +72,15 @@ class TTTState(State):
     pending: name -> `[B, H, ...]` eta-weighted gradient sum of the tokens already read in that mini-batch.
     offset: `[B]` tokens read since the start of the stream (or the item's last reset).
     initial_weights: returns the learned initial fast weights `[H, ...]` (read again at every reset).
+    inner_losses: the inner-loss recording while one is on (`TTTLayer.record_inner_losses`), else None. A checkpoint
+    copies it with the rest, so a rollback also takes back the losses the undone steps added.
     """
 
     initial_weights: Callable[[], FastWeights]
     weights: FastWeights = dataclasses.field(init=False)
     pending: FastWeights = dataclasses.field(init=False)
     offset: torch.Tensor = dataclasses.field(init=False)
+    inner_losses: InnerLossTracker | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,8 +152,8 @@ class TTTLayer(StreamingModule[TTTState]):
     `d = config.inner_dims(head_dim)` (`[hd, hd]` for TTT-Linear, `[hd, e * hd, hd]` for the default TTT-MLP), the
     inner LayerNorm `ttt_norm_weight`, `ttt_norm_bias` `[H, hd]` and the output LayerNorm `post_norm`. Inference never
     writes to the parameters: fast weights live in the streaming state. Streaming always computes the causal form of
-    the mini-batch (see `TTTConfig.minibatch_causal`). `inner_loss_hook`, when set, receives an `InnerLossTrace` per
-    segment.
+    the mini-batch (see `TTTConfig.minibatch_causal`). `record_inner_losses(bins)` makes the next streams add their
+    inner losses to `bins` (`moshi.modules.ttt_inner_losses`).
     """
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig | None = None, device=None, dtype=None) -> None:
@@ -184,7 +173,7 @@ class TTTLayer(StreamingModule[TTTState]):
         self.mini_batch_size = self.config.mini_batch_size
         self.base_lr = self.config.learning_rate
         self.mlp_expansion = self.config.mlp_expansion
-        self.inner_loss_hook: Callable[[InnerLossTrace], None] | None = None
+        self.inner_loss_bins: InnerLossBins | None = None
         factory = {"device": device, "dtype": dtype}
         self.wq = nn.Linear(dim, dim, **factory)
         self.wk = nn.Linear(dim, dim, **factory)
@@ -225,8 +214,16 @@ class TTTLayer(StreamingModule[TTTState]):
         """The learned initial fast weights `[H, ...]`, detached, in fp32."""
         return {name: getattr(self, name).detach().float() for name in self.fast_weight_shapes()}
 
+    def record_inner_losses(self, bins: InnerLossBins | None) -> None:
+        """Streams started from now on add their inner losses to `bins` (None: streams record nothing, at no cost)."""
+        self.inner_loss_bins = bins
+
     def _init_streaming_state(self, batch_size: int) -> TTTState:
-        return TTTState(batch_size, self.W1.device, initial_weights=self.initial_fast_weights)
+        state = TTTState(batch_size, self.W1.device, initial_weights=self.initial_fast_weights)
+        if self.inner_loss_bins is not None:
+            state.inner_losses = InnerLossTracker.start(self.inner_loss_bins, batch_size, self.num_heads,
+                                                        self.mini_batch_size, self.head_dim)
+        return state
 
     # -- projections ---------------------------------------------------------------------------------------------------
 
@@ -303,36 +300,33 @@ class TTTLayer(StreamingModule[TTTState]):
         key_pass = inner_key_pass(k, v, weights, norm_weight, norm_bias, eps)
         inner_q = dual_form_queries(q, key_pass, eta, read_scale, weights, pending, causal)
         out = q + head_layer_norm(inner_q, norm_weight, norm_bias, eps)
-        segment_sums = weighted_gradient_sum(key_pass, eta)
-        if self.inner_loss_hook is not None:
-            self._trace_inner_loss(k, v, key_pass, weights, pending, segment_sums, start, steps[:, -1])
-        return out, segment_sums, first + n == self.mini_batch_size
+        return out, weighted_gradient_sum(key_pass, eta), first + n == self.mini_batch_size
 
     @torch.no_grad()
-    def _trace_inner_loss(
-        self,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        key_pass: KeyPass,
-        weights: FastWeights,
-        pending: FastWeights | None,
-        segment_sums: FastWeights,
-        start: torch.Tensor,
-        last_step: torch.Tensor,
-    ) -> None:
-        eps = self.config.ln_eps
+    def _record_read(self, tracker: InnerLossTracker, state: TTTState, k: torch.Tensor, v: torch.Tensor,
+                     start: torch.Tensor) -> None:
+        """The `w0` and `before` losses of a segment's tokens `[B, H, n, hd]` (first at `start` `[B]`), and their keys
+        and values kept for `after`."""
+        positions = start[:, None] + torch.arange(k.shape[2], device=k.device)
+        counted = state.exec_mask[:, None] & (positions < tracker.limit[:, None])
         norm_weight, norm_bias = self._norm_params()
-        prediction = head_layer_norm(key_pass.output, norm_weight, norm_bias, eps)
-        before = 0.5 * (prediction - (v - k)).pow(2).sum(-1).mean(-1)
-        after_weights = {}
-        for name, total in segment_sums.items():
-            if pending is not None:
-                total = total + pending[name]
-            after_weights[name] = weights[name] - total * last_step.view(-1, *([1] * (total.dim() - 1)))
-        after = inner_loss(k, v, after_weights, norm_weight, norm_bias, eps).mean(-1)
-        hook = self.inner_loss_hook
-        if hook is not None:
-            hook(InnerLossTrace(start.clone(), k.shape[2], before, after))
+        eps = self.config.ln_eps
+        for kind, weights in ((W0, self.initial_fast_weights()), (BEFORE, state.weights)):
+            losses = inner_loss(k, v, weights, norm_weight, norm_bias, eps).mean(1)
+            tracker.bins.add(kind, positions, losses, counted)
+        tracker.keep_tokens(positions, k, v)
+
+    @torch.no_grad()
+    def _record_update(self, tracker: InnerLossTracker, state: TTTState, end: torch.Tensor,
+                       completes: torch.Tensor) -> None:
+        """The `after` losses of the mini-batch that each item in `completes` `[B]` closed at `end` `[B]`, under the
+        weights it stepped to; a mini-batch reaching past the item's limit is not counted."""
+        b = self.mini_batch_size
+        positions = end[:, None] - b + torch.arange(b, device=end.device)
+        closed = completes & state.exec_mask & (end <= tracker.limit)
+        norm_weight, norm_bias = self._norm_params()
+        losses = inner_loss(tracker.keys, tracker.values, state.weights, norm_weight, norm_bias, self.config.ln_eps)
+        tracker.bins.add(AFTER, positions, losses.mean(1), closed[:, None].expand(-1, b))
 
     def _segment_bounds(self, length: int, phase: int | None) -> list[tuple[int, int]]:
         """`[begin, end)` pieces of a chunk: cut at mini-batch ends for items at `phase`, one token each when None."""
@@ -373,7 +367,7 @@ class TTTLayer(StreamingModule[TTTState]):
         pieces = [MiniBatch(begin, *parts) for (begin, _), *parts in
                   zip(bounds, *(tensor.split(sizes, dim=2) for tensor in (q, k, v, eta)), strict=True)]
         group = self.config.scan_checkpoint_group_size
-        grouped = group > 0 and torch.is_grad_enabled() and self.inner_loss_hook is None
+        grouped = group > 0 and torch.is_grad_enabled()
         group = group if grouped else len(pieces)
         outputs = []
         for first in range(0, len(pieces), group):
@@ -410,14 +404,20 @@ class TTTLayer(StreamingModule[TTTState]):
         q, k, v, eta = self._project(x, state.offset)
         eta = eta * state.exec_mask[:, None, None]
         phase = None if T == 1 else self._common_phase(state)
+        tracker = state.inner_losses
         outputs = []
         for begin, end in self._segment_bounds(T, phase):
             piece = slice(begin, end)
+            start = state.offset + begin
+            if tracker is not None:
+                self._record_read(tracker, state, k[:, :, piece], v[:, :, piece], start)
             out, sums, completes = self._segment(
                 q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], state.weights, state.pending,
-                state.offset + begin, causal=True,
+                start, causal=True,
             )
             state.absorb(sums, completes, self.mini_batch_size)
+            if tracker is not None and (phase is None or (phase + end) % self.mini_batch_size == 0):
+                self._record_update(tracker, state, start + (end - begin), completes)
             outputs.append(out)
         state.offset.add_(state.exec_mask.long() * T)
         return torch.cat(outputs, dim=2)
@@ -462,6 +462,34 @@ class TTTBlock(StreamingContainer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` `[B, T, dim]` -> `[B, T, dim]`."""
         return x + self.gate().to(x.dtype) * self.ttt_layer(x)
+
+
+def ttt_layers_by_index(transformer_layers: Iterable[nn.Module]) -> dict[int, TTTLayer]:
+    """The TTT layer of each transformer layer that has a TTT block, by the layer's index."""
+    return {index: layer.ttt.ttt_layer for index, layer in enumerate(transformer_layers)
+            if isinstance(getattr(layer, "ttt", None), TTTBlock)}
+
+
+@contextlib.contextmanager
+def recording_inner_losses(transformer_layers: Iterable[nn.Module], bin_size: int,
+                           num_positions: int) -> Iterator[dict[int, InnerLossBins]]:
+    """Inside the block, streams started on these layers (`lm.transformer.layers`) add the inner losses of their first
+    `num_positions` positions to the yielded bins, by layer index (see `moshi.modules.ttt_inner_losses`)."""
+    layers = ttt_layers_by_index(transformer_layers)
+    bins = {index: InnerLossBins.zeros(bin_size, num_positions, layer.W1.device) for index, layer in layers.items()}
+    for index, layer in layers.items():
+        layer.record_inner_losses(bins[index])
+    try:
+        yield bins
+    finally:
+        for layer in layers.values():
+            layer.record_inner_losses(None)
+
+
+def inner_loss_trackers(module: nn.Module) -> list[InnerLossTracker]:
+    """The inner-loss recordings of the streaming TTT layers under `module` (empty when none records)."""
+    return [layer.streaming_state.inner_losses for layer in module.modules()
+            if isinstance(layer, TTTLayer) and layer.is_streaming and layer.streaming_state.inner_losses is not None]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -692,7 +720,6 @@ class TTTConfig:
 
 __all__ = [
     "DEFAULT_BASE_LR",
-    "InnerLossTrace",
     "TTTBlock",
     "TTTConfig",
     "TTTLayer",
@@ -705,6 +732,9 @@ __all__ = [
     "inner_forward",
     "inner_key_pass",
     "inner_loss",
+    "inner_loss_trackers",
     "parse_ttt_layers",
+    "recording_inner_losses",
+    "ttt_layers_by_index",
     "weighted_gradient_sum",
 ]

@@ -117,13 +117,12 @@ def inner_loss(
 class KeyPass:
     """What the inner model saw on each key, and each token's loss gradient at the layer outputs.
 
-    layer_inputs[l]: `[B, H, n, in_l]`; output_grads[l]: `[B, H, n, out_l]` (d l_u / d pre-activation of layer l);
-    output: `g(k)` before the LayerNorm `[B, H, n, hd]`. Then `grad_W_l l_u = layer_inputs[l][u]^T output_grads[l][u]`.
+    layer_inputs[l]: `[B, H, n, in_l]`; output_grads[l]: `[B, H, n, out_l]` (d l_u / d pre-activation of layer l).
+    Then `grad_W_l l_u = layer_inputs[l][u]^T output_grads[l][u]`.
     """
 
     layer_inputs: list[torch.Tensor]
     output_grads: list[torch.Tensor]
-    output: torch.Tensor
 
 
 def inner_key_pass(
@@ -150,7 +149,7 @@ def inner_key_pass(
         weight = weights[layers[index][0]]
         grad = (grad @ weight.transpose(-1, -2)) * gelu_tanh_derivative(pre_activations[index - 1])
         grads.insert(0, grad)
-    return KeyPass(inputs, grads, pre_activations[-1])
+    return KeyPass(inputs, grads)
 
 
 def weighted_gradient_sum(key_pass: KeyPass, token_weights: torch.Tensor) -> FastWeights:

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--window", type=int, help="window length in frames (default 1000)")
     scoring.add_argument("--bin-size", type=int, help="frames per point of the curve (default 100)")
     scoring.add_argument("--check-every", type=int, help="steps between checks for non-finite losses (default 250)")
+    scoring.add_argument("--ttt-inner-losses", action="store_true",
+                         help="record each TTT layer's inner loss by position: with W0, before and after the update")
     output = parser.add_argument_group("output")
     output.add_argument("--output", help=f"results JSON (default {DEFAULT_OUTPUT})")
     output.add_argument("--plot", help="image of the curves (.png, .pdf, .svg, ...)")

@@ -64,6 +64,7 @@ class LibriLightConfig(CheckedSettings):
     check_every: int = 250
     context: int | None = None
     rope_max_period: float | None = None
+    ttt_inner_losses: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""

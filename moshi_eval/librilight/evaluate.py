@@ -5,10 +5,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import torch
+
+from moshi.modules.ttt import recording_inner_losses, ttt_layers_by_index
+from moshi.modules.ttt_inner_losses import InnerLossBins
 
 from ..scoring.distributed import DistributedContext, init_distributed
 from ..scoring.encoding import MimiSequenceEncoder
@@ -84,6 +91,9 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         self.discovery_skips: list[Skip] = []
         self.sequence_skips: list[Skip] = []
         self.sources: list[SequenceSource] = []
+        self.inner_losses: dict[str, dict[str, list[Any]]] | None = None
+        if config.ttt_inner_losses and not ttt_layers_by_index(lm.transformer.layers):
+            raise ValueError("ttt_inner_losses: the model has no TTT layers")
 
     def identify(self, entry: SequenceSource) -> tuple[str, Any]:
         return entry.sequence_id, source_identity(entry)
@@ -101,7 +111,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         self.log(f"{len(self.sources)} sequence(s) selected, {len(self.discovery_skips)} input(s) skipped")
         encoder = self.make_encoder()
         self.open_store(self.run_key(encoder))
-        todo = self.resume(self.context.shard(self.sources))
+        todo = self.resume_unless_recording(self.context.shard(self.sources))
         items = self.prepare(todo, encoder)
         self.score(items)
         self.sequence_skips = self.gather(self.sequence_skips)
@@ -111,6 +121,15 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
             self.report(result)
         self.context.barrier()
         return result
+
+    def resume_unless_recording(self, sources: list[SequenceSource]) -> list[SequenceSource]:
+        """The sources to score: those not finished yet, or all of them when TTT inner losses are recorded (they
+        cover the sequences scored in this run, so finished ones are scored again)."""
+        if not self.config.ttt_inner_losses:
+            return self.resume(sources)
+        if self.store is not None:
+            self.log("TTT inner losses are recorded while scoring: finished sequences are scored again")
+        return sources
 
     def needs_mimi(self) -> bool:
         audio = any(source.codes_path is None for source in self.sources)
@@ -159,6 +178,13 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         return items
 
     def score(self, items: list[ScoringItem]) -> None:
+        """Score the items (with the TTT inner losses when asked: every rank takes part in gathering them)."""
+        with self.inner_loss_recording() as bins:
+            self.score_items(items)
+        if self.config.ttt_inner_losses:
+            self.inner_losses = self.gathered_inner_losses(bins)
+
+    def score_items(self, items: list[ScoringItem]) -> None:
         if not items:
             return
         files = {source.sequence_id: source.files for source in self.sources}
@@ -179,6 +205,25 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
             self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
 
+    def inner_loss_recording(self) -> contextlib.AbstractContextManager[dict[int, InnerLossBins]]:
+        """Bins of `bin_size` steps covering the longest possible sequence, for every TTT layer, while
+        `ttt_inner_losses` is on."""
+        config = self.config
+        if not config.ttt_inner_losses:
+            return contextlib.nullcontext({})
+        steps = config.max_sequence_length + self.shape.max_delay
+        return recording_inner_losses(self.lm.transformer.layers, config.bin_size, steps)
+
+    def gathered_inner_losses(self, bins: dict[int, InnerLossBins]) -> dict[str, dict[str, list[Any]]]:
+        """Each TTT layer's inner-loss summary over the sequences of every rank, by layer index."""
+        if self.context.enabled:
+            mine = json.dumps({index: [b.totals.tolist(), b.counts.tolist()] for index, b in bins.items()}).encode()
+            parts = [json.loads(part) for part in self.context.all_gather_bytes(mine)]
+            for index, layer_bins in bins.items():
+                for position, target in enumerate((layer_bins.totals, layer_bins.counts)):
+                    target.copy_(sum(torch.tensor(part[str(index)][position]) for part in parts))
+        return {str(index): layer_bins.summary() for index, layer_bins in sorted(bins.items())}
+
     def result(self, complete: bool) -> LibriLightResult:
         order = [source.sequence_id for source in self.sources if source.sequence_id in self.finished]
         timing = dict(self.timing)
@@ -194,7 +239,8 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
             frame_rate=float(getattr(self.mimi, "frame_rate", DEFAULT_FRAME_RATE)),
             positions=list(self.config.positions), window=self.config.window, bin_size=self.config.bin_size,
             codebook_weights=self.codebook_weights, config=config, model=self.identity, timing=timing,
-            skipped=skipped, complete=complete, legacy_keys=self.config.legacy_keys, model_flags=self.model_flags)
+            skipped=skipped, complete=complete, legacy_keys=self.config.legacy_keys, model_flags=self.model_flags,
+            ttt_inner_losses=self.inner_losses)
 
     def report(self, result: LibriLightResult) -> None:
         data = result.write_json(self.config.output) if self.config.output else result.to_dict()

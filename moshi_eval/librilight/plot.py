@@ -82,6 +82,10 @@ def slope_text(slope: float | None) -> str:
     return f"slope {slope:+.3e} / frame ({slope * 1000:+.4f} per 1k frames)"
 
 
+def per_1k_frames(slope: float | None) -> str:
+    return "slope n/a" if slope is None else f"slope {slope * 1000:+.4f} per 1k frames"
+
+
 def draw_slope(axis: Any, data: dict[str, Any], x: np.ndarray, y: np.ndarray, color: str, label: str) -> None:
     slope = data.get("librilight_slope")
     if slope is None or x.size < 2:
@@ -104,9 +108,22 @@ def worse_than_uniform(data: dict[str, Any]) -> bool:
     return any(loss is not None and loss > data["uniform_loss"] for loss in losses)
 
 
+def draw_inner_losses(axis: Any, layer: str, losses: dict[str, list[float | None]], bin_size: int) -> None:
+    """One TTT layer's inner losses by position bin: with W0, before and after the mini-batch's update."""
+    x = np.asarray(losses["position"], dtype=float) + bin_size / 2
+    styles = {"w0": ("W0 (initial weights)", "0.45", "--"), "before": ("before the update", "tab:blue", "-"),
+              "after": ("after the update", "tab:green", "-")}
+    for kind, (label, color, linestyle) in styles.items():
+        axis.plot(x, as_floats(losses[kind]), color=color, linestyle=linestyle, linewidth=1.1, label=label)
+    axis.set_ylabel(f"layer {layer}\ninner loss", fontsize=9)
+    axis.legend(fontsize=7, **LEGEND_OUTSIDE)
+
+
 def result_figure(data: dict[str, Any]) -> Any:
-    """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below."""
-    figure, (main, codebooks) = new_figure(2, [1.4, 1.0])
+    """Loss against position (minutes on top), windows marked, least-squares line; per-codebook curves below, then
+    one panel per TTT layer with its inner losses when the results have them."""
+    inner = data.get("ttt_inner_losses") or {}
+    figure, (main, codebooks, *layers) = new_figure(2 + len(inner), [1.4, 1.0] + [0.7] * len(inner))
     x, y = curve_points(data)
     main.plot(x, y, color="tab:blue", linewidth=1.2, label=f"mean per-frame loss ({data['curve']['bin_size']}-frame "
                                                            "bins)")
@@ -123,11 +140,31 @@ def result_figure(data: dict[str, Any]) -> Any:
     add_minutes_axis(main, data["frame_rate"])
     for index, values in enumerate(data["curve"]["codebooks"]):
         codebooks.plot(bin_centres(data), as_floats(values), linewidth=0.9, label=f"codebook {index}")
-    codebooks.set_xlabel("frame position (12.5 frames per second)" if data["frame_rate"] == 12.5 else "frame position")
     codebooks.set_ylabel("per-codebook loss")
     if data["curve"]["codebooks"]:
         codebooks.legend(fontsize=7, **LEGEND_OUTSIDE)
+    for axis, (layer, losses) in zip(layers, sorted(inner.items(), key=lambda item: int(item[0]))):
+        draw_inner_losses(axis, layer, losses, data["curve"]["bin_size"])
+    if layers:
+        layers[0].set_title("TTT inner loss l(W; k_t, v_t) by position, mean over heads and sequences", fontsize=9)
+    (layers or [codebooks])[-1].set_xlabel(
+        "frame position (12.5 frames per second)" if data["frame_rate"] == 12.5 else "frame position")
     return figure
+
+
+def draw_overlay(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Several results' curves on one axis, each with its windows and least-squares line (minutes on top)."""
+    for index, (label, data) in enumerate(runs):
+        color = f"C{index % 10}"
+        x, y = curve_points(data)
+        axis.plot(x, y, color=color, linewidth=1.2, label=label)
+        fit = f"{label}: least-squares fit, {per_1k_frames(data.get('librilight_slope'))}"
+        draw_slope(axis, data, x, y, color, fit)
+        mark_windows(axis, data, color=color, label=None, label_values=False)
+    axis.set_ylabel("cross-entropy (nats)")
+    axis.legend(fontsize=8, **LEGEND_OUTSIDE)
+    axis.set_xlim(0, max(max(scored_frames(data) for _, data in runs), 1))
+    add_minutes_axis(axis, runs[0][1]["frame_rate"])
 
 
 def comparison_figure(runs: list[tuple[str, dict[str, Any]]]) -> Any:
@@ -135,18 +172,9 @@ def comparison_figure(runs: list[tuple[str, dict[str, Any]]]) -> Any:
     if not runs:
         raise ValueError("compare needs at least one result file")
     figure, (axis,) = new_figure(1, [1.4])
-    for index, (label, data) in enumerate(runs):
-        color = f"C{index % 10}"
-        x, y = curve_points(data)
-        axis.plot(x, y, color=color, linewidth=1.2, label=label)
-        draw_slope(axis, data, x, y, color, f"{label}: least-squares fit, {slope_text(data.get('librilight_slope'))}")
-        mark_windows(axis, data, color=color, label=None, label_values=False)
+    draw_overlay(axis, runs)
     axis.set_xlabel("frame position")
-    axis.set_ylabel("cross-entropy (nats)")
     axis.set_title("LibriLight loss against position (markers: window losses at their end positions)")
-    axis.legend(fontsize=8, **LEGEND_OUTSIDE)
-    axis.set_xlim(0, max(max(scored_frames(data) for _, data in runs), 1))
-    add_minutes_axis(axis, runs[0][1]["frame_rate"])
     return figure
 
 

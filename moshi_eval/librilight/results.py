@@ -36,6 +36,7 @@ class LibriLightResult:
     complete: bool = True
     legacy_keys: bool = False
     model_flags: list[str] = dataclasses.field(default_factory=list)
+    ttt_inner_losses: dict[str, dict[str, list[Any]]] | None = None
 
     def per_frame(self) -> list[np.ndarray]:
         return [sequence.frame_losses(self.codebook_weights) for sequence in self.sequences]
@@ -77,12 +78,14 @@ class LibriLightResult:
         return json_safe({
             **headline,
             "librilight_mean_loss": metrics.nanmean_or_none(np.concatenate(per_frame)) if per_frame else None,
+            "codebook_mean_losses": self.codebook_means(),
             "librilight_progression": [{"position": position, "loss": loss, "perplexity": metrics.perplexity(loss)}
                                        for position, loss in progression],
             "num_sequences": len(self.sequences),
             "complete": self.complete,
             "windows": windows,
             "curve": self.curve_dict(curve, counts),
+            **({"ttt_inner_losses": self.ttt_inner_losses} if self.ttt_inner_losses is not None else {}),
             "flags": self.model_flags + self.uniform_flags(headline),
             "uniform_loss": uniform_loss(self.card),
             "card": self.card,
@@ -134,17 +137,31 @@ class LibriLightResult:
             "codebooks": codebook_curves,
         }
 
+    def codebook_means(self) -> list[float | None]:
+        """Per codebook, the mean loss over every frame where it is defined, in every sequence."""
+        if not self.sequences:
+            return []
+        stacked = np.concatenate([s.codebook_losses for s in self.sequences]).astype(np.float64)
+        return [metrics.nanmean_or_none(stacked[:, codebook]) for codebook in range(stacked.shape[1])]
+
     def sequence_summary(self, sequence: SequenceLosses, per_frame: np.ndarray) -> dict[str, Any]:
+        """One sequence's numbers, with what a comparison of runs resamples (`moshi_eval.compare`): its defined frames
+        (`samples`), per-codebook means and defined frames, and its per-frame loss in the curve's bins."""
         reached = {position_key(p): metrics.nanmean_or_none(per_frame[p - self.window: p])
                    for p in self.positions if len(per_frame) >= p}
+        codebooks = sequence.codebook_losses.astype(np.float64)
         return {
             "id": sequence.sequence_id,
             "files": sequence.files,
             "num_frames": sequence.num_frames,
             "minutes": sequence.num_frames / self.frame_rate / 60.0,
             "mean_loss": metrics.nanmean_or_none(per_frame),
+            "samples": int(np.isfinite(per_frame).sum()),
             "slope": metrics.least_squares_slope(per_frame),
             "window_losses": reached,
+            "codebook_mean_losses": [metrics.nanmean_or_none(codebooks[:, k]) for k in range(codebooks.shape[1])],
+            "codebook_samples": np.isfinite(codebooks).sum(axis=0).tolist(),
+            "curve": metrics.binned(per_frame, self.bin_size).tolist(),
         }
 
     def write_json(self, path: str | Path) -> dict[str, Any]:

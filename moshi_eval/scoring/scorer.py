@@ -35,6 +35,7 @@ from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.models.loaders import mimi_codebooks
 from moshi.modules.transformer import bounded_attention_context
+from moshi.modules.ttt import inner_loss_trackers
 
 from .eval_mode import eval_mode
 from .sanity import NonFiniteLossError
@@ -204,6 +205,7 @@ class _SlotRun(abc.ABC):
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.own_delays = torch.tensor(shape.own_delays, dtype=torch.long, device=device)
+        self.inner_loss_trackers = inner_loss_trackers(scorer.lm)
 
     @abc.abstractmethod
     def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
@@ -222,11 +224,19 @@ class _SlotRun(abc.ABC):
         self.owns[index, :, :steps] = owns[0]
         self.targets[index, :, :frames] = item.scored.to(self.device)
         self.lengths[index] = frames
+        self.limit_inner_losses(index, frames + self.shape.max_delay)
         return own
+
+    def limit_inner_losses(self, index: int, steps: int) -> None:
+        """TTT inner-loss recordings (if any) count the first `steps` positions of slot `index`: its sequence's steps,
+        not the padding a slot may run on after them."""
+        for tracker in self.inner_loss_trackers:
+            tracker.limit[index] = steps
 
     def scored_sequence(self, index: int, item: ScoringItem) -> ScoredSequence:
         """Slot `index`'s losses of `item`, NaN where a codebook's frame has no prediction."""
         frames = item.num_frames
+        self.limit_inner_losses(index, 0)
         losses = self.losses[index, :frames].cpu().numpy().astype(np.float32, copy=True)
         losses[undefined_predictions(frames, self.shape.own_delays)] = np.nan
         return ScoredSequence(item.sequence_id, losses)

@@ -549,7 +549,7 @@ def test_a_repository_that_is_a_file_is_named(tmp_path: Path) -> None:
 
 
 def test_every_key_of_the_released_configs_is_known(parity_dir: Path, tiny: TinyLM) -> None:
-    for config in (json.loads((parity_dir / "moshiko_7b_config.json").read_text()), tiny.config,
+    for config in (json.loads((parity_dir / "released" / "moshiko_7b_config.json").read_text()), tiny.config,
                    loaders.DEFAULT_LM_CONFIG):
         loaders.check_lm_config(config, "config.json")
 

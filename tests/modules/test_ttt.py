@@ -245,24 +245,6 @@ def test_training_reaches_every_parameter(variant: str) -> None:
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_inner_loss_hook_reports_each_segment_and_the_loss_drops() -> None:
-    layer = make_layer("linear")
-    with torch.no_grad():
-        layer.lr_gate.weight.zero_()  # a constant learning rate: one small step must lower the mean loss
-    layer.base_lr = 0.05
-    traces = []
-    layer.inner_loss_hook = traces.append
-    T = 40
-    with torch.no_grad():
-        layer(torch.randn(2, T, DIM))
-    starts = range(0, T, MINI_BATCH)
-    assert [t.start.tolist() for t in traces] == [[s, s] for s in starts]
-    assert [t.num_tokens for t in traces] == [min(MINI_BATCH, T - s) for s in starts]
-    for trace in traces:
-        assert trace.loss_before.shape == (2, HEADS)
-        assert (trace.loss_after < trace.loss_before).all()
-
-
 def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="divisible"):
         TTTLayer(30, 4)

@@ -63,3 +63,20 @@ def test_comparison_figure_layout(data):
     assert any(label.startswith("b: least-squares fit") for label in labels)
     curve_x = np.concatenate([line.get_xdata() for line in axis.get_lines() if line.get_label() in ("a", "b")])
     assert curve_x.min() > 0 and curve_x.max() <= 2300
+
+
+def test_a_panel_per_ttt_layer_with_its_inner_losses(data):
+    inner = {str(layer): {"position": [0, 50, 100], "w0": [3.0, 3.1, 3.0], "before": [3.0, 2.5, 2.2],
+                          "after": [2.6, 2.3, None], "count": [100, 100, 40]} for layer in (7, 3)}
+    figure = result_figure(data | {"ttt_inner_losses": inner})
+    drawn(figure)
+    panels = figure.axes[2:]
+    assert [axis.get_ylabel() for axis in panels] == ["layer 3\ninner loss", "layer 7\ninner loss"]
+    for axis in panels:
+        assert axis.get_xlim() == (0.0, 1700.0)
+        lines = {line.get_label(): line for line in axis.get_lines()}
+        assert list(lines) == ["W0 (initial weights)", "before the update", "after the update"]
+        assert list(lines["before the update"].get_xdata()) == [25.0, 75.0, 125.0]
+        assert list(lines["before the update"].get_ydata()) == inner["3"]["before"]
+        assert np.isnan(lines["after the update"].get_ydata()[-1])
+    assert panels[1].get_xlabel().startswith("frame position") and figure.axes[1].get_xlabel() == ""
