@@ -3,24 +3,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
 from pathlib import Path
 
 import pytest
-from fixtures.upstream_client_utils.generate import replay
 
 from moshi import client_utils
 from moshi.client_utils import AnyPrinter, Printer, RawPrinter, log
 
-TRANSCRIPT = json.loads(
-    (Path(__file__).resolve().parent / "fixtures" / "upstream_client_utils" / "transcript.json").read_text())
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upstream_client_utils"
+TRANSCRIPT = json.loads((FIXTURE / "transcript.json").read_text())
+
+
+def _generator():
+    """The fixture's generator module, whose `replay` recorded upstream and replays here."""
+    spec = importlib.util.spec_from_file_location("upstream_client_utils_generator", FIXTURE / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("scenario", TRANSCRIPT["scenarios"], ids=lambda scenario: scenario["name"])
 def test_prints_what_upstream_prints(scenario):
-    for call, expected, got in zip(scenario["calls"], scenario["records"], replay(client_utils, scenario)):
+    for call, expected, got in zip(scenario["calls"], scenario["records"], _generator().replay(client_utils, scenario)):
         assert got == expected, f"{scenario['name']}: {call}"
 
 
