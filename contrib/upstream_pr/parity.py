@@ -3,7 +3,7 @@
     python parity.py model DIR        # config, weights (the importable moshi's own initialisation) and inputs
     python parity.py run DIR NAME     # every scenario with the importable moshi -> DIR/NAME.safetensors
     python parity.py compare DIR      # patched vs fork (logits, 1e-5) and patched vs upstream (tokens, exact)
-    python parity.py time             # step_with_logits / step time ratio with the importable moshi
+    python parity.py time             # step_with_logits / step time ratio with the importable moshi (CPU)
 
 `run` is called three times, each with another `moshi` importable: the patched upstream ("patched"), this repository's
 fork ("fork") and unpatched upstream 0.2.13 ("upstream", which has no `step_with_logits`: only the `step` scenarios).
@@ -13,6 +13,7 @@ Only `torch`, `safetensors` and `moshi.models.lm.{LMModel, LMGen}` are used, so 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -166,8 +167,9 @@ TIMED_CONFIG = {
 """The moshiko structure at dim 512 with 8 layers (depformer 256 wide, 4 layers), float32."""
 
 
-def timing(rounds: int, steps: int) -> None:
-    """Best round of each method, alternating on one stream (order flipped every round), greedy, B = 1."""
+def timing(calls: int) -> None:
+    """Median time of each method over `calls` calls each on one stream, greedy, B = 1; the calls alternate
+    A B B A ... so that both methods see the same load and the same stream length."""
     from moshi.models.lm import LMGen, LMModel
 
     torch.manual_seed(0)
@@ -175,22 +177,21 @@ def timing(rounds: int, steps: int) -> None:
     lm_gen = LMGen(lm, use_sampling=False)
     user = torch.randint(0, lm.card, (1, lm.n_q - lm.dep_q, 1))
     own = torch.randint(0, lm.card, (1, lm.dep_q, 1))
+    methods = ("step", "step_with_logits")
     for forced in (None, own):
-        best = {"step": float("inf"), "step_with_logits": float("inf")}
+        durations: dict[str, list[float]] = {method: [] for method in methods}
         with torch.no_grad(), lm_gen.streaming(1):
             for _ in range(lm_gen.max_delay + 3):
                 lm_gen.step_with_logits(user, forced)
-            for round_index in range(rounds):
-                order = list(best) if round_index % 2 == 0 else list(best)[::-1]
-                for method in order:
-                    start = time.perf_counter()
-                    for _ in range(steps):
-                        getattr(lm_gen, method)(user, forced)
-                    best[method] = min(best[method], (time.perf_counter() - start) / steps)
+            for index in range(2 * calls):
+                method = methods[(index + index // 2) % 2]
+                start = time.perf_counter()
+                getattr(lm_gen, method)(user, forced)
+                durations[method].append(time.perf_counter() - start)
+        step, with_logits = (statistics.median(durations[method]) for method in methods)
         what = "teacher-forced audio (step skips the depformer)" if forced is not None else "greedy, no replacement"
-        print(f"{what}: step {best['step'] * 1e3:.1f} ms, step_with_logits {best['step_with_logits'] * 1e3:.1f} ms, "
-              f"ratio {best['step_with_logits'] / best['step']:.3f} ({torch.get_num_threads()} threads, {rounds} "
-              f"rounds of {steps} steps)")
+        print(f"{what}: step {step * 1e3:.1f} ms, step_with_logits {with_logits * 1e3:.1f} ms, ratio "
+              f"{with_logits / step:.3f} (medians of {calls} calls each, {torch.get_num_threads()} threads)")
 
 
 def main() -> int:
@@ -201,9 +202,7 @@ def main() -> int:
     run_parser.add_argument("folder", type=Path)
     run_parser.add_argument("name", choices=("patched", "fork", "upstream"))
     commands.add_parser("compare").add_argument("folder", type=Path)
-    time_parser = commands.add_parser("time")
-    time_parser.add_argument("--rounds", type=int, default=8)
-    time_parser.add_argument("--steps", type=int, default=10)
+    commands.add_parser("time").add_argument("--calls", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 4))
     if args.command == "model":
@@ -213,7 +212,7 @@ def main() -> int:
     elif args.command == "compare":
         return compare(args.folder)
     else:
-        timing(args.rounds, args.steps)
+        timing(args.calls)
     return 0
 
 
