@@ -203,6 +203,8 @@ def _anchor(lines: list[str], edit: Edit) -> int:
     found = [i for i in scope if lines[i].strip().startswith(edit.anchor)]
     if len(found) != 1:
         raise AnchorError(f"{len(found)} lines start with {edit.anchor!r} in {edit.scope.rstrip('(')} (expected one)")
+    if edit.old not in lines[found[0]]:
+        raise AnchorError(f"no {edit.old!r} in the line starting with {edit.anchor!r}")
     return found[0]
 
 
@@ -214,21 +216,17 @@ def _block(code: str, indent: int) -> list[str]:
 
 
 def apply(source: str) -> str:
-    """`source` (upstream's lm.py) with the change; raises AnchorError before changing anything."""
+    """`source` (upstream's lm.py) with the change; AnchorError when a line it needs is missing or not unique."""
     lines = source.split("\n")
     located = [(edit, _anchor(lines, edit)) for edit in EDITS]
     for edit, index in sorted(located, key=lambda pair: pair[1], reverse=True):
-        line = lines[index]
-        indent = _indent_of(line) + edit.indent
+        indent = _indent_of(lines[index]) + edit.indent
         if edit.old:
-            if edit.old not in line:
-                raise AnchorError(f"{edit.old!r} not found in the line starting with {edit.anchor!r}")
-            line = line.replace(edit.old, edit.new, 1)
+            lines[index] = lines[index].replace(edit.old, edit.new, 1)
         top = index
         if edit.above_decorator:
             while top > 0 and lines[top - 1].strip().startswith("@"):
                 top -= 1
-        lines[index] = line
         lines[index + 1: index + 1] = _block(edit.after, indent) if edit.after else []
         lines[top:top] = _block(edit.before, indent) if edit.before else []
     return "\n".join(lines)
@@ -264,8 +262,7 @@ def main() -> int:
     (args.out / PATCH_NAME).write_text(patch)
     added = sum(line.startswith("+") and not line.startswith("+++") for line in patch.splitlines())
     removed = sum(line.startswith("-") and not line.startswith("---") for line in patch.splitlines())
-    print(f"wrote {args.out} ({LM}: {added} lines added, {removed} changed) and {args.out / PATCH_NAME}",
-          file=sys.stderr)
+    print(f"wrote {args.out} ({LM}: +{added} -{removed} lines) and {args.out / PATCH_NAME}", file=sys.stderr)
     return 0
 
 
