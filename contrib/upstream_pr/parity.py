@@ -168,10 +168,12 @@ TIMED_CONFIG = {
 
 
 def timing(calls: int) -> None:
-    """Median time of each method over `calls` calls each on one stream, greedy, B = 1; the calls alternate
-    A B B A ... so that both methods see the same load and the same stream length."""
+    """Median CPU time (and wall time) of each method over `calls` calls each on one stream, greedy, B = 1, one torch
+    thread: CPU time counts the work of this process only, so the ratio holds on a machine shared with other jobs.
+    The calls alternate A B B A ... so that both methods see the same stream length and the same load."""
     from moshi.models.lm import LMGen, LMModel
 
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     lm = LMModel(**TIMED_CONFIG).eval()
     lm_gen = LMGen(lm, use_sampling=False)
@@ -179,19 +181,23 @@ def timing(calls: int) -> None:
     own = torch.randint(0, lm.card, (1, lm.dep_q, 1))
     methods = ("step", "step_with_logits")
     for forced in (None, own):
-        durations: dict[str, list[float]] = {method: [] for method in methods}
+        cpu: dict[str, list[float]] = {method: [] for method in methods}
+        wall: dict[str, list[float]] = {method: [] for method in methods}
         with torch.no_grad(), lm_gen.streaming(1):
             for _ in range(lm_gen.max_delay + 3):
                 lm_gen.step_with_logits(user, forced)
             for index in range(2 * calls):
                 method = methods[(index + index // 2) % 2]
-                start = time.perf_counter()
+                cpu_start, wall_start = time.process_time(), time.perf_counter()
                 getattr(lm_gen, method)(user, forced)
-                durations[method].append(time.perf_counter() - start)
-        step, with_logits = (statistics.median(durations[method]) for method in methods)
+                cpu[method].append(time.process_time() - cpu_start)
+                wall[method].append(time.perf_counter() - wall_start)
+        (cpu_step, cpu_logits), (wall_step, wall_logits) = (
+            [statistics.median(times[method]) * 1e3 for method in methods] for times in (cpu, wall))
         what = "teacher-forced audio (step skips the depformer)" if forced is not None else "greedy, no replacement"
-        print(f"{what}: step {step * 1e3:.1f} ms, step_with_logits {with_logits * 1e3:.1f} ms, ratio "
-              f"{with_logits / step:.3f} (medians of {calls} calls each, {torch.get_num_threads()} threads)")
+        print(f"{what}: CPU time step {cpu_step:.1f} ms, step_with_logits {cpu_logits:.1f} ms, ratio "
+              f"{cpu_logits / cpu_step:.3f}; wall {wall_step:.1f} / {wall_logits:.1f} ms, ratio "
+              f"{wall_logits / wall_step:.3f} (medians of {calls} calls each)")
 
 
 def main() -> int:
