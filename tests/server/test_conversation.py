@@ -116,7 +116,7 @@ def test_the_closing_log_carries_the_talk_report(model: ServedModel, messages: l
     words = [reply.token for reply in replies if reply.token not in model.silent_text_tokens]
     four_grams = [tuple(words[start: start + 4]) for start in range(len(words) - 3)]
     seconds = len(replies) * FRAME / SAMPLE_RATE
-    assert pad.any() and len(four_grams) > 0
+    assert len(four_grams) > 0  # the random model says words (whether it pads here depends on its sampling)
     assert figures.overall == pytest.approx({
         "seconds": seconds, "text_tokens_per_minute": len(words) * 60 / seconds, "pad_fraction": pad.mean(),
         "silence_fraction": (loudness < DEFAULT_SILENCE_DBFS).mean(),
