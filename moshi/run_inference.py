@@ -12,6 +12,10 @@ The model is named with the flags of `moshi.models.model_flags` (upstream's spel
 `--checkpoint` for a moshi-finetune checkpoint folder; docs/naming_a_model.md); `--temp`, `--temp-text`, `--top-k` and
 `--top-k-text` replace the checkpoint's sampling settings and `--seed` sets the seed (default upstream's, 4242).
 
+`--report PATH` writes the talk report of every item (`moshi.utils.talk_report`: per bin of `--report-bin-seconds`,
+text tokens per minute, PAD fraction, silence fraction below `--report-silence-dbfs`, repeated text 4-grams) as JSON,
+and one summary line per item on stderr; docs/inference.md.
+
 Needs soundfile and soxr (`pip install 'moshi[inference]'`). Only Moshi dialogue checkpoints are supported, with
 `--cfg-coef 1`.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,9 +37,12 @@ from .models import model_flags
 from .models.compression import MimiModel
 from .models.lm import LMGen, LMModel
 from .models.loaders import DEFAULT_REPO
+from .utils import talk_report
 
 SEED = 4242
 """The seed upstream's offline inference sets, for comparable sampling (the default of `--seed`)."""
+REPORT_FLAGS = {"bin_seconds": "--report-bin-seconds", "silence_dbfs": "--report-silence-dbfs"}
+"""The `TalkSettings` fields the report's flags set (`args.report_<field>`)."""
 
 
 class InferenceError(Exception):
@@ -60,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("infile", help="input audio file (any format soundfile reads)")
     parser.add_argument("outfile", nargs="?", default="",
                         help="output wav; with several batch items, name-<i>.wav for item i (default: no audio)")
+    report = parser.add_argument_group("talk report (does the model keep talking? docs/inference.md)")
+    report.add_argument("--report", metavar="PATH", help="write each item's text tokens per minute, PAD fraction, "
+                                                         "silence fraction and repeated text 4-grams per time bin as "
+                                                         "JSON, and one summary line per item on stderr")
+    report.add_argument("--report-bin-seconds", type=float, metavar="S",
+                        help=f"length of the report's time bins, rounded to whole 80 ms frames (default: "
+                             f"{talk_report.DEFAULT_BIN_SECONDS:g})")
+    report.add_argument("--report-silence-dbfs", type=float, metavar="DB",
+                        help=f"an output frame whose RMS is below DB dBFS counts as silent (default: "
+                             f"{talk_report.DEFAULT_SILENCE_DBFS:g})")
     return parser
 
 
@@ -144,10 +162,54 @@ def write_wavs(pcm: torch.Tensor, paths: Sequence[Path], sample_rate: int) -> No
             raise InferenceError(f"cannot write {path}: {error}") from error
 
 
+def talk_settings(args: argparse.Namespace) -> talk_report.TalkSettings | None:
+    """The report's settings from the flags, checked (the report's path too) before anything loads; None without
+    `--report`."""
+    given = {field: getattr(args, f"report_{field}") for field in REPORT_FLAGS
+             if getattr(args, f"report_{field}") is not None}
+    if args.report is None:
+        if given:
+            raise InferenceError(f"{REPORT_FLAGS[next(iter(given))]} needs --report PATH")
+        return None
+    talk_report.check_report_path(args.report, "--report")
+    for field, value in given.items():
+        try:
+            talk_report.TalkSettings(**{field: value})
+        except ValueError as error:
+            raise InferenceError(f"{REPORT_FLAGS[field]} {value:g}: {error}") from error
+    return talk_report.TalkSettings(**given)
+
+
+def talk_of(reply: Reply, frame_size: int, frame_seconds: float, pad_ids: Sequence[int],
+            settings: talk_report.TalkSettings) -> talk_report.TalkMeter:
+    """The reply's talk meter, fed frame by frame."""
+    meter = talk_report.TalkMeter(reply.text_tokens.shape[0], frame_seconds, pad_ids, settings)
+    for step in range(reply.text_tokens.shape[1]):
+        meter.update(reply.text_tokens[:, step], reply.pcm[..., step * frame_size: (step + 1) * frame_size])
+    return meter
+
+
+def write_talk_report(args: argparse.Namespace, meter: talk_report.TalkMeter, run_settings: dict) -> None:
+    """The report file (the meter's settings with `run_settings`) and one summary line per item on stderr."""
+    if not math.isclose(meter.bin_seconds, meter.settings.bin_seconds):
+        model_flags.print_note(f"--report-bin-seconds {meter.settings.bin_seconds:g}: bins of {meter.bin_frames} "
+                               f"whole frames ({meter.bin_seconds:g} s)")
+    figures = meter.figures()
+    try:
+        talk_report.write_report(args.report, figures, meter.describe() | run_settings)
+    except OSError as error:
+        raise InferenceError(f"cannot write --report {args.report}: {model_flags.error_line(error)}") from error
+    for index, item in enumerate(figures):
+        log(f"talk of item {index}: {talk_report.summary_line(item, meter.settings.ngram, meter.bin_seconds)}")
+    log(f"wrote the talk report {args.report}")
+
+
 def run(args: argparse.Namespace) -> Reply:
-    """Everything `main` does, returning the reply (item 0's text is printed, wavs are written on the way)."""
+    """Everything `main` does, returning the reply (item 0's text is printed, wavs and the report are written on the
+    way)."""
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    report_settings = talk_settings(args)
     request = model_flags.ModelRequest.from_args(args, model_flags.UPSTREAM, default_repo=DEFAULT_REPO)
     torch.manual_seed(args.seed)
     resolved, device = model_flags.open_model(request, args.device)
@@ -173,6 +235,11 @@ def run(args: argparse.Namespace) -> Reply:
         write_wavs(reply.pcm, paths, mimi.sample_rate)
         seconds = reply.pcm.shape[-1] / mimi.sample_rate
         log(f"wrote {', '.join(map(str, paths))} ({seconds:.2f} s each)")
+    if report_settings is not None:
+        pad_ids = (lm.text_padding_token_id, lm.end_of_text_padding_id)
+        meter = talk_of(reply, mimi.frame_size, mimi.frame_size / mimi.sample_rate, pad_ids, report_settings)
+        write_talk_report(args, meter, {"infile": str(args.infile), "batch_size": args.batch_size, "seed": args.seed,
+                                        "sampling": sampling, "model": request.describe()})
     return reply
 
 

@@ -122,3 +122,70 @@ def test_unreadable_or_too_short_input_is_named(checkpoint, tmp_path, capsys):
     soundfile.write(short, np.zeros(100), 24000)
     assert run_inference.main(_flags(checkpoint, str(short))) == 2
     assert "shorter than one Mimi frame" in capsys.readouterr().err
+
+
+def _rms_dbfs(frame: torch.Tensor) -> float:
+    return 10 * np.log10(float(frame.double().square().mean()))
+
+
+def test_report_holds_each_items_binned_talk(checkpoint, stereo_flac, tmp_path, capsys):
+    """The report's figures, recomputed here from the returned reply: 6 frames in bins of 2 (0.16 s)."""
+    path = tmp_path / "report.json"
+    args = run_inference.build_parser().parse_args(_flags(
+        checkpoint, "--batch-size", "2", "--report", str(path), "--report-bin-seconds", "0.16",
+        "--report-silence-dbfs", "-30", str(stereo_flac)))
+    reply = run_inference.run(args)
+    report = json.loads(path.read_text())
+    settings = report["settings"]
+    assert settings["bin_frames"] == 2 and settings["silence_threshold_dbfs"] == -30
+    assert settings["pad_token_ids"] == [LM_CONFIG["existing_text_padding_id"], 0]
+    assert settings["batch_size"] == 2 and settings["model"] == {"hf_repo": str(checkpoint)}
+    pad = torch.isin(reply.text_tokens, torch.tensor(settings["pad_token_ids"])).double()
+    frames = reply.pcm.unfold(-1, 1920, 1920)  # [B, C, T, 1920]
+    silent = torch.tensor([[_rms_dbfs(frames[item, :, step]) < -30 for step in range(frames.shape[2])]
+                           for item in range(2)]).double()
+    assert len(report["items"]) == 2
+    for item, figures in enumerate(report["items"]):
+        assert figures["seconds"] == pytest.approx([0, 0.16, 0.32])
+        np.testing.assert_allclose(figures["pad_fraction"], pad[item].view(3, 2).mean(-1))
+        np.testing.assert_allclose(figures["text_tokens_per_minute"], (1 - pad[item]).view(3, 2).sum(-1) * 60 / 0.16)
+        np.testing.assert_allclose(figures["silence_fraction"], silent[item].view(3, 2).mean(-1))
+    err = capsys.readouterr().err
+    assert err.count("talk of item ") == 2 and f"wrote the talk report {path}" in err
+
+
+def test_module_command_writes_the_report_and_one_line_per_item(checkpoint, stereo_flac, tmp_path):
+    path = tmp_path / "reports" / "talk.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "moshi.run_inference", *_flags(checkpoint, "--batch-size", "3"), "--report", str(path),
+         str(stereo_flac)], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(path.read_text())
+    assert report["settings"]["bin_seconds"] == pytest.approx(10.0)
+    assert report["settings"]["silence_threshold_dbfs"] == -40.0
+    lines = [line for line in result.stderr.splitlines() if "talk of item" in line]
+    assert len(lines) == 3 == len(report["items"])
+    for index, (line, figures) in enumerate(zip(lines, report["items"])):
+        assert figures["seconds"] == [0.0] and figures["duration_seconds"] == [pytest.approx(INPUT_SECONDS)]
+        overall = figures["overall"]
+        assert line.startswith(f"[info] talk of item {index}: {INPUT_SECONDS:.1f} s: "
+                               f"{overall['text_tokens_per_minute']:.1f} text tokens/min, PAD "
+                               f"{100 * overall['pad_fraction']:.0f} %")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--report", "{tmp}"], "--report {tmp}: is a folder"),
+    (["--report", "{tmp}/file.txt/report.json"], "is a file, so no folder can be created there"),
+    (["--report", "{tmp}/r.json", "--report-bin-seconds", "0"], "--report-bin-seconds 0: "),
+    (["--report", "{tmp}/r.json", "--report-silence-dbfs", "6"], "--report-silence-dbfs 6: "),
+    (["--report-bin-seconds", "5"], "--report-bin-seconds needs --report PATH"),
+])
+def test_report_mistakes_end_with_one_error_line_before_the_model_loads(stereo_flac, tmp_path, capsys, extra,
+                                                                        message):
+    (tmp_path / "file.txt").write_text("")
+    missing_model = tmp_path / "no_such_checkpoint"  # would be the error if the model were looked at first
+    argv = ["--hf-repo", str(missing_model), *[flag.format(tmp=tmp_path) for flag in extra], str(stereo_flac)]
+    assert run_inference.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message.format(tmp=tmp_path) in err[0]
+    assert not (tmp_path / "r.json").exists()

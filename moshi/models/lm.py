@@ -421,7 +421,9 @@ class LMGen(StreamingModule[LMGenState]):
     `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text. `check`
     validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`, the text
     tokens `[B]` and the audio tokens `[B, dep_q]` of every step. With `support_out_of_sync`, steps never return None;
-    items whose frame is not ready yet get `ungenerated_token_id`.
+    items whose frame is not ready yet get `ungenerated_token_id`. Upstream's conditioning arguments
+    (`condition_tensors`, `cfg_is_masked_until`, `cfg_is_no_text`) and `cfg_coef` are refused unless left at their
+    defaults (None / False / 1.0); any other keyword is a TypeError.
     """
 
     def __init__(
@@ -434,18 +436,22 @@ class LMGen(StreamingModule[LMGenState]):
         top_k_text: int = 25,
         cfg_coef: float = 1.0,
         check: bool = False,
+        condition_tensors: ConditionTensors | None = None,
         on_text_hook: Callable[[torch.Tensor], None] | None = None,
         on_text_logits_hook: Callable[[torch.Tensor], None] | None = None,
         on_audio_hook: Callable[[torch.Tensor], None] | None = None,
         support_out_of_sync: bool = False,
-        **unsupported: Any,
+        cfg_is_masked_until: list[int] | None = None,
+        cfg_is_no_text: bool = False,
     ) -> None:
         if lm_model.training:
             raise RuntimeError("LMGen needs the model in eval mode: call lm_model.eval() first")
-        if cfg_coef != 1.0 or any(v is not None and v is not False for v in unsupported.values()):
+        conditioning = {"condition_tensors": condition_tensors, "cfg_is_masked_until": cfg_is_masked_until,
+                        "cfg_is_no_text": cfg_is_no_text}
+        given = [name for name, value in conditioning.items() if value is not None and value is not False]
+        if cfg_coef != 1.0 or given:
             raise NotImplementedError(
-                f"classifier-free guidance and conditioning are not supported (cfg_coef={cfg_coef}, "
-                f"{sorted(unsupported)})")
+                f"classifier-free guidance and conditioning are not supported (cfg_coef={cfg_coef}, {given})")
         super().__init__()
         self.lm_model = lm_model
         self.use_sampling = use_sampling

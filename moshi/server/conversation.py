@@ -11,7 +11,8 @@ them; all counted in the conversation's stats and logged, so memory stays bounde
 stays recent. The conversation ends when the client closes the socket or goes away, sends something the protocol does
 not allow, or sends no audio for `ConversationLimits.idle_timeout_s` (the server then closes the connection with the
 reason: `ChatSocket.refuse`); a frame already on the model thread finishes there before the next conversation's first
-model call.
+model call. Its closing log lines give the stats and the talk report of the model's reply (`moshi.utils.talk_report`:
+text tokens per minute, PAD, silence and repeated 4-grams, overall and per 10 s bin; the bins at DEBUG level).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import sphn
 from aiohttp import WSMessage, WSMsgType
 
+from ..utils.talk_report import TalkMeter, bins_line, summary_line
 from .frame_queue import DroppingQueue
 from .protocol import CloseCode, ProtocolError, audio_message, client_audio, text_message
 from .served_model import ReplyFrame, ServedModel
@@ -60,9 +62,11 @@ class ConversationLimits:
 class ConversationStats:
     """What one conversation did. Latencies are in milliseconds, per reply frame: `latency_ms` from the arrival of the
     message that completed the input frame to the reply frame sent; `compute_ms` the model's step alone. Reply frames
-    dropped: `dropped_out` when the queue was full, `expired_out` after waiting over `limits.max_frame_age_s`."""
+    dropped: `dropped_out` when the queue was full, `expired_out` after waiting over `limits.max_frame_age_s`. `talk`
+    counts what the model said, frame by frame (the reply frames dropped for a slow client included)."""
 
     peer: str
+    talk: TalkMeter
     limits: ConversationLimits = dataclasses.field(default_factory=ConversationLimits)
     frames_in: int = 0
     frames_out: int = 0
@@ -108,7 +112,8 @@ class Conversation:
         self.outbox: DroppingQueue[_OutputFrame] = DroppingQueue(self.limits.outbox_frames,
                                                                  max_age_s=self.limits.max_frame_age_s,
                                                                  on_first_drop=self._warn_client_too_slow)
-        self.stats = ConversationStats(ws.peer, self.limits)
+        self.stats = ConversationStats(ws.peer, TalkMeter(1, model.frame_seconds, model.silent_text_tokens),
+                                       self.limits)
         self._last_audio_at = 0.0
 
     async def run(self) -> ConversationStats:
@@ -134,8 +139,14 @@ class Conversation:
         return self.stats
 
     def _log_end(self) -> None:
-        """The conversation's closing log line (the one place that reports on a finished conversation)."""
-        logger.info("conversation with %s: %s", self.stats.peer, self.stats.summary())
+        """The conversation's closing log lines (the one place that reports on a finished conversation): its stats,
+        then its talk report (the per-bin figures at DEBUG level)."""
+        peer, talk = self.stats.peer, self.stats.talk
+        logger.info("conversation with %s: %s", peer, self.stats.summary())
+        (figures,) = talk.figures()
+        logger.info("conversation with %s, talk: %s", peer,
+                    summary_line(figures, talk.settings.ngram, talk.bin_seconds))
+        logger.debug("conversation with %s, talk %s", peer, bins_line(figures, talk.bin_seconds))
 
     async def _receive(self) -> str:
         """Read the client's audio into frames until the conversation ends; returns why it ended."""
@@ -196,6 +207,7 @@ class Conversation:
                 if reply is None:
                     continue
                 self.stats.compute_ms.append(1000 * (time.perf_counter() - started))
+                self.stats.talk.update(np.array([reply.token]), reply.pcm[None, None])
                 self.outbox.put(_OutputFrame(reply, frame.received_at))
         except Exception:
             logger.exception("the model failed during the conversation with %s", self.stats.peer)

@@ -38,10 +38,12 @@ class TextTokenizer(Protocol):
 
 @dataclasses.dataclass
 class ReplyFrame:
-    """One frame of the model's reply: speech `[frame_size]` float32 and its text piece ("" when it said none)."""
+    """One frame of the model's reply: speech `[frame_size]` float32, its text token and the token's text piece (""
+    for padding)."""
 
     pcm: np.ndarray
     text: str
+    token: int
 
 
 class ServedModel:
@@ -107,7 +109,8 @@ class ServedModel:
         if tokens is None:
             return None
         speech = self._decode(tokens[:, 1:]).float().cpu().numpy()[0, 0]
-        return ReplyFrame(speech, self.text_piece(int(tokens[0, 0, 0])))
+        token = int(tokens[0, 0, 0])
+        return ReplyFrame(speech, self.text_piece(token), token)
 
     def text_piece(self, token: int) -> str:
         """The text of one text token: "" for padding, word starts as spaces."""

@@ -171,6 +171,20 @@ def test_forward_takes_upstreams_condition_keyword_and_refuses_conditions():
             lm(codes, condition_tensors={"description": (torch.zeros(1, 1, 16), torch.ones(1, 1))})
 
 
+def test_lmgen_names_upstreams_conditioning_keywords_and_rejects_unknown_ones():
+    lm = _tiny_unconditioned_lm().eval()
+    LMGen(lm, condition_tensors=None, cfg_is_masked_until=None, cfg_is_no_text=False)
+    given = {"condition_tensors": {"description": (torch.zeros(1, 1, 16), torch.ones(1, 1))},
+             "cfg_is_masked_until": [2], "cfg_is_no_text": True}
+    for keyword, value in given.items():
+        with pytest.raises(NotImplementedError, match=keyword):
+            LMGen(lm, **{keyword: value})
+    with pytest.raises(TypeError, match="use_samplng"):
+        LMGen(lm, use_samplng=False)
+    with pytest.raises(TypeError, match="top_p"):
+        LMGen(lm, top_p=0.0)
+
+
 def test_step_with_extra_heads_gives_step_tokens_and_head_probabilities(parity_dir):
     case = load_case(parity_dir, "lm_moshiko_tiny")
     torch.manual_seed(0)

@@ -57,6 +57,9 @@ def test_handshake_then_audio_and_text(model: ServedModel, speech: list[bytes]) 
     (stats,) = finished
     assert (stats.frames_in, stats.frames_out, stats.dropped_in, stats.dropped_out) == (FRAMES, FRAMES - 1, 0, 0)
     assert stats.text_pieces == len(reply.text) and len(stats.latency_ms) == FRAMES - 1
+    (talk,) = stats.talk.figures()  # what the model said, every reply frame counted; a text piece per non-PAD token
+    assert stats.talk.frames == FRAMES - 1
+    assert talk.overall["pad_fraction"] == pytest.approx(1 - len(reply.text) / (FRAMES - 1))
 
 
 def test_every_conversation_starts_fresh(demo_checkpoint: Path, speech: list[bytes], tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """`Conversation` with a stand-in websocket: a client that never reads and a model slower than the client's audio
-both cost dropped frames (counted and logged), never unbounded memory."""
+both cost dropped frames (counted and logged), never unbounded memory; the closing log carries the talk report."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import functools
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
-from chat_helpers import FRAME, FakeSocket, load_demo_model, opus_pages, wav_frames
+import sphn
+from chat_helpers import FRAME, SAMPLE_RATE, FakeSocket, load_demo_model, opus_pages, wav_frames
 
 from moshi.server.conversation import Conversation, ConversationLimits, ConversationStats
 from moshi.server.served_model import ServedModel
+from moshi.utils.talk_report import DEFAULT_SILENCE_DBFS, TalkMeter, bins_line, summary_line
 
 FRAMES = 20
 
@@ -86,3 +89,38 @@ def test_a_model_slower_than_the_audio_costs_dropped_input_frames(model: ServedM
     assert stats.frames_out == inbox - 1 and stats.dropped_out == 0
     logged = caplog.text
     assert "the model is slower than real time" in logged and f"dropped {FRAMES - inbox} input frames" in logged
+
+
+def test_the_closing_log_carries_the_talk_report(model: ServedModel, messages: list[bytes],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    def reading_client(holder: list[Conversation]) -> FakeSocket:
+        return FakeSocket(messages, functools.partial(frames_processed, holder, FRAMES))
+
+    with caplog.at_level(logging.DEBUG, logger="moshi.server"):
+        stats = converse(model, reading_client, inbox_frames=FRAMES, outbox_frames=FRAMES)
+    # The same conversation again, straight through the model: the client's audio as the server decoded it.
+    reader = sphn.OpusStreamReader(SAMPLE_RATE)
+    audio = np.concatenate([reader.append_bytes(message[1:]) for message in messages])
+    model.start_conversation()
+    replies = [model.step(audio[start: start + FRAME]) for start in range(0, FRAMES * FRAME, FRAME)]
+    replies = [reply for reply in replies if reply is not None]
+    assert stats.frames_out == len(replies) == FRAMES - 1
+    expected = TalkMeter(1, model.frame_seconds, model.silent_text_tokens)
+    for reply in replies:
+        expected.update(np.array([reply.token]), reply.pcm[None, None])
+    (figures,) = stats.talk.figures()
+    assert figures == expected.figures()[0]
+    # ... and the overall figures from their definitions (one bin: the conversation is shorter than 10 s).
+    pad = np.array([reply.token in model.silent_text_tokens for reply in replies])
+    loudness = np.array([10 * np.log10(np.mean(np.square(reply.pcm, dtype=np.float64))) for reply in replies])
+    words = [reply.token for reply in replies if reply.token not in model.silent_text_tokens]
+    four_grams = [tuple(words[start: start + 4]) for start in range(len(words) - 3)]
+    seconds = len(replies) * FRAME / SAMPLE_RATE
+    assert len(four_grams) > 0  # the random model says words (whether it pads here depends on its sampling)
+    assert figures.overall == pytest.approx({
+        "seconds": seconds, "text_tokens_per_minute": len(words) * 60 / seconds, "pad_fraction": pad.mean(),
+        "silence_fraction": (loudness < DEFAULT_SILENCE_DBFS).mean(),
+        "repeated_ngram_fraction": 1 - len(set(four_grams)) / len(four_grams)})
+    logged = {(record.levelno, record.getMessage()) for record in caplog.records}
+    assert (logging.INFO, f"conversation with test-peer, talk: {summary_line(figures, 4, 10.0)}") in logged
+    assert (logging.DEBUG, f"conversation with test-peer, talk {bins_line(figures, 10.0)}") in logged
