@@ -29,7 +29,7 @@ from ..scoring.cli import (
     setting_label,
 )
 from ..scoring.errors import print_notes
-from ..scoring.run import DistributedContext
+from ..scoring.run import DistributedContext, init_distributed
 from ..scoring.settings import SCORING_MODES, TEXT_POLICIES
 from .config import USER_STREAMS, LibriLightConfig, parse_positions, position_key
 from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
@@ -190,8 +190,6 @@ def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argpar
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.run import init_distributed
-
     settings, notes = merged_settings(args)
     context = init_distributed()
     if context.is_main:
