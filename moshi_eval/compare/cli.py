@@ -3,6 +3,8 @@
 Prints the table, writes the comparison JSON (`--output`) and optionally a figure (`--plot`). Settings that differ
 between runs and change the numbers are one `warning:` line on stderr. Bad input (a missing file, a file that is not
 results of ours, runs of two kinds, a wrong number of labels) is one `error:` line and exit code 2.
+
+`OVERLAY` is `python -m moshi_eval.librilight compare a.json b.json --output cmp.png`: the LibriLight figure alone.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..scoring.cli_errors import run_command
+from ..scoring.cli import Command, check_output_file, check_plot_file
+from ..scoring.errors import print_notes
 from ..scoring.files import write_json_atomic
-from ..scoring.preflight import check_output_file, check_plot_file
-from .report import compare_runs, comparison_table
-from .runs import read_runs
+from .report import check_one_kind, compare_runs, comparison_table
+from .runs import LIBRILIGHT, read_runs
 from .statistics import Bootstrap
 
 PROGRAM = "python -m moshi_eval.compare"
+OVERLAY_PROGRAM = "python -m moshi_eval.librilight compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +58,36 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_overlay_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=OVERLAY_PROGRAM,
+        description="Overlay the loss curves of LibriLight result files in one plot: the figure of "
+                    f"`{PROGRAM} ... --plot`, without the differences and their intervals.")
+    parser.add_argument("results", nargs="+", help="result JSON files")
+    parser.add_argument("--labels", nargs="+", help="one label per file (default: the file names)")
+    parser.add_argument("--output", required=True, help="image to write (.png, .pdf, .svg, ...)")
+    return parser
+
+
+def overlay_command(args: argparse.Namespace) -> int:
+    from .plot import librilight_figure, save_figure
+
+    check_plot_file(args.output, "--output")
+    runs = read_runs(args.results, args.labels)
+    check_one_kind(runs)
+    if runs[0].kind != LIBRILIGHT:
+        raise ValueError(f"{runs[0].path}: {OVERLAY_PROGRAM} overlays LibriLight results; compare paper-metrics "
+                         f"results with {PROGRAM}")
+    save_figure(librilight_figure([(run.label, run.data) for run in runs]), args.output)
+    print(f"comparison written to {args.output}", flush=True)
+    command = f"{PROGRAM} {' '.join(args.results)} --output cmp.json --plot cmp.png"
+    print_notes([f"the differences between the runs, with 95% intervals: {command}"])
+    return 0
+
+
+COMMAND = Command(PROGRAM, build_parser, lambda args, _: compare_command(args))
+OVERLAY = Command(OVERLAY_PROGRAM, build_overlay_parser, lambda args, _: overlay_command(args))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: compare_command(args))
+    return COMMAND.main(argv)

@@ -7,8 +7,8 @@
 Command line: `python -m moshi_eval.librilight --help` (and `--demo`). See docs/librilight.md.
 """
 
-from ..scoring.records import SequenceLosses
-from ..scoring.sanity import NonFiniteLossError
+from ..scoring.errors import NonFiniteLossError
+from ..scoring.run import SequenceLosses
 from .config import LibriLightConfig
 from .evaluate import evaluate_librilight, evaluate_librilight_long_context
 from .results import LibriLightResult

@@ -1,4 +1,4 @@
-"""`python -m moshi_eval.librilight`: evaluate a checkpoint, run the demo, or `compare` result files.
+"""`python -m moshi_eval.librilight`: evaluate a checkpoint or run the demo.
 
 Settings come from the defaults, then `--config FILE` (an eval.yaml, or a training YAML whose `paper_metrics:` section
 is read), then the flags given on the command line (flags win; a data flag such as `--audio-dir` replaces the file's
@@ -10,37 +10,28 @@ says where the partial results are and how to resume (exit code 130).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.cli_errors import run_command
-from ..scoring.distributed import DistributedContext
-from ..scoring.invocation import Invocation
-from ..scoring.notes import print_notes
-from ..scoring.preflight import (
+from ..scoring.cli import (
+    Command,
+    Invocation,
+    add_codes_cache_arguments,
     check_cache_folder,
     check_input_path,
     check_output_file,
     check_plot_file,
     claim_outputs,
+    model_request,
+    number_list,
     setting_label,
 )
-from ..scoring.text_policy import TEXT_POLICIES
-from .config import (
-    SCORING_MODES,
-    USER_STREAMS,
-    LibriLightConfig,
-    config_field_names,
-    parse_float_list,
-    parse_positions,
-    position_key,
-)
+from ..scoring.errors import print_notes
+from ..scoring.run import DistributedContext, init_distributed
+from ..scoring.settings import SCORING_MODES, TEXT_POLICIES
+from .config import USER_STREAMS, LibriLightConfig, parse_positions, position_key
 from .config_keys import DATA_SOURCE_FIELDS, MappedSettings, read_config_file
 
 PROGRAM = "python -m moshi_eval.librilight"
@@ -51,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Exact long-context audio loss of a Moshi model on LibriLight (one streaming pass, teacher "
-                    f"forced). `{PROGRAM} compare a.json b.json --output cmp.png` overlays runs.",
+                    f"forced). `{PROGRAM} compare a.json b.json --output cmp.png` overlays runs (python -m "
+                    "moshi_eval.compare compares them).",
         argument_default=argparse.SUPPRESS)
     data = parser.add_argument_group("data")
     data.add_argument("--audio-dir", help="LibriLight tree <speaker>/<book>/<chapter>.flac, or a folder of audio files")
@@ -85,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--user-stream", choices=USER_STREAMS, help="user stream: Mimi silence (default) or zero")
     scoring.add_argument("--temp-text", type=float, help="temperature of the `sample` text policy")
     scoring.add_argument("--top-k-text", type=int, help="top-k of the `sample` text policy")
-    scoring.add_argument("--codebook-weights", type=parse_float_list, help="e.g. 100,1,1,1,1,1,1,1")
+    scoring.add_argument("--codebook-weights", type=number_list, help="e.g. 100,1,1,1,1,1,1,1")
     scoring.add_argument("--first-codebook-weight", type=float, help="weight of codebook 0, others 1 (e.g. 100)")
     scoring.add_argument("--positions", type=parse_positions, help="window ends in frames, e.g. 8k,16k,24k")
     scoring.add_argument("--window", type=int, help="window length in frames (default 1000)")
@@ -106,22 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_compare_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROGRAM} compare",
-                                     description="Overlay several LibriLight result files in one plot.")
-    parser.add_argument("results", nargs="+", help="result JSON files")
-    parser.add_argument("--labels", nargs="+", help="one label per file (default: file names)")
-    parser.add_argument("--output", required=True, help="image to write (.png, .pdf, .svg, ...)")
-    return parser
-
-
 def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """Config-file values overridden by the flags given on the command line, and the notes to print. See
     `settings_from_file` for which values came from the file."""
     given = vars(args)
     mapped = read_config_file(given["config"]) if "config" in given else MappedSettings({})
     settings, notes = dict(mapped.values), list(mapped.notes)
-    fields = set(config_field_names())
+    fields = set(LibriLightConfig.field_names())
     flags = {key: value for key, value in given.items() if key in fields}
     if any(name in flags for name in DATA_SOURCE_FIELDS):
         replaced = [name for name in (*DATA_SOURCE_FIELDS, *sorted(mapped.source_fields)) if name in settings]
@@ -207,8 +190,6 @@ def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argpar
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.distributed import init_distributed
-
     settings, notes = merged_settings(args)
     context = init_distributed()
     if context.is_main:
@@ -234,30 +215,8 @@ def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
     return 0
 
 
-def compare_command(argv: list[str]) -> int:
-    from .plot import plot_comparison
-
-    args = build_compare_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.results):
-        raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.results)} result files")
-    check_plot_file(args.output, "--output")
-    labels = args.labels or [Path(path).stem for path in args.results]
-    runs = []
-    for label, path in zip(labels, args.results):
-        try:
-            runs.append((label, json.loads(Path(path).read_text())))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read result file {path}: {error}") from error
-    plot_comparison(runs, args.output)
-    print(f"comparison written to {args.output}")
-    return 0
+COMMAND = Command(PROGRAM, build_parser, evaluate_command, unit="sequence", partial_results=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    model_flags.warnings_on_one_line()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        return run_command(lambda: compare_command(argv[1:]))
-    args = build_parser().parse_args(argv)
-    invocation = Invocation(PROGRAM, argv, unit="sequence", partial_results=True)
-    return invocation.run(lambda: evaluate_command(args, invocation))
+    return COMMAND.main(argv)

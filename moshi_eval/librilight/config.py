@@ -1,32 +1,27 @@
-"""Evaluation settings: one dataclass with its checks, and the parsers of the command line's list values.
+"""Evaluation settings: one dataclass with its checks, and how positions are read and named (`8k` for 8000 frames).
 
-Settings files and the keys of researchers' own files (`librilight_*`, a training YAML's `paper_metrics:` section) are
-mapped onto these fields in `config_keys.py`.
+Settings files, and the keys of the moshi-finetune TTT fork's training files (`librilight_*` in a `paper_metrics:`
+section), are mapped onto these fields in `config_keys.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..scoring.checked_settings import CheckedSettings
-from ..scoring.codebook_weights import parse_float_list, weights_for_codebooks
-from ..scoring.settings_file import ConfigError
-from ..scoring.text_policy import CHUNKED_TEXT_POLICIES, TEXT_POLICIES
+from ..scoring.settings import EvaluationSettings, check_at_least_one, check_choice
 
 USER_STREAMS = ("silence", "zero")
-SCORING_MODES = ("step", "chunked")
+LAYOUTS = ("auto", "librilight", "files")
 DEFAULT_POSITIONS = (8000, 16000, 24000)
 
-__all__ = ["ConfigError", "LibriLightConfig", "config_field_names", "parse_float_list", "parse_positions",
-           "position_key"]
+__all__ = ["LibriLightConfig", "parse_positions", "position_key"]
 
 
 @dataclasses.dataclass
-class LibriLightConfig(CheckedSettings):
+class LibriLightConfig(EvaluationSettings):
     """What to evaluate and how; every field has a CLI flag of the same name (`--max-chapters` for `max_chapters`).
-
-    `context` and `rope_max_period` record the attention context and RoPE period the LM was built with when they
-    change its function (None: the checkpoint's); the model must have been built with them."""
+    The fields every evaluation has (scoring mode, text policy, batch size, codebook weights, codes cache, output,
+    resuming, the model's context) are `EvaluationSettings`'."""
 
     audio_dir: str | None = None
     audio_files: list[str] | None = None
@@ -41,49 +36,27 @@ class LibriLightConfig(CheckedSettings):
     exclude_genres: list[str] = dataclasses.field(default_factory=list)
     seed: int = 0
     strict: bool = False
-    batch_size: int = 1
     max_sequence_length: int = 50000
-    text_policy: str = "greedy"
-    mode: str = "step"
-    chunk_size: int = 1024
     user_stream: str | None = None
     temp_text: float = 0.7
     top_k_text: int = 25
-    codebook_weights: list[float] | None = None
     first_codebook_weight: float | None = None
     positions: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_POSITIONS))
     window: int = 1000
     bin_size: int = 100
-    cache_dir: str | None = None
-    use_cache: bool = True
-    encode_chunk_frames: int = 25
-    output: str | None = None
     plot: str | None = None
-    resume: bool = True
     legacy_keys: bool = False
     check_every: int = 250
-    context: int | None = None
-    rope_max_period: float | None = None
     ttt_inner_losses: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
-        if self.layout not in ("auto", "librilight", "files"):
-            raise ValueError(f"layout must be 'auto', 'librilight' or 'files', got {self.layout!r}")
-        if self.text_policy not in TEXT_POLICIES:
-            raise ValueError(f"text_policy must be one of {TEXT_POLICIES}, got {self.text_policy!r}")
-        if self.mode not in SCORING_MODES:
-            raise ValueError(f"mode must be one of {SCORING_MODES}, got {self.mode!r}")
-        if self.mode == "chunked" and self.text_policy not in CHUNKED_TEXT_POLICIES:
-            raise ValueError(f"mode 'chunked' supports the text policies {', '.join(CHUNKED_TEXT_POLICIES)}; use mode "
-                             "'step' to sample")
-        if self.user_stream is not None and self.user_stream not in USER_STREAMS:
-            raise ValueError(f"user_stream must be one of {USER_STREAMS}, got {self.user_stream!r}")
-        for name in ("max_chapters", "batch_size", "max_sequence_length", "window", "bin_size", "encode_chunk_frames",
-                     "chunk_size", "check_every", "num_sequences", "max_files"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        super().validate()
+        check_choice("layout", self.layout, LAYOUTS)
+        if self.user_stream is not None:
+            check_choice("user_stream", self.user_stream, USER_STREAMS)
+        check_at_least_one(self, "max_chapters", "max_sequence_length", "window", "bin_size", "check_every",
+                           "num_sequences", "max_files")
         for book in self.books or ():
             parts = str(book).split("/")
             if len(parts) != 2 or not all(parts):
@@ -93,10 +66,6 @@ class LibriLightConfig(CheckedSettings):
         for position in self.positions:
             if int(position) < self.window:
                 raise ValueError(f"position {position} is smaller than the window ({self.window} frames)")
-        if self.codebook_weights is not None and any(w < 0 for w in self.codebook_weights):
-            raise ValueError(f"codebook_weights must be non-negative, got {self.codebook_weights}")
-        if self.codebook_weights is not None and sum(self.codebook_weights) <= 0:
-            raise ValueError("codebook_weights must have a positive sum")
         if self.first_codebook_weight is not None:
             if self.codebook_weights is not None:
                 raise ValueError("give codebook_weights or first_codebook_weight, not both")
@@ -107,11 +76,7 @@ class LibriLightConfig(CheckedSettings):
         """Per-codebook weights for `num_codebooks` codebooks (None: plain mean); ValueError on a count mismatch."""
         if self.first_codebook_weight is not None:
             return [float(self.first_codebook_weight)] + [1.0] * (num_codebooks - 1)
-        return weights_for_codebooks(self.codebook_weights, num_codebooks)
-
-
-def config_field_names() -> list[str]:
-    return [field.name for field in dataclasses.fields(LibriLightConfig)]
+        return super().resolved_codebook_weights(num_codebooks)
 
 
 def parse_positions(text: str) -> list[int]:

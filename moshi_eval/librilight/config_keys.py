@@ -1,24 +1,24 @@
 """The keys `moshi_eval.librilight` reads from settings files and mappings, and the `LibriLightConfig` fields they set.
 
-Besides the field names themselves, the keys of researchers' own files are understood. Their LibriLight settings sit in
-the `paper_metrics:` section of training YAML files (read with `scoring.settings_file.read_settings_section`), next to
+Besides the field names themselves, the keys of the moshi-finetune TTT fork's training files are understood. Their
+LibriLight settings sit in the `paper_metrics:` section (read with `scoring.settings.read_settings_section`), next to
 the keys of other metrics:
 
 - renamed keys: `librilight_audio_dir`, `librilight_max_chapters`, `librilight_num_sequences`, `librilight_max_tokens`
   (-> `max_sequence_length`), `librilight_max_files` (-> `max_files`: the first N sequences in name order),
   `first_codebook_weight_multiplier`, and `librilight_streaming.max_sequence_length`;
-- the book selection of the old evaluator: `librilight_evaluation_mode` (`single_book`, `multi_book`,
-  `pre_concatenated`) with `librilight_speaker_id` + `librilight_book_name` (-> `books`) or
-  `librilight_concatenated_dir` (-> `audio_dir` read as plain files, one sequence per file). In a `paper_metrics:`
-  section the mode defaults to `single_book`, as it did there, and `single_book` without a speaker and book means the
-  old evaluator's default book, `100/emerald_city_librivox_64kb_mp3`. As there, `librilight_num_sequences` only
-  counts in `multi_book` (a note says when it is not used);
+- the book selection of the fork's evaluator (its `PaperMetricsEvaluator`): `librilight_evaluation_mode`
+  (`single_book`, `multi_book`, `pre_concatenated`) with `librilight_speaker_id` + `librilight_book_name`
+  (-> `books`) or `librilight_concatenated_dir` (-> `audio_dir` read as plain files, one sequence per file). In a
+  `paper_metrics:` section the mode defaults to `single_book`, as it does there, and `single_book` without a speaker
+  and book means that evaluator's default book, `100/emerald_city_librivox_64kb_mp3`. As there,
+  `librilight_num_sequences` only counts in `multi_book` (a note says when it is not used);
 - keys accepted and ignored with a note naming them: streaming and verification switches (the evaluation is always one
   exact streaming pass), training-loop switches, result-file switches and the keys of other metrics (sBLIMP, sWUGGY,
   StoryCloze, Figure 5, long-context files).
 
 Any other key is an error that suggests the closest known key. Notes are returned, never printed or warned here: the
-command line prints them and the Python API warns (`scoring.notes`).
+command line prints them and the Python API warns (`scoring.errors.warn_notes`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..scoring.notes import warn_notes
-from ..scoring.settings_file import ConfigError, listed, read_settings_section, unknown_keys_message
-from .config import config_field_names, parse_float_list, parse_positions
+from ..scoring.errors import ConfigError, warn_notes
+from ..scoring.settings import listed, parse_float_list, read_settings_section, unknown_keys_message
+from .config import LibriLightConfig, parse_positions
 
 PAPER_METRICS_SECTION = "paper_metrics"
 NUM_SEQUENCES_KEY = "librilight_num_sequences"
@@ -56,8 +56,8 @@ SELECTION_KEYS = frozenset({MODE_KEY, SPEAKER_KEY, BOOK_KEY, CONCATENATED_DIR_KE
 SUGGESTED_TARGETS = RENAMED_KEYS | {MODE_KEY: "books", SPEAKER_KEY: "books", BOOK_KEY: "books",
                                     CONCATENATED_DIR_KEY: "audio_dir"}
 EVALUATION_MODES = ("single_book", "multi_book", "pre_concatenated")
-OLD_DEFAULT_SPEAKER = "100"
-OLD_DEFAULT_BOOK = "emerald_city_librivox_64kb_mp3"
+FORK_DEFAULT_SPEAKER = "100"
+FORK_DEFAULT_BOOK = "emerald_city_librivox_64kb_mp3"
 IGNORED_KEY_GROUPS: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"paper_metrics_eval", "paper_metrics_freq"}),
      "training-loop switches (when to evaluate during training)"),
@@ -91,7 +91,7 @@ class _Collector:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.fields = set(config_field_names())
+        self.fields = set(LibriLightConfig.field_names())
         self.values: dict[str, Any] = {}
         self.set_by: dict[str, str] = {}
         self.selection: dict[str, Any] = {}
@@ -148,7 +148,7 @@ class _Collector:
         notes = []
         if self.obsolete:
             notes.append(f"{self.source}: deprecated key(s) {listed(sorted(self.obsolete))} ignored: the evaluation is "
-                         "exact and streaming by construction, these settings no longer mean anything")
+                         "exact and streaming by construction, these settings mean nothing here")
         if self.switches:
             notes.append(f"{self.source}: streaming and verification switch(es) {listed(sorted(self.switches))} "
                          "ignored: the evaluation is always one exact streaming pass")
@@ -160,11 +160,11 @@ class _Collector:
         return notes
 
 
-def map_settings(raw: Mapping[str, Any], source: str = "config", *, old_evaluator_defaults: bool = False
+def map_settings(raw: Mapping[str, Any], source: str = "config", *, fork_defaults: bool = False
                  ) -> MappedSettings:
-    """Map a user's mapping onto `LibriLightConfig` keyword arguments (see the module docstring).
+    """Map a settings mapping onto `LibriLightConfig` keyword arguments (see the module docstring).
 
-    `old_evaluator_defaults`: the mapping is a training file's `paper_metrics:` section, read with the defaults of the
+    `fork_defaults`: the mapping is a training file's `paper_metrics:` section, read with the defaults of the
     evaluator that consumed it (`librilight_evaluation_mode` defaults to `single_book`).
     Raises ConfigError naming `source` and the key for unknown keys, conflicting keys and unusable values.
     """
@@ -176,17 +176,18 @@ def map_settings(raw: Mapping[str, Any], source: str = "config", *, old_evaluato
     if collector.unknown:
         raise ConfigError(unknown_keys_message(source, collector.unknown, collector.fields, SUGGESTED_TARGETS))
     notes = collector.notes()
-    source_fields = apply_selection(collector, old_evaluator_defaults, notes)
+    source_fields = apply_selection(collector, fork_defaults, notes)
     return MappedSettings(coerce_field_types(collector.values, source), notes, source_fields)
 
 
-def apply_selection(collector: _Collector, old_evaluator_defaults: bool, notes: list[str]) -> frozenset[str]:
-    """Turn the old evaluator's book-selection keys into `books` / `audio_dir` + `layout`; returns the source fields."""
+def apply_selection(collector: _Collector, fork_defaults: bool, notes: list[str]) -> frozenset[str]:
+    """Turn the fork evaluator's book-selection keys into `books` / `audio_dir` + `layout`; returns the source
+    fields."""
     selection, source = collector.selection, collector.source
     mode = selection.get(MODE_KEY)
-    if mode is None and (old_evaluator_defaults or SPEAKER_KEY in selection or BOOK_KEY in selection):
+    if mode is None and (fork_defaults or SPEAKER_KEY in selection or BOOK_KEY in selection):
         mode = "single_book"
-        if old_evaluator_defaults and MODE_KEY not in selection:
+        if fork_defaults and MODE_KEY not in selection:
             notes.append(f"{source}: no {MODE_KEY}: single_book, the default of the evaluator that read this section")
     if mode is None:
         if CONCATENATED_DIR_KEY in selection:
@@ -202,16 +203,18 @@ def apply_selection(collector: _Collector, old_evaluator_defaults: bool, notes: 
     if unused:
         notes.append(f"{source}: {', '.join(unused)} not used in {MODE_KEY}: {mode}")
     if mode == "single_book":
-        speaker = str(selection.get(SPEAKER_KEY, OLD_DEFAULT_SPEAKER))
-        book = str(selection.get(BOOK_KEY, OLD_DEFAULT_BOOK))
+        speaker = str(selection.get(SPEAKER_KEY, FORK_DEFAULT_SPEAKER))
+        book = str(selection.get(BOOK_KEY, FORK_DEFAULT_BOOK))
         if SPEAKER_KEY not in selection or BOOK_KEY not in selection:
             notes.append(f"{source}: single_book without {SPEAKER_KEY} and {BOOK_KEY}: book {speaker}/{book} (the "
-                         f"old evaluator's default for what is missing; --book SPEAKER/BOOK chooses others)")
+                         "default of the evaluator that read this section for what is missing; --book SPEAKER/BOOK "
+                         "chooses others)")
         collector.put("books", [f"{speaker}/{book}"], MODE_KEY)
         return frozenset()
     if mode == "multi_book":
-        notes.append(f"{source}: multi_book: a seeded random subset of num_sequences books (the old evaluator's "
-                     "suitability rules are not applied; filter with min_snr, min_duration, exclude_genres)")
+        notes.append(f"{source}: multi_book: a seeded random subset of num_sequences books (the suitability rules "
+                     "of the evaluator that read this section are not applied; filter with min_snr, min_duration, "
+                     "exclude_genres)")
         return frozenset()
     if CONCATENATED_DIR_KEY not in selection:
         return frozenset()
@@ -256,7 +259,7 @@ def read_config_file(path: str | Path) -> MappedSettings:
     """The settings of a file: its `paper_metrics:` section when it has one (the training keys around it and its `ttt:`
     section are left out, with notes), else the whole file."""
     section = read_settings_section(path, PAPER_METRICS_SECTION)
-    mapped = map_settings(section.values, section.source, old_evaluator_defaults=section.section is not None)
+    mapped = map_settings(section.values, section.source, fork_defaults=section.section is not None)
     mapped.notes[:0] = section.notes
     return mapped
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..scoring.audio import read_audio_header
-from ..scoring.sources import Chapter, DataError, SequenceSource, Skip, SkipCollector
+from ..scoring.data import Chapter, SequenceSource, Skip, SkipCollector, read_audio_header
+from ..scoring.errors import DataError
 
 AUDIO_SUFFIXES = frozenset({".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
 CODES_SUFFIX = ".safetensors"

@@ -14,7 +14,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ from moshi.models import demo_configs
 from moshi.models.demo_codebooks import sample_codebooks_from_latent
 
 from .config import LibriLightConfig
+
+if TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
 
 DEMO_SAMPLE_RATE = 16000
 DEMO_SPEAKERS = 2
@@ -38,7 +42,7 @@ RANDOM_WEIGHTS_NOTICE = ("DEMO: the LM and Mimi have RANDOM weights and the audi
                          "that the pipeline runs end to end, they say nothing about any real model.")
 
 
-def build_demo_mimi(seed: int = 0) -> Any:
+def build_demo_mimi(seed: int = 0) -> MimiModel:
     """The small Mimi with random weights; its codebooks are drawn from its own latents of generated voice-like audio
     (random centroids would all sit far from the latents and every frame would get the same code)."""
     from moshi.models.compression import MimiModel
@@ -55,7 +59,7 @@ def build_demo_mimi(seed: int = 0) -> Any:
     return mimi.eval()
 
 
-def build_demo_lm(seed: int = 0) -> Any:
+def build_demo_lm(seed: int = 0) -> LMModel:
     """The small Moshi-structured LM with TTT layers, random weights."""
     from moshi.models.lm import LMModel
 

@@ -10,35 +10,36 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from moshi.modules.ttt import recording_inner_losses, ttt_layers_by_index
 from moshi.modules.ttt_inner_losses import InnerLossBins
 
-from ..scoring.distributed import DistributedContext, init_distributed
-from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.evaluation_run import EvaluationRun
-from ..scoring.fingerprint import digest
-from ..scoring.models import model_flags
-from ..scoring.output_lock import output_lock
-from ..scoring.prepare import ItemPreparer, source_identity
-from ..scoring.sanity import WorseThanUniformWarning
+from ..scoring.data import MimiSequenceEncoder, SequenceSource, Skip
+from ..scoring.errors import DataError, WorseThanUniformWarning
+from ..scoring.files import digest
+from ..scoring.model import scoring_flags
+from ..scoring.run import DistributedContext, EvaluationRun, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
-from ..scoring.sources import DataError, SequenceSource, Skip
 from .config import LibriLightConfig
 from .config_keys import normalize_config_mapping
 from .data import discover_sequences
+from .prepare import ItemPreparer, source_identity
 from .results import LibriLightResult, SequenceLosses
+
+if TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
 
 DEFAULT_FRAME_RATE = 12.5
 SequenceHook = Callable[[SequenceLosses], None]
 
 
 def evaluate_librilight(
-    lm: Any,
-    mimi: Any | None = None,
+    lm: LMModel,
+    mimi: MimiModel | None = None,
     config: LibriLightConfig | None = None,
     *,
     model_source: dict[str, Any] | None = None,
@@ -57,12 +58,11 @@ def evaluate_librilight(
         return LibriLightRun(lm, mimi, config, init_distributed(), model_source, progress, on_sequence).execute()
 
 
-def evaluate_librilight_long_context(model: Any, mimi: Any | None,
+def evaluate_librilight_long_context(model: LMModel, mimi: MimiModel | None,
                                      config: Mapping[str, Any] | LibriLightConfig | None = None) -> dict[str, Any]:
-    """`librilight_loss_8k/16k/24k`, `librilight_slope`, `librilight_samples` (and the rest of `to_dict()`) for code
-    written against the older `PaperMetricsEvaluator.evaluate_librilight_long_context`; `config` may use its keys
-    (ignored and mapped keys are reported as `UserWarning`s). For a logger that takes only numbers, use
-    `evaluate_librilight(...).flat_metrics()`."""
+    """The results dict (`librilight_loss_8k/16k/24k`, `librilight_slope`, `librilight_samples`, ...) of `model` on
+    settings that may use the keys of a moshi-finetune TTT fork's `paper_metrics:` section (ignored and mapped keys are
+    reported as `UserWarning`s). For a logger that takes only numbers, use `evaluate_librilight(...).flat_metrics()`."""
     if config is None or isinstance(config, LibriLightConfig):
         parsed = config or LibriLightConfig()
     else:
@@ -80,14 +80,14 @@ def resolve_user_stream(requested: str | None, shape: ModelShape) -> str:
 class LibriLightRun(EvaluationRun[SequenceSource]):
     """One evaluation: the sequences, what is finished, what was skipped and the timings."""
 
-    def __init__(self, lm: Any, mimi: Any | None, config: LibriLightConfig, context: DistributedContext,
+    def __init__(self, lm: LMModel, mimi: MimiModel | None, config: LibriLightConfig, context: DistributedContext,
                  model_source: dict[str, Any] | None, progress: bool, on_sequence: SequenceHook | None) -> None:
         super().__init__("librilight", "sequence", lm, mimi, config, context, model_source, progress)
         self.config: LibriLightConfig = config
         self.on_sequence = on_sequence
         self.user_stream = resolve_user_stream(config.user_stream, self.shape)
         self.codebook_weights = config.resolved_codebook_weights(self.shape.dep_q)
-        self.model_flags = model_flags(lm)
+        self.model_flags = scoring_flags(lm)
         self.discovery_skips: list[Skip] = []
         self.sequence_skips: list[Skip] = []
         self.sources: list[SequenceSource] = []

@@ -1,5 +1,6 @@
-"""Figures of results (matplotlib, an optional dependency): one run's curve and per-codebook panel, or several runs
-overlaid. Both read the dicts written by `LibriLightResult.to_dict()`, so they also work from saved JSON files.
+"""Figures of results (matplotlib, an optional dependency): one run's curve and per-codebook panel, and the curves of
+several runs overlaid on one axis (`draw_overlay`, drawn by `moshi_eval.compare`). Both read the dicts written by
+`LibriLightResult.to_dict()`, so they also work from saved JSON files.
 
 The x axis spans the frames that were scored; each window is shaded over the frames it averages and marked at its end
 position, the position its label names (`8k` at frame 8000); the least-squares line is in the legend with its slope;
@@ -167,20 +168,5 @@ def draw_overlay(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
     add_minutes_axis(axis, runs[0][1]["frame_rate"])
 
 
-def comparison_figure(runs: list[tuple[str, dict[str, Any]]]) -> Any:
-    """Several results overlaid in one plot, each with its windows and least-squares line."""
-    if not runs:
-        raise ValueError("compare needs at least one result file")
-    figure, (axis,) = new_figure(1, [1.4])
-    draw_overlay(axis, runs)
-    axis.set_xlabel("frame position")
-    axis.set_title("LibriLight loss against position (markers: window losses at their end positions)")
-    return figure
-
-
 def plot_result(data: dict[str, Any], path: str | Path) -> None:
     result_figure(data).savefig(path, dpi=120)
-
-
-def plot_comparison(runs: list[tuple[str, dict[str, Any]]], path: str | Path) -> None:
-    comparison_figure(runs).savefig(path, dpi=120)

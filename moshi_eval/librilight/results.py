@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..scoring.files import is_finite_number, json_safe, write_json_atomic
-from ..scoring.records import SequenceLosses
-from ..scoring.sanity import above_uniform_flags, uniform_loss
+from ..scoring.run import SequenceLosses, above_uniform_flags, uniform_loss
 from . import metrics
 from .config import position_key
 

@@ -8,14 +8,11 @@ Command line: `python -m moshi_eval.paper_metrics --help`. See docs/paper_metric
 """
 
 from .config import PaperMetricsConfig
-from .evaluate import evaluate_paper_metrics, run_paper_metrics
-from .evaluator import PaperMetricsEvaluator
+from .evaluate import evaluate_paper_metrics
 from .results import PaperMetricsResult
 
 __all__ = [
     "PaperMetricsConfig",
-    "PaperMetricsEvaluator",
     "PaperMetricsResult",
     "evaluate_paper_metrics",
-    "run_paper_metrics",
 ]

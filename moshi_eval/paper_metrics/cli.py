@@ -10,42 +10,40 @@ through the command-line pieces every evaluation shares (`moshi_eval.scoring`).
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from moshi.models import model_flags
 from moshi.models.model_flags import ModelRequest
 
-from ..scoring import codebook_weights
-from ..scoring.cli_arguments import add_codes_cache_arguments, model_request
-from ..scoring.distributed import DistributedContext
-from ..scoring.invocation import Invocation
-from ..scoring.notes import print_notes
-from ..scoring.preflight import (
+from ..scoring.cli import (
+    Command,
+    Invocation,
+    add_codes_cache_arguments,
     check_cache_folder,
     check_input_path,
     check_output_file,
     check_output_folder,
     claim_outputs,
+    model_request,
+    number_list,
     setting_label,
 )
-from ..scoring.settings_file import ConfigError, read_settings_section
-from .config import GOLD_BENCHMARKS, OTHER_STREAMS, SCORING_MODES, STREAMS, PaperMetricsConfig
+from ..scoring.errors import ConfigError, print_notes
+from ..scoring.run import DistributedContext, init_distributed
+from ..scoring.settings import SCORING_MODES, read_settings_section
+from .config import GOLD_BENCHMARKS, OTHER_STREAMS, STREAMS, PaperMetricsConfig
 from .pairs import BENCHMARKS
 from .scores import NORMALIZATIONS
-from .section import read_user_section
+from .section import UserSection, read_user_section
+
+if TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
 
 PROGRAM = "python -m moshi_eval.paper_metrics"
 SECTION = "paper_metrics"
 DEFAULT_OUTPUT = "paper_metrics_results.json"
-
-
-def parse_float_list(text: str) -> list[float]:
-    """A `--codebook-weights` value; one that is not a list of numbers is an argparse error quoting it."""
-    try:
-        return codebook_weights.parse_float_list(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--stream", choices=STREAMS, help="where the utterance goes: own stream (default) or user")
     scoring.add_argument("--other-stream", choices=OTHER_STREAMS, help="the other audio stream: zero (default) or "
                                                                        "Mimi silence")
-    scoring.add_argument("--text-policy", choices=("zero", "pad", "greedy"), help="text stream: zero token (default, "
-                                                                                  "no text), padding, or greedy")
-    scoring.add_argument("--codebook-weights", type=parse_float_list, help="token weight per codebook, e.g. "
+    scoring.add_argument("--text-policy", choices=PaperMetricsConfig.text_policies,
+                         help="text stream: zero token (default, no text), padding, or greedy")
+    scoring.add_argument("--codebook-weights", type=number_list, help="token weight per codebook, e.g. "
                                                                            "100,1,1,1,1,1,1,1 (default equal)")
     scoring.add_argument("--normalization", choices=NORMALIZATIONS, help="score compared in <bench>_accuracy: mean "
                                                                          "(default) or sum log-probability")
@@ -89,32 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_config(path: str) -> tuple[dict[str, Any], list[str]]:
-    """Settings from a file (its `paper_metrics:` section when it has one, else the whole file) and the notes on it."""
+def read_section(path: str) -> tuple[UserSection, list[str]]:
+    """The file's `paper_metrics:` section (the whole file when it has none) sorted out, and the notes on what around
+    it was left out."""
     section = read_settings_section(path, SECTION)
-    user = read_user_section(section.values, section.source)
-    return user.paper_metrics, [*section.notes, *user.notes(librilight_elsewhere=True)]
+    return read_user_section(section.values, section.source), section.notes
 
 
-def merged_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """Config-file values overridden by the flags given on the command line, and the notes to print."""
-    given = vars(args)
-    settings, notes = read_config(given["config"]) if "config" in given else ({}, [])
-    fields = set(PaperMetricsConfig.__dataclass_fields__)
-    settings.update({key: value for key, value in given.items() if key in fields})
+def merged_settings(args: argparse.Namespace, section: UserSection | None) -> dict[str, Any]:
+    """The section's settings overridden by the flags given on the command line (`output` by default
+    `DEFAULT_OUTPUT`)."""
+    settings = dict(section.paper_metrics) if section is not None else {}
+    fields = set(PaperMetricsConfig.field_names())
+    settings.update({key: value for key, value in vars(args).items() if key in fields})
     settings.setdefault("output", DEFAULT_OUTPUT)
-    return settings, notes
+    return settings
 
 
-def check_before_work(config: PaperMetricsConfig, request: ModelRequest, config_file: str | None,
-                      given: set[str]) -> None:
+def check_before_work(config: PaperMetricsConfig, request: ModelRequest, config_file: str | None, given: set[str],
+                      benchmark_needed: bool = True) -> None:
     """What can be checked without loading a model or reading audio (ConfigError naming the flag, or the setting and
-    the file it came from)."""
+    the file it came from); no benchmark to run is an error when `benchmark_needed`."""
 
     def label(name: str) -> str:
         return setting_label(name, None if name in given else config_file)
 
-    if not config.benchmarks:
+    if benchmark_needed and not config.benchmarks:
         raise ConfigError("no benchmark to run: give at least one of --swuggy-dir, --sblimp-dir, --sstory-dir, "
                           "--tstory-dir (or a --config naming them)")
     check_output_file(config.output, label("output"))
@@ -130,7 +128,7 @@ def check_before_work(config: PaperMetricsConfig, request: ModelRequest, config_
     request.check_files()
 
 
-def print_summary(data: dict[str, Any]) -> None:
+def print_summary(data: Mapping[str, Any]) -> None:
     lines = [f"{'metric':<28} {'value':>8}  pairs"]
     for bench in BENCHMARKS:
         if f"{bench}_accuracy" in data:
@@ -143,38 +141,43 @@ def print_summary(data: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run_evaluation(config: PaperMetricsConfig, request: ModelRequest, args: argparse.Namespace,
-                   context: DistributedContext) -> dict[str, Any]:
-    from .evaluate import evaluate_paper_metrics
-
+def load_models(request: ModelRequest, args: argparse.Namespace, context: DistributedContext
+                ) -> tuple[LMModel, MimiModel]:
+    """The LM and Mimi the flags name, on the device they choose."""
     resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
                                               context.is_main)
     lm = resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
-    mimi = resolved.load_mimi(device, "encoding the benchmarks' audio")
-    return evaluate_paper_metrics(lm, mimi, config, model_source=request.describe(),
-                                  progress=not getattr(args, "quiet", False))
+    return lm, resolved.load_mimi(device, "encoding the benchmarks' audio")
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:
-    from ..scoring.distributed import init_distributed
+    section, notes = read_section(args.config) if "config" in vars(args) else (None, [])
+    return evaluate_section(args, invocation, section, notes)
 
-    settings, notes = merged_settings(args)
+
+def evaluate_section(args: argparse.Namespace, invocation: Invocation, section: UserSection | None,
+                     notes: list[str]) -> int:
+    """The four benchmarks the flags and the settings file's `section` name (`notes`: what reading the file left
+    out)."""
+    from . import evaluate
+
     context = init_distributed()
     if context.is_main:
-        print_notes(notes)
-    config = PaperMetricsConfig(**settings)
+        print_notes([*notes, *(section.notes(librilight_elsewhere=True) if section is not None else ())])
+    config = PaperMetricsConfig(**merged_settings(args, section))
     invocation.config = config
     request = model_request(args, config)
     check_before_work(config, request, getattr(args, "config", None), set(vars(args)))
-    data = run_evaluation(config, request, args, context)
+    lm, mimi = load_models(request, args, context)
+    result = evaluate.evaluate_paper_metrics(lm, mimi, config, model_source=request.describe(),
+                                             progress=not getattr(args, "quiet", False))
     if context.is_main:
-        print_summary(data)
+        print_summary(result)
     return 0
 
 
+COMMAND = Command(PROGRAM, build_parser, evaluate_command, unit="utterance")
+
+
 def main(argv: list[str] | None = None) -> int:
-    model_flags.warnings_on_one_line()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    invocation = Invocation(PROGRAM, argv, unit="utterance")
-    return invocation.run(lambda: evaluate_command(args, invocation))
+    return COMMAND.main(argv)

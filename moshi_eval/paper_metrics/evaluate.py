@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..scoring.audio import read_audio_header
-from ..scoring.distributed import DistributedContext, init_distributed
-from ..scoring.encoding import MimiSequenceEncoder
-from ..scoring.eval_mode import eval_mode
-from ..scoring.evaluation_run import EvaluationRun
-from ..scoring.fingerprint import digest, file_identity
-from ..scoring.output_lock import output_lock
-from ..scoring.records import SequenceLosses
+from ..scoring.data import MimiSequenceEncoder, SequenceSource, read_audio_header
+from ..scoring.errors import DataError
+from ..scoring.files import digest, file_identity
+from ..scoring.model import eval_mode
+from ..scoring.run import DistributedContext, EvaluationRun, SequenceLosses, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
-from ..scoring.sources import DataError, SequenceSource
 from .config import PaperMetricsConfig
 from .data import load_benchmarks
 from .pairs import BenchmarkSet, Utterance
@@ -31,25 +27,23 @@ from .results import PaperMetricsResult
 from .scores import utterance_score
 from .submission import check_submission_splits, write_submission
 
+if TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
+
 UNLIMITED_FRAMES = 1 << 40
 
 
-def evaluate_paper_metrics(lm: Any, mimi: Any, config: PaperMetricsConfig | Mapping[str, Any] | None = None, *,
-                           model_source: dict[str, Any] | None = None, progress: bool = True,
-                           **overrides: Any) -> dict[str, Any]:
-    """Score `lm` on the configured benchmarks; the results dict (also written to `config.output` when set).
+def evaluate_paper_metrics(lm: LMModel, mimi: MimiModel, config: PaperMetricsConfig | Mapping[str, Any] | None = None,
+                           *, model_source: dict[str, Any] | None = None, progress: bool = True,
+                           **overrides: Any) -> PaperMetricsResult:
+    """Score `lm` on the configured benchmarks; the results (also written to `config.output` when set), which read as
+    the results dict (`result["swuggy_accuracy"]`; `result.to_dict()` is a plain dict).
 
     `config` is a `PaperMetricsConfig` or a mapping of its fields; `overrides` are fields too. The LM and Mimi are put
     in eval mode for the call and given back in the mode they were in (so a training loop can call this with the model
     it trains). Under torchrun every rank returns the full results and rank 0 writes the files.
     """
-    return run_paper_metrics(lm, mimi, config, model_source=model_source, progress=progress, **overrides).to_dict()
-
-
-def run_paper_metrics(lm: Any, mimi: Any, config: PaperMetricsConfig | Mapping[str, Any] | None = None, *,
-                      model_source: dict[str, Any] | None = None, progress: bool = True,
-                      **overrides: Any) -> PaperMetricsResult:
-    """`evaluate_paper_metrics`, returning the `PaperMetricsResult` itself."""
     parsed = as_config(config).replace(**overrides)
     with output_lock(parsed.output), eval_mode(lm, mimi), torch.no_grad():
         return PaperMetricsRun(lm, mimi, parsed, init_distributed(), model_source, progress).execute()
@@ -66,7 +60,7 @@ def as_config(config: PaperMetricsConfig | Mapping[str, Any] | None) -> PaperMet
 class PaperMetricsRun(EvaluationRun[Utterance]):
     """One evaluation: the benchmarks, the utterances finished so far and the timings."""
 
-    def __init__(self, lm: Any, mimi: Any, config: PaperMetricsConfig, context: DistributedContext,
+    def __init__(self, lm: LMModel, mimi: MimiModel, config: PaperMetricsConfig, context: DistributedContext,
                  model_source: dict[str, Any] | None, progress: bool) -> None:
         super().__init__("paper_metrics", "utterance", lm, mimi, config, context, model_source, progress)
         self.config: PaperMetricsConfig = config

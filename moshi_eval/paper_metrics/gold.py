@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..scoring.sources import DataError
+from ..scoring.errors import DataError
 
 TRUE_VALUES = frozenset({"1", "true"})
 FALSE_VALUES = frozenset({"0", "false"})

@@ -3,8 +3,8 @@
 - `stream="own"`: the codes are the model's own stream, teacher-forced, and scored against the model's predictions of
   that stream (a likelihood of the utterance as something the model says). The user stream holds `other`.
 - `stream="user"`: the codes are the user stream; the own stream holds `other` and the model's predictions of its own
-  stream are scored against the utterance's codes (our users' cross-stream score: how likely the model is to say the
-  same thing at the same time; Moshi does not predict the user stream).
+  stream are scored against the utterance's codes (the moshi-finetune TTT fork's cross-stream score: how likely the
+  model is to say the same thing at the same time; Moshi does not predict the user stream).
 
 `other` is the zero token ("no input") or Mimi codes of digital silence.
 """

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,13 @@ from .scores import NORMALIZATIONS, UtteranceScore, pair_outcome
 FORMAT_VERSION = 1
 
 
-@dataclasses.dataclass
-class PaperMetricsResult:
-    """Results of a run; `scores` maps each utterance id (`<benchmark>/<file>`) to its scores."""
+@dataclasses.dataclass(eq=False)
+class PaperMetricsResult(Mapping[str, Any]):
+    """Results of a run; `scores` maps each utterance id (`<benchmark>/<file>`) to its scores.
+
+    The result reads as the mapping `to_dict()` gives (`result["swuggy_accuracy"]`, `result.items()`), worked out
+    once; `headline()` holds the flat metrics alone.
+    """
 
     benchmarks: list[BenchmarkSet]
     scores: dict[str, UtteranceScore]
@@ -98,10 +104,22 @@ class PaperMetricsResult:
         return {"benchmark": utterance.benchmark, "file": utterance.file, "frames": score.frames,
                 "tokens": score.tokens, "sum_logprob": score.sum_logprob, "mean_logprob": score.mean_logprob}
 
+    @functools.cached_property
+    def data(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
     def write_json(self, path: str | Path) -> dict[str, Any]:
-        data = self.to_dict()
-        write_json_atomic(path, data)
-        return data
+        write_json_atomic(path, self.data)
+        return self.data
 
 
 def strip_prefix(summary: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ prediction (its last `delay` frames, as `LMModel.forward` masks them). With code
 - `tokens`: the number of defined tokens;
 - `sum_logprob` = -sum over defined tokens of w[k] * loss: the (weighted) log-probability of the utterance;
 - `mean_logprob` = sum_logprob / (sum over defined tokens of w[k]): per token, equal to sum_logprob / tokens when the
-  weights are all 1, and the weighted mean of the users' scripts with `100,1,...,1`.
+  weights are all 1, and the weighted mean of the moshi-finetune TTT fork's scripts with `100,1,...,1`.
 
 A pair is won (1) when its good utterance scores higher under the chosen normalisation, tied (1/2) when both score the
 same, lost (0) otherwise.
@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..scoring.run import defined_codebook_losses
 
 NORMALIZATIONS = ("mean", "sum")
 
@@ -35,13 +37,9 @@ class UtteranceScore:
 
 def utterance_score(codebook_losses: np.ndarray, weights: Sequence[float] | None = None) -> UtteranceScore:
     """Scores of one utterance from its losses `[T, dep_q]` (float64 sums)."""
-    losses = np.asarray(codebook_losses, dtype=np.float64)
-    w = np.ones(losses.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (losses.shape[1],):
-        raise ValueError(f"codebook_weights has {w.shape[0]} values but the losses have {losses.shape[1]} codebooks")
-    defined = np.isfinite(losses)
+    losses, defined, w = defined_codebook_losses(codebook_losses, weights)
     weight_total = float((defined * w).sum())
-    total = -float((np.where(defined, losses, 0.0) * w).sum())
+    total = -float((losses * w).sum())
     mean = total / weight_total if weight_total > 0 else float("nan")
     return UtteranceScore(int(losses.shape[0]), int(defined.sum()), total, mean)
 

@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..scoring.sources import DataError
+from ..scoring.errors import DataError
 from .pairs import Pair, Utterance
 
 STORY_FILE = re.compile(r"^(?P<number>\d+)_(?P<uuid>[0-9A-Za-z-]+)_(?P<ending>correct|incorrect)\.wav$")

@@ -16,7 +16,7 @@ import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
-from ..scoring.sources import DataError
+from ..scoring.errors import DataError
 from .gold import GoldRow, read_gold
 from .pairs import Pair, Utterance
 

@@ -37,9 +37,9 @@ from moshi.models.loaders import mimi_codebooks
 from moshi.modules.transformer import bounded_attention_context
 from moshi.modules.ttt import inner_loss_trackers
 
-from .eval_mode import eval_mode
-from .sanity import NonFiniteLossError
-from .text_policy import CHUNKED_TEXT_POLICIES, check_text_policy, forced_text_token
+from .errors import NonFiniteLossError
+from .model import eval_mode
+from .settings import CHUNKED_TEXT_POLICIES, check_text_policy, forced_text_token
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from moshi.models.lm import LMGen
 from moshi_eval.librilight import evaluate_librilight
 
-pytestmark = [pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning"),
+pytestmark = [pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning"),
               pytest.mark.usefixtures("single_thread")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

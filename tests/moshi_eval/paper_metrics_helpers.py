@@ -14,11 +14,8 @@ import torch
 
 from moshi.models.lm import LMModel
 from moshi_eval.librilight.demo import DEMO_LM_CONFIG, build_demo_mimi
-from moshi_eval.scoring.audio import read_audio_header
-from moshi_eval.scoring.codes_cache import CodesCache
-from moshi_eval.scoring.encoding import MimiSequenceEncoder
+from moshi_eval.scoring.data import CodesCache, MimiSequenceEncoder, SequenceSource, read_audio_header
 from moshi_eval.scoring.scorer import token_cross_entropy
-from moshi_eval.scoring.sources import SequenceSource
 
 DATA = Path(__file__).resolve().parent / "data" / "paper_metrics"
 FOLDERS = {"swuggy": "lexical/dev", "sblimp": "syntactic/dev", "sstory": "sstory", "tstory": "tstory"}

@@ -7,9 +7,9 @@ from librilight_helpers import write_codes
 from lm_fixtures import load_case
 
 from moshi_eval.librilight import evaluate_librilight_long_context
-from moshi_eval.scoring.notes import SettingsNoteWarning
+from moshi_eval.scoring.errors import SettingsNoteWarning
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 def test_long_context_entry_point_takes_legacy_config(parity_dir, tmp_path):

@@ -11,7 +11,7 @@ from ttt_lm import small_ttt_lm
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 def _per_frame(result) -> dict[str, np.ndarray]:

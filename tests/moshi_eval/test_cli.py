@@ -9,9 +9,10 @@ import pytest
 from librilight_helpers import assert_results_close, comparable, save_demo_checkpoint, write_tree_for_cli
 
 from moshi_eval.librilight import evaluate_librilight
+from moshi_eval.librilight.__main__ import main as program
 from moshi_eval.librilight.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 def test_cli_end_to_end_with_legacy_yaml(tmp_path, capsys):
@@ -42,7 +43,7 @@ def test_cli_end_to_end_with_legacy_yaml(tmp_path, capsys):
     assert_results_close(got, expected)
 
     compare_png = tmp_path / "compare.png"
-    assert main(["compare", str(output), str(output), "--labels", "a", "b", "--output", str(compare_png)]) == 0
+    assert program(["compare", str(output), str(output), "--labels", "a", "b", "--output", str(compare_png)]) == 0
     assert compare_png.stat().st_size > 0
 
 

@@ -17,9 +17,9 @@ from moshi.models import loaders
 from moshi.models.model_flags import ResolvedModel
 from moshi_eval.librilight.cli import main
 from moshi_eval.librilight.demo import DEMO_LM_CONFIG
-from moshi_eval.scoring.store import SequenceStore
+from moshi_eval.scoring.run import SequenceStore
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 CARD = DEMO_LM_CONFIG["card"]
 SHAPE_MISMATCH = (r"shape mismatch \(\d+; is the config the one these weights were trained with\?\): \S+ "

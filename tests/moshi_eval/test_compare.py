@@ -18,7 +18,7 @@ from moshi_eval.paper_metrics.pairs import BenchmarkSet, Pair, Utterance
 from moshi_eval.paper_metrics.results import PaperMetricsResult
 from moshi_eval.paper_metrics.scores import UtteranceScore
 from moshi_eval.scoring.files import write_json_atomic
-from moshi_eval.scoring.records import SequenceLosses
+from moshi_eval.scoring.run import SequenceLosses
 
 K = 4
 Z95 = 1.959964

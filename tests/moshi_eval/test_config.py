@@ -6,7 +6,7 @@ import pytest
 
 from moshi_eval.librilight.config import LibriLightConfig, parse_positions
 from moshi_eval.librilight.config_keys import load_config_file
-from moshi_eval.scoring.notes import SettingsNoteWarning
+from moshi_eval.scoring.errors import SettingsNoteWarning
 
 
 def test_legacy_yaml_keys(tmp_path):

@@ -10,18 +10,15 @@ import yaml
 from training_yamls import OLD_DEFAULT_BOOK, SECTIONS, training_yaml
 
 from moshi_eval.librilight.config import LibriLightConfig
+from moshi_eval.librilight.config_keys import FORK_DEFAULT_BOOK as MAPPED_DEFAULT_BOOK
 from moshi_eval.librilight.config_keys import (
-    OLD_DEFAULT_BOOK as MAPPED_DEFAULT_BOOK,
-)
-from moshi_eval.librilight.config_keys import (
-    OLD_DEFAULT_SPEAKER,
+    FORK_DEFAULT_SPEAKER,
     load_config_file,
     map_settings,
     normalize_config_mapping,
     read_config_file,
 )
-from moshi_eval.scoring.notes import SettingsNoteWarning
-from moshi_eval.scoring.settings_file import ConfigError
+from moshi_eval.scoring.errors import ConfigError, SettingsNoteWarning
 
 
 def read_kind(tmp_path, kind):
@@ -31,7 +28,7 @@ def read_kind(tmp_path, kind):
 
 
 def test_the_old_default_book_is_the_one_of_their_evaluator():
-    assert f"{OLD_DEFAULT_SPEAKER}/{MAPPED_DEFAULT_BOOK}" == OLD_DEFAULT_BOOK
+    assert f"{FORK_DEFAULT_SPEAKER}/{MAPPED_DEFAULT_BOOK}" == OLD_DEFAULT_BOOK
 
 
 @pytest.mark.parametrize("kind", sorted(SECTIONS))

@@ -7,9 +7,9 @@ import torch
 from librilight_helpers import chapter_metadata, tone, write_chapter, write_codes
 
 from moshi_eval.librilight.data import discover_sequences
-from moshi_eval.scoring.prepare import load_codes_file
+from moshi_eval.librilight.prepare import load_codes_file
+from moshi_eval.scoring.errors import DataError
 from moshi_eval.scoring.scorer import ModelShape
-from moshi_eval.scoring.sources import DataError
 
 
 def write_books(root, specs):

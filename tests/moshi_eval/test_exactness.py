@@ -9,9 +9,9 @@ from librilight_helpers import write_codes
 from torch.nn import functional as F
 
 from moshi_eval.librilight import evaluate_librilight
-from moshi_eval.scoring.sanity import WorseThanUniformWarning
+from moshi_eval.scoring.errors import WorseThanUniformWarning
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 def reference_losses(lm_case) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from moshi.models.lm import LMModel
 from moshi.modules.ttt import TTTConfig
 from moshi_eval.librilight import evaluate_librilight
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning",
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning",
                                         "ignore:this TTT config reads each mini-batch non-causally")
 
 FRAMES = {"a": 70, "b": 41}

@@ -12,7 +12,7 @@ import pytest
 from moshi_eval.librilight.config import position_key
 from moshi_eval.librilight.results import LibriLightResult
 from moshi_eval.scoring.files import write_json_atomic
-from moshi_eval.scoring.records import SequenceLosses
+from moshi_eval.scoring.run import SequenceLosses
 
 DEP_Q = 4
 DELAYS = [0, 1, 1, 2]

@@ -14,7 +14,7 @@ from moshi_eval.paper_metrics.data import load_benchmark
 from moshi_eval.paper_metrics.pairs import select_pairs
 from moshi_eval.paper_metrics.storycloze import story_pairs
 from moshi_eval.paper_metrics.zerospeech import SBLIMP, SWUGGY, gold_pairs
-from moshi_eval.scoring.sources import DataError
+from moshi_eval.scoring.errors import DataError
 
 
 def gold_rows(path):

@@ -11,7 +11,7 @@ from paper_metrics_helpers import DATA, codes_cache_dir, copy_sets, demo_mimi, s
 
 from moshi_eval.paper_metrics import evaluate_paper_metrics
 from moshi_eval.paper_metrics.section import read_user_section
-from moshi_eval.scoring.sources import DataError
+from moshi_eval.scoring.errors import DataError
 
 lm = pytest.fixture(small_lm, scope="module", name="lm")
 cache_dir = pytest.fixture(codes_cache_dir, scope="module", name="cache_dir")
@@ -130,7 +130,7 @@ def test_evaluator_class_of_the_users_scripts(lm, tmp_path, cache_dir):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_utterance(cache_dir):
-    from moshi_eval.scoring.sanity import NonFiniteLossError
+    from moshi_eval.scoring.errors import NonFiniteLossError
 
     broken = small_lm()
     with torch.no_grad():

@@ -18,8 +18,8 @@ from training_yamls import SECTIONS, training_yaml
 from moshi_eval import PaperMetricsEvaluator
 from moshi_eval.paper_metrics.cli import main
 
-pytestmark = [pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning"),
-              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.notes.SettingsNoteWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning"),
+              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.SettingsNoteWarning")]
 
 EXPECTED_PAIRS = {"swuggy": 8, "sblimp": 6, "sstory": 3, "tstory": 2}
 CHAPTER_SECONDS = 0.4  # 5 frames at 12.5 Hz

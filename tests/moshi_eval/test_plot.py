@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from test_metrics import synthetic_sequences
 
-from moshi_eval.librilight.plot import comparison_figure, plot_result, result_figure
+from moshi_eval.compare.plot import librilight_figure
+from moshi_eval.librilight.plot import plot_result, result_figure
 from moshi_eval.librilight.results import LibriLightResult
 
 
@@ -53,7 +54,7 @@ def test_result_figure_layout(data, tmp_path):
 def test_comparison_figure_layout(data):
     other = LibriLightResult(synthetic_sequences([2300], seed=3), card=2048, frame_rate=12.5, positions=[1000],
                              window=200).to_dict()
-    figure = comparison_figure([("a", data), ("b", other)])
+    figure = librilight_figure([("a", data), ("b", other)])
     renderer = drawn(figure)
     axis = figure.axes[0]
     assert axis.get_xlim() == (0.0, 2300.0)

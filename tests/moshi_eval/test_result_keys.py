@@ -10,7 +10,7 @@ import pytest
 from test_metrics import DEP_Q, reference_metrics, synthetic_sequences
 
 from moshi_eval.librilight.results import PROGRESSION_STEP, LibriLightResult
-from moshi_eval.scoring.records import SequenceLosses
+from moshi_eval.scoring.run import SequenceLosses
 
 LENGTHS = [2600, 1900, 3100, 800]
 POSITIONS = [1000, 2000, 2500, 3500]

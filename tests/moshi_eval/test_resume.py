@@ -12,7 +12,7 @@ from lm_fixtures import load_case
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.scoring.scorer import StepScorer
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 class Interrupted(Exception):

@@ -23,7 +23,7 @@ from training_yamls import BOOK_OF, OLD_DEFAULT_BOOK, SECTIONS, training_yaml
 
 from moshi_eval.librilight.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 BOOKS = {OLD_DEFAULT_BOOK: 4, "200/second_book_64kb_mp3": 4, "100/zz_other_book": 2}
 CHAPTER_SECONDS = 0.3

@@ -15,9 +15,9 @@ from moshi.models.model_flags import ModelRequest
 from moshi.modules.ttt import CAUSAL_STREAMING_NOTE
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main
-from moshi_eval.scoring.models import TTT_CAUSAL_FORM_FLAG
+from moshi_eval.scoring.model import TTT_CAUSAL_FORM_FLAG
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 FRAMES = 30
 

@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.paper_metrics import evaluate_paper_metrics
-from moshi_eval.scoring.checked_files import write_checked
-from moshi_eval.scoring.notes import FileNoteWarning
+from moshi_eval.scoring.errors import FileNoteWarning
+from moshi_eval.scoring.files import write_checked
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
-              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")]
+              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")]
 
 CARD = int(demo_mimi().cardinality)
 

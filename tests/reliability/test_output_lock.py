@@ -18,16 +18,15 @@ from librilight_helpers import REPO_ROOT, random_codes, subprocess_env, write_co
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.cli import main as librilight_main
 from moshi_eval.paper_metrics.cli import main as paper_metrics_main
-from moshi_eval.scoring.notes import FileNoteWarning
-from moshi_eval.scoring.output_lock import OutputLockedError, claim_output, lock_path_for, process_start, release_claims
-from moshi_eval.scoring.store import SequenceStore
+from moshi_eval.scoring.errors import FileNoteWarning, OutputLockedError
+from moshi_eval.scoring.run import SequenceStore, claim_output, lock_path_for, process_start, release_claims
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
-              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")]
+              pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")]
 
 HOLD = """
 import sys
-from moshi_eval.scoring.output_lock import output_lock
+from moshi_eval.scoring.run import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()

@@ -12,7 +12,7 @@ import pytest
 from evaluation_helpers import as_ordinary_user, error_lines, run_module, save_small_checkpoint, warning_lines
 from librilight_helpers import write_tree_for_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ from safetensors.torch import load_file
 from moshi_eval.librilight import evaluate_librilight
 from moshi_eval.librilight.data import discover_sequences
 from moshi_eval.librilight.demo import build_demo_lm
-from moshi_eval.scoring.audio import read_resampled
-from moshi_eval.scoring.codes_cache import CodesCache
-from moshi_eval.scoring.encoding import MimiSequenceEncoder
-from moshi_eval.scoring.sources import DataError
+from moshi_eval.scoring.data import CodesCache, MimiSequenceEncoder, read_resampled
+from moshi_eval.scoring.errors import DataError
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 
 @pytest.fixture(scope="module")

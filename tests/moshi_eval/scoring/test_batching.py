@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from moshi_eval.librilight import NonFiniteLossError, evaluate_librilight
 
-pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.sanity.WorseThanUniformWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::moshi_eval.scoring.errors.WorseThanUniformWarning")
 
 LENGTHS = (23, 41, 57)
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from moshi_eval.librilight.results import LibriLightResult
-from moshi_eval.scoring.codes_cache import CodesCache
-from moshi_eval.scoring.records import SequenceLosses
-from moshi_eval.scoring.store import SequenceStore
+from moshi_eval.scoring.data import CodesCache
+from moshi_eval.scoring.run import SequenceLosses, SequenceStore
 
 
 @pytest.fixture

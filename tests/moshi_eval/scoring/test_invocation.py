@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from moshi_eval.scoring.invocation import Invocation
+from moshi_eval.scoring.cli import Invocation
 
 ARGV = ["--codes", "a b.safetensors", "--no-resume"]
 

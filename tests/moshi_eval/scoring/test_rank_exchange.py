@@ -7,10 +7,8 @@ import threading
 import numpy as np
 import torch
 
-from moshi_eval.scoring.distributed import DistributedContext
-from moshi_eval.scoring.rank_report import RankReport
-from moshi_eval.scoring.records import SequenceLosses
-from moshi_eval.scoring.sources import Skip
+from moshi_eval.scoring.data import Skip
+from moshi_eval.scoring.run import DistributedContext, RankReport, SequenceLosses
 
 
 def run_ranks(world_size: int, work) -> list:

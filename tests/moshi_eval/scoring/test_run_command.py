@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from moshi.models.model_flags import error_line
-from moshi_eval.scoring.cli_errors import run_command
-from moshi_eval.scoring.sanity import NonFiniteLossError
-from moshi_eval.scoring.settings_file import ConfigError
+from moshi_eval.scoring.cli import run_command
+from moshi_eval.scoring.errors import ConfigError, NonFiniteLossError
 
 
 def raising(error):

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moshi_eval.scoring.settings_file import (
-    ConfigError,
-    closest_key,
-    read_settings_section,
-    unknown_keys_message,
-)
+from moshi_eval.scoring.errors import ConfigError
+from moshi_eval.scoring.settings import closest_key, read_settings_section, unknown_keys_message
 
 
 def test_section_is_read_and_the_rest_is_named(tmp_path):

@@ -1,14 +1,20 @@
-"""Describing the scored model in the results (`model_identity`) and what its scoring says about it (`model_flags`).
+"""The scored model: how the results describe it (`model_identity`), what its scoring says about it (`scoring_flags`),
+the settings it must have been built with (`check_long_context`), and eval mode around an evaluation (`eval_mode`).
 
-The model itself is named and loaded by `moshi.models.model_flags`."""
+The model itself is named, loaded and put on a device by `moshi.models.model_flags`."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .fingerprint import weights_fingerprint
+from .files import weights_fingerprint
+
+if TYPE_CHECKING:
+    from moshi.models.lm import LMModel
 
 TTT_CAUSAL_FORM_FLAG = (
     "ttt_causal_form: the model's TTT config reads each mini-batch non-causally (minibatch_causal=False, as "
@@ -21,7 +27,7 @@ def count_ttt_layers(lm: torch.nn.Module) -> int:
     return sum(1 for module in lm.modules() if hasattr(module, "ttt_layer"))
 
 
-def model_identity(lm: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_identity(lm: LMModel, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the results say about the model: where it came from, its shape and a weights fingerprint."""
     first = next(iter(lm.parameters()))
     return {
@@ -43,7 +49,7 @@ def model_identity(lm: Any, source: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
-def model_flags(lm: Any) -> list[str]:
+def scoring_flags(lm: LMModel) -> list[str]:
     """What the results must say about how the model was scored: its TTT layers streamed in their causal form when
     its config is non-causal."""
     config = getattr(lm, "ttt_config", None)
@@ -52,7 +58,7 @@ def model_flags(lm: Any) -> list[str]:
     return []
 
 
-def check_long_context(lm: Any, context: int | None, rope_max_period: float | None) -> None:
+def check_long_context(lm: LMModel, context: int | None, rope_max_period: float | None) -> None:
     """Settings that record a `context` / `rope_max_period` must be those `lm` was built with (a ValueError saying how
     to build it otherwise): the results' `config` records them."""
     built = {"context": lm.context, "rope_max_period": float(lm.transformer.max_period)}
@@ -60,3 +66,18 @@ def check_long_context(lm: Any, context: int | None, rope_max_period: float | No
         if value is not None and value != built[name]:
             raise ValueError(f"{name} is {value} in the settings but the model was built with {built[name]}: build it "
                              f"with that {name} (--{name.replace('_', '-')}, or ModelRequest({name}=...))")
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Modules in eval mode inside the block, each back in its own mode afterwards (a training loop may evaluate the
+    model it trains); None entries are passed over."""
+    present = [module for module in modules if module is not None]
+    modes = [module.training for module in present]
+    for module in present:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(present, modes):
+            module.train(mode)

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .encoding import MimiSequenceEncoder
-from .fingerprint import file_identity
-from .scorer import ModelShape, ScoringItem
-from .sources import DataError, SequenceSource
+from ..scoring.data import MimiSequenceEncoder, SequenceSource
+from ..scoring.errors import DataError
+from ..scoring.files import file_identity
+from ..scoring.scorer import ModelShape, ScoringItem
 
 
 def source_identity(source: SequenceSource) -> list[dict[str, Any]]:
