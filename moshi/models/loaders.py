@@ -969,13 +969,13 @@ class WeightsMismatchError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """WeightsMismatchError listing the tensors of `state` whose shapes differ from the model's."""
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
+    """WeightsMismatchError listing the tensors of `state` whose shapes differ from the model's (`hint` ends it)."""
     expected = model.state_dict()
     mismatched = [(key, list(value.shape), list(expected[key].shape)) for key, value in state.items()
                   if key in expected and value.shape != expected[key].shape]
     if mismatched:
-        raise WeightsMismatchError(source, mismatched=mismatched)
+        raise WeightsMismatchError(source, mismatched=mismatched, hint=hint)
 
 
 def _add_lora(
@@ -1017,6 +1017,10 @@ def _ensure_materialized(model: nn.Module, filename: str | Path | None) -> None:
 # Mimi
 
 
+_OTHER_MIMI_HINT = ("these are not the released Mimi's weights, and no Mimi config was named: give the codec's config "
+                    "(`mimi_config_name` in the repository's config.json, or --mimi-config)")
+
+
 def get_mimi(
     filename: str | Path | None,
     mimi_config: dict[str, Any] | None = None,
@@ -1029,7 +1033,7 @@ def get_mimi(
     model = MimiModel.from_config(config, device=device)
     if filename is not None:
         state = _load_safetensors(filename, "Mimi weights", device)
-        _check_shapes(model, state, str(filename))
+        _check_shapes(model, state, str(filename), hint="" if mimi_config is not None else _OTHER_MIMI_HINT)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise WeightsMismatchError(str(filename), result.missing_keys, result.unexpected_keys)

@@ -522,6 +522,18 @@ def test_mimi_key_mismatch_is_listed(parity_dir: Path, tmp_path: Path) -> None:
     assert dropped in str(error.value)
 
 
+def test_other_mimi_weights_without_their_config_say_how_to_name_it(parity_dir: Path) -> None:
+    weights = parity_dir / "mimi_tiny" / "model.safetensors"
+    with pytest.raises(loaders.WeightsMismatchError, match="shape mismatch") as error:
+        loaders.get_mimi(weights, None)
+    assert "--mimi-config" in str(error.value) and "mimi_config_name" in str(error.value)
+    config = json.loads((parity_dir / "mimi_tiny" / "config.json").read_text())
+    config["quantizer"]["bins"] *= 2
+    with pytest.raises(loaders.WeightsMismatchError) as error:
+        loaders.get_mimi(weights, config)
+    assert "--mimi-config" not in str(error.value)
+
+
 @pytest.mark.parametrize(("n_q", "dep_q", "expected"), [(16, 8, 8), (8, 8, 8), (32, 16, 16)])
 def test_checkpoint_info_mimi_codebooks_follow_lm(tiny: TinyLM, n_q: int, dep_q: int, expected: int) -> None:
     config = {**tiny.config, "n_q": n_q, "dep_q": dep_q}
