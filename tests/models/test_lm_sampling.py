@@ -35,7 +35,7 @@ def _stream(lm_gen: LMGen, user: torch.Tensor, forced: torch.Tensor | None) -> t
     return torch.cat(outputs, dim=2)
 
 
-@pytest.mark.parametrize("index, name", enumerate(META["stream_cases"]))
+@pytest.mark.parametrize("index, name", list(enumerate(META["stream_cases"])))
 def test_step_draws_upstreams_text_and_audio_tokens(index, name):
     io = load_file(FIXTURE / "io.safetensors")
     lm_gen = LMGen(_model(), **META["stream_cases"][name])

@@ -34,7 +34,7 @@ def test_masked_frames_pass_whatever_the_chunks(chunk: int) -> None:
     assert set(feed_in_chunks(masked_stream(), chunk)) == {None}
 
 
-@pytest.mark.parametrize(("chunk", "length"), itertools.product([1, 2, 5, 4096, 1 << 20], [0, 200, 70000]))
+@pytest.mark.parametrize(("chunk", "length"), list(itertools.product([1, 2, 5, 4096, 1 << 20], [0, 200, 70000])))
 def test_the_first_unmasked_frame_is_found_where_it_starts(chunk: int, length: int) -> None:
     before = masked_stream()
     data = before + frame_bytes(b"x" * length, masked=False) + frame_bytes(b"after")

@@ -16,7 +16,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "upstream_sampling"
 META = json.loads((FIXTURE / "meta.json").read_text())
 
 
-@pytest.mark.parametrize("index, name", enumerate(META["token_cases"]))
+@pytest.mark.parametrize("index, name", list(enumerate(META["token_cases"])))
 def test_draws_upstreams_tokens_under_a_seed(index, name):
     io = load_file(FIXTURE / "io.safetensors")
     expected = io[f"sample_token.{name}"]
