@@ -13,7 +13,7 @@ FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    """`tests/fixtures`: what upstream moshi 0.2.13 and our users' training code compute on small random models
+    """`tests/fixtures`: what upstream moshi 0.2.13 and the TTT fork's training code compute on small random models
     (`tests/fixtures/README.md` lists them and how `regenerate.py` makes them)."""
     return FIXTURES_DIR
 

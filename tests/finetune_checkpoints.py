@@ -9,7 +9,7 @@ Over it:
   `lora`, `lora_rank`, `lora_scaling`) and lora.safetensors (the `lora_A` / `lora_B` weights, seeded random);
 - kyutai's layout, full (`write_kyutai_full`): config.json and consolidated.safetensors (every weight, adapters merged,
   no LoRA or frozen keys);
-- our users' fork (`write_users_ttt`): config.json, lora.safetensors holding their TTT layers' weights (the user_ttt
+- the TTT fork (`write_users_ttt`): config.json, lora.safetensors holding their TTT layers' weights (the user_ttt
   fixture `b2_c4_mlp2_rope`, in their key layout) and training_config.json (their `TrainArgs` as JSON: every `ttt:`
   key, `moshi_paths` naming the base).
 """
@@ -133,7 +133,7 @@ def users_ttt_section() -> dict[str, Any]:
 
 
 def write_users_ttt(run_dir: Path, base: Path, moshi_paths: dict[str, Any]) -> Path:
-    """Our users' TTT checkpoint; returns its `consolidated/` folder."""
+    """The TTT fork's checkpoint; returns its `consolidated/` folder."""
     folder = consolidated_folder(run_dir)
     shutil.copy(USER_TTT_DIR / USERS_CASE / "ttt_adapters.safetensors", folder / "lora.safetensors")
     config = base_config(base) | {"lora": False, "lora_rank": 64, "lora_scaling": 2.0}

@@ -1,4 +1,4 @@
-"""The `user_ttt` cases: TTT checkpoints and logits computed by our users' own moshi-finetune code.
+"""The `user_ttt` cases: TTT checkpoints and logits computed by the moshi-finetune TTT fork's own code.
 
 Each case lives in `tests/fixtures/user_ttt/<case>` with `train.yaml`, `config.json`, `io.safetensors` and the
 adapter-only `ttt_adapters.safetensors` (over the tiny base `tests/fixtures/lm_moshiko_tiny/model.safetensors`); the

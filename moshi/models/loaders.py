@@ -429,11 +429,11 @@ class CheckpointInfo:
 
         The folder holds `config.json` (the base model's config.json with `lora`, `lora_rank`, `lora_scaling`) and
         either `lora.safetensors` (the trained adapters: LoRA and/or TTT weights, loaded over the base model's weights)
-        or `consolidated.safetensors` (every weight, adapters merged). Our users' fork adds `training_config.json`:
-        its `ttt:` section builds the TTT layers (`TTTConfig.from_moshi_finetune`) and its `moshi_paths` name the base
-        model (`hf_repo_id`, or `moshi_path` / `mimi_path` / `tokenizer_path`). `hf_repo` and the explicit files
-        override what the folder says (`config_path` its config.json); when nothing names the base model, the released
-        Moshi is assumed (a warning).
+        or `consolidated.safetensors` (every weight, adapters merged). The moshi-finetune TTT fork adds
+        `training_config.json`: its `ttt:` section builds the TTT layers (`TTTConfig.from_moshi_finetune`) and its
+        `moshi_paths` name the base model (`hf_repo_id`, or `moshi_path` / `mimi_path` / `tokenizer_path`). `hf_repo`
+        and the explicit files override what the folder says (`config_path` its config.json); when nothing names the
+        base model, the released Moshi is assumed (a warning).
         """
         folder = finetune_checkpoint_folder(path)
         training_file = folder / TRAINING_CONFIG_NAME

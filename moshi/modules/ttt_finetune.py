@@ -1,4 +1,4 @@
-"""The `ttt:` section of a moshi-finetune training YAML (our users' TTT fork, its `TTTArgs`) as `TTTConfig` settings.
+"""The `ttt:` section of a moshi-finetune training YAML (the TTT fork's `TTTArgs`) as `TTTConfig` settings.
 
 Their layer (a hybrid wrapper around a Moshi layer, always a TTT-MLP) computes a different function from the reference
 TTT: no output LayerNorm / projection, L2-normalised Q and K, optional RoPE on them, a LayerNorm'd reconstruction

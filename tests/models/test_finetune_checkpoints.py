@@ -1,4 +1,4 @@
-"""`CheckpointInfo.from_checkpoint`: moshi-finetune checkpoint folders (kyutai's layout and our users' fork), what it
+"""`CheckpointInfo.from_checkpoint`: moshi-finetune checkpoint folders (kyutai's layout and the TTT fork), what it
 reads from them, and the mistakes it names."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Our users' moshi-finetune TTT checkpoints compute what their training computed, and their causal form streams.
+"""The moshi-finetune TTT fork's checkpoints compute what their training computed, and their causal form streams.
 
 Each `user_ttt` case holds logits computed by the users' own code on their own checkpoint files (see
 `tests/user_ttt_fixtures.py`). `TTTConfig.from_moshi_finetune` on the case's YAML section must reproduce them with our
