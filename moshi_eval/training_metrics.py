@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moshi.utils.files import write_json_atomic
+
 from .librilight import cli as librilight_cli
 from .librilight.config import LibriLightConfig
 from .librilight.config_keys import MappedSettings, map_settings
@@ -45,7 +47,7 @@ from .paper_metrics.results import PaperMetricsResult
 from .paper_metrics.section import INNER_LOSSES_SWITCH, UserSection, read_user_section
 from .scoring.cli import Command, Invocation, model_request
 from .scoring.errors import print_notes, warn_notes
-from .scoring.files import is_finite_number, write_json_atomic
+from .scoring.files import is_finite_number
 from .scoring.model import count_ttt_layers
 from .scoring.run import init_distributed
 

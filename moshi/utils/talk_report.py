@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .files import output_file_problem, write_json_atomic
 
 DEFAULT_BIN_SECONDS = 10.0
 DEFAULT_SILENCE_DBFS = -40.0
@@ -285,39 +284,13 @@ def bins_line(figures: TalkFigures, bin_seconds: float) -> str:
 
 
 def check_report_path(path: str | Path, flag: str) -> None:
-    """`path` can be written as a file: not a folder, under a writable folder (missing folders are created later); a
-    ValueError naming `flag` otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{flag} {path}: is a folder; give a file name (e.g. {path / 'report.json'})")
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{flag} {path}: {ancestor} is a file, so no folder can be created there")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: cannot write in {ancestor} (permission denied)")
+    """`path` can be written as a file (missing folders are created later); a ValueError naming `flag` otherwise."""
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"{flag} {path}: {problem}")
 
 
 def write_report(path: str | Path, figures: Sequence[TalkFigures], settings: dict[str, Any]) -> None:
-    """`{"items": [figures as dicts], "settings": settings}` as indented JSON, written to a temporary file beside
-    `path` and renamed into place (a reader never sees half a report)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"items": [dataclasses.asdict(item) for item in figures], "settings": settings}, indent=2,
-                      allow_nan=False) + "\n"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """`{"items": [figures as dicts], "settings": settings}` as indented JSON, atomically (a reader never sees half a
+    report)."""
+    write_json_atomic(path, {"items": [dataclasses.asdict(item) for item in figures], "settings": settings})

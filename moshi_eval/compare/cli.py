@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from moshi.utils.files import write_json_atomic
+
 from ..scoring.cli import Command, check_output_file, check_plot_file
 from ..scoring.errors import print_notes
-from ..scoring.files import write_json_atomic
 from .report import check_one_kind, compare_runs, comparison_table
 from .runs import LIBRILIGHT, read_runs
 from .statistics import Bootstrap

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..scoring.files import is_finite_number, json_safe, write_json_atomic
+from moshi.utils.files import write_json_atomic
+
+from ..scoring.files import is_finite_number, json_safe
 from ..scoring.run import SequenceLosses, above_uniform_flags, uniform_loss
 from . import metrics
 from .config import position_key

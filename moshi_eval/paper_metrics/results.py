@@ -8,7 +8,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..scoring.files import json_safe, write_json_atomic
+from moshi.utils.files import write_json_atomic
+
+from ..scoring.files import json_safe
 from .pairs import BenchmarkSet, Pair
 from .scores import NORMALIZATIONS, UtteranceScore, pair_outcome
 

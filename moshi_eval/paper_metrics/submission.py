@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..scoring.files import write_text_atomic
+from moshi.utils.files import write_text_atomic
+
 from .pairs import SPLITS
 from .results import PaperMetricsResult
 

@@ -34,9 +34,9 @@ from typing import Any
 from moshi.models import model_flags
 from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
 from moshi.models.model_flags import ModelRequest, report_error
+from moshi.utils.files import folder_problem, output_file_problem
 
 from .errors import ConfigError, NonFiniteLossError
-from .files import existing_ancestor, folder_problem
 from .run import check_records_folder, claim_output, release_claims, shutdown_distributed, store_dir_for
 from .settings import EvaluationSettings, parse_float_list
 
@@ -75,14 +75,9 @@ def setting_label(name: str, config_file: str | None) -> str:
 
 def check_output_file(path: str | Path, flag: str) -> None:
     """`path` can be created or replaced as a file: not a directory, under a writable directory (created later)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a directory; give a file name (e.g. {path / 'results.json'})")
-    ancestor = existing_ancestor(path)
-    if not ancestor.is_dir():
-        raise ConfigError(f"{flag} {path}: {ancestor} is a file, so no folder can be created there")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {ancestor} (permission denied)")
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{flag} {path}: {problem}")
 
 
 def plot_formats() -> dict[str, str]:

@@ -1,10 +1,8 @@
 """Files an evaluation writes for people and for other runs: atomic writes, checked files, and stable identities.
 
-- Results, cache entries and records may be read by other runs at any moment: a file is written to a temporary name in
-  its own directory and renamed into place, so a concurrent reader sees the old file or the new one, never half of one.
-  `tempfile` creates files readable by their owner only; the final file gets the mode an ordinary `open` would give
-  (0644 under the usual umask 022), so colleagues can read results and share a cache. JSON results go through
-  `json_safe` first (no NaN in JSON).
+- Results, cache entries and records may be read by other runs at any moment: they are written atomically with
+  `moshi.utils.files` (`write_json_atomic`, `write_safetensors_atomic`), JSON results through `json_safe` first (no NaN
+  in JSON).
 - Checked files (codes-cache entries, resume records) are read back only if they hold what they claim. Each is a
   safetensors file of one tensor whose metadata records what it was made from (`made_from`: the source files'
   identities, the model and settings keys; the very values its name digests) and a checksum of the tensor. Reading it
@@ -13,7 +11,6 @@
   range (`check_content`: codes outside the card, losses that are no cross-entropies). A file that fails is reported in
   one `FileNoteWarning` line naming it and what is wrong, and the reader computes it again.
 - Identities for caching and resuming: of files (path, size, mtime) and of model weights (a fingerprint).
-- `folder_problem`: why no file can be written in a folder, found before any work.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,33 +29,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from moshi.utils.files import write_atomic
+
 from .errors import FileNoteWarning
 
 MADE_FROM = "made_from"
 CHECKSUM = "checksum"
 SAMPLED_VALUES_PER_TENSOR = 4096
 ContentCheck = Callable[[torch.Tensor], "str | None"]
-
-
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary_path)`, then give the file the umask's mode and rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, _umask_mode())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def is_finite_number(value: Any) -> bool:
@@ -81,25 +57,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """A text file, atomically."""
-    write_atomic(path, lambda temporary: temporary.write_text(text))
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Indented JSON (no NaN allowed), atomically."""
-
-    def write(temporary: Path) -> None:
-        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-    write_atomic(path, write)
-
-
 def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Contiguous CPU copies of `tensors` with string `metadata`, atomically."""
     contiguous = {name: tensor.contiguous().cpu() for name, tensor in tensors.items()}
     write_atomic(path, lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))
-
 
 
 def tensor_checksum(tensor: torch.Tensor) -> str:
@@ -186,7 +147,6 @@ def first_difference(expected: Any, found: Any, where: str = "") -> str | None:
     return None
 
 
-
 def digest(value: Any, length: int = 16) -> str:
     """Hex digest of a JSON-serializable value (keys sorted)."""
     text = json.dumps(value, sort_keys=True, default=str)
@@ -217,21 +177,3 @@ def weights_fingerprint(module: nn.Module) -> str:
     return hasher.hexdigest()[:24]
 
 
-def existing_ancestor(path: Path) -> Path:
-    """The closest ancestor of `path` (itself excluded) that exists."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    return ancestor
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why no file can be written in the folder `path` (existing, or to be created), or None."""
-    if path.exists() and not path.is_dir():
-        return "is a file, not a folder"
-    target = path if path.exists() else existing_ancestor(path)
-    if not target.is_dir():
-        return f"{target} is a file, so no folder can be created there"
-    if not os.access(target, os.W_OK | os.X_OK):
-        return f"cannot write in {target} (permission denied)"
-    return None

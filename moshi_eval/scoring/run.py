@@ -52,9 +52,11 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from moshi.utils.files import folder_problem
+
 from .data import CodesCache, MimiSequenceEncoder, Skip, default_cache_dir
 from .errors import ConfigError, FileNoteWarning, OutputLockedError
-from .files import digest, folder_problem, read_checked, write_checked
+from .files import digest, read_checked, write_checked
 from .model import check_long_context, model_identity
 from .scorer import ChunkedScorer, ModelShape, ScoringItem, SequenceCallback, StepScorer
 from .settings import EvaluationSettings

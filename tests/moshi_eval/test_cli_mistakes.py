@@ -87,7 +87,7 @@ MISTAKES = {
                                               "--codes", str(r / "poisoned_codes")),
                         r"non-finite loss \(NaN or inf\) in sequence 'p' at frame 2, codebook 1", False),
     "output naming a folder": (lambda r, a: a + ["--output", str(r / "out_dir")],
-                               r"--output \S+out_dir: is a directory", True),
+                               r"--output \S+out_dir: is a folder", True),
     "plot format": (lambda r, a: a + ["--plot", str(r / "curve.xyz")],
                     r"--plot \S+curve.xyz: cannot write a plot as .xyz; use one of .*\.png", True),
     "plot under a file": (lambda r, a: a + ["--plot", str(r / "a_file.txt" / "curve.png")],

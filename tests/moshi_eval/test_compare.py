@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moshi.utils.files import write_json_atomic
 from moshi_eval.compare import Bootstrap, compare_files
 from moshi_eval.compare.cli import main
 from moshi_eval.librilight.results import LibriLightResult
 from moshi_eval.paper_metrics.pairs import BenchmarkSet, Pair, Utterance
 from moshi_eval.paper_metrics.results import PaperMetricsResult
 from moshi_eval.paper_metrics.scores import UtteranceScore
-from moshi_eval.scoring.files import write_json_atomic
 from moshi_eval.scoring.run import SequenceLosses
 
 K = 4

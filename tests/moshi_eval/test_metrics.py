@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from moshi.utils.files import write_json_atomic
 from moshi_eval.librilight.config import position_key
 from moshi_eval.librilight.results import LibriLightResult
-from moshi_eval.scoring.files import write_json_atomic
 from moshi_eval.scoring.run import SequenceLosses
 
 DEP_Q = 4
