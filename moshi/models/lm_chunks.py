@@ -1,30 +1,39 @@
-"""Teacher-forced scoring of many steps per call, on the same streaming state as `LMGen.step_with_logits`.
+"""The main-transformer passes of teacher-forced chunks, C steps per call (`LMGen.step_chunk_with_logits`).
 
-`step_chunk_with_logits(lm_gen, user, own, text)` does what C consecutive calls of
-`lm_gen.step_with_logits(user[..., i:i+1], own[..., i:i+1], text_replace_tokens=text[:, i])` would do, with one
-main-transformer pass over the C steps (the KV caches and TTT states advance by C) and one parallel depformer pass.
+Every input of a teacher-forced step is known in advance except, with greedy text, the text token, which step t
+generates and step t + 1 reads. Forced text makes a chunk one pass. Greedy text is found by speculation:
 
-All inputs are known in advance except the greedy text, whose token at step t is an input of step t + 1. It is found by
-speculation: run the chunk with proposed text tokens from a checkpoint of the streaming state, accept the leading steps
-whose text inputs equal the model's own argmax (plus the first corrected token), roll back, commit the accepted
-steps and continue with the argmax as the next proposal. Accepted steps saw exactly the inputs the step-by-step greedy
-pass gives them, so the result is the same.
+- a pass runs a window of L steps on proposed text tokens from a checkpoint of the main transformer's streaming state;
+- each batch item keeps the leading steps whose text inputs equal its own argmax (plus the first corrected token): they
+  saw exactly the inputs of the step-by-step greedy pass, so their outputs are final;
+- the state is rolled back to each item's kept prefix without recomputing it (attention caches are truncated, TTT fast
+  weights re-absorb the kept tokens' gradient sums), and items advance by their own kept length;
+- the argmaxes of the rest of the window become the next proposals (Jacobi iteration: when the text follows the audio
+  they hold even though their inputs were not final yet); steps no pass reached propose the padding token.
 
-Steps read and record tokens through the same delayed ring as `LMGen`'s per-step path (`moshi.models.lm_ring`), and
-windows of one step take that path itself.
+The window length follows the measured cost per kept step (`WindowPolicy`): long windows where the text is predictable,
+single steps (no checkpoint, CUDA-graphed on a GPU) where it is not. The depformer runs once per call over the kept
+steps, in parallel (`LMGen` does that and the ring bookkeeping).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from .lm_ring import ReadyFrames
+from ..modules.transformer import AttentionState
 
 if TYPE_CHECKING:
-    from .lm import LMGen
+    from .lm import LMModel
+
+InputsFor = Callable[[torch.Tensor], torch.Tensor]
+"""The input columns `[B, K, C]` of a chunk's C steps, given the text tokens `[B, C]` they generate."""
+MainStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""`LMModel.forward_text` on the input column `[B, K, 1]` of one step (the CUDA-graphed one of `LMGen`)."""
 
 
 @dataclasses.dataclass
@@ -34,8 +43,8 @@ class ChunkWithLogits:
 
     tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]`, audio_logits `[B, dep_q, F, card]` are aligned
     like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer output of the C steps;
-    `main_steps` counts the steps the main transformer evaluated, rejected speculation included (C without it), so
-    `C / main_steps` is the speculation acceptance rate.
+    `main_steps` counts the steps of the main-transformer passes, rejected speculation included (C without it), so
+    `C / main_steps` is the speculation acceptance rate and `main_steps / C` the main steps per frame.
     """
 
     tokens: torch.Tensor
@@ -45,174 +54,153 @@ class ChunkWithLogits:
     main_steps: int
 
 
-def _frames_of_new_steps(lm_gen: LMGen, steps_before: int, frames: ReadyFrames) -> ReadyFrames:
-    """Drop the leading frames of steps taken before `max_delay` steps had passed (no frame is complete there).
+@dataclasses.dataclass
+class MainPasses:
+    """The main transformer over a chunk's C steps: the text tokens they generate `[B, C]`, transformer_out
+    `[B, C, dim]`, text logits `[B, 1, C, text_card_out]`, and the steps the passes took (`ChunkWithLogits`)."""
 
-    With `support_out_of_sync` every step keeps its frame, as `LMGen.step` then never returns None: items reset at
-    different times each mark their own incomplete frames with `ungenerated_token_id`.
-    """
-    if lm_gen.support_out_of_sync:
-        return frames
-    first = max(0, lm_gen.max_delay - steps_before)
-    audio = frames.audio_logits
-    return ReadyFrames(frames.tokens[:, :, first:], frames.text_logits[:, :, first:],
-                       None if audio is None else audio[:, :, first:])
-
-
-def _main_pass(lm_gen: LMGen, user: torch.Tensor, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Record the user frames and run the main transformer over the steps that generate `generated` `[B, G, C]`:
-    transformer_out `[B, C, dim]` and text logits `[B, 1, C, text_card_out]`."""
-    state = lm_gen.streaming_state
-    inputs = state.ring.step_inputs(user, generated[:, :, :-1], state.exec_mask)
-    return lm_gen.lm_model.forward_text(inputs)
-
-
-def _finish(lm_gen: LMGen, generated: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-            main_steps: int) -> ChunkWithLogits:
-    """Depformer pass over steps whose main pass is final, then record them and return the frames they complete."""
-    state = lm_gen.streaming_state
-    audio_logits = lm_gen.lm_model.forward_depformer_training(generated, transformer_out)
-    steps_before = state.steps
-    frames = state.ring.append(generated, text_logits[:, 0], audio_logits, state.exec_mask)
-    state.steps += generated.shape[2]
-    frames = _frames_of_new_steps(lm_gen, steps_before, frames)
-    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, transformer_out, main_steps)
-
-
-def _generated(text: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """What the steps generate, `[B, 1 + dep_q, C]`: text `[B, C]` over the own audio `[B, dep_q, C]`."""
-    return torch.cat([text[:, None], own], dim=1)
-
-
-def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, rejected_steps: int = 0):
-    """Run and record steps whose text tokens are known: one main pass, one parallel depformer pass."""
-    generated = _generated(text, own)
-    transformer_out, text_logits = _main_pass(lm_gen, user, generated)
-    return _finish(lm_gen, generated, transformer_out, text_logits, own.shape[2] + rejected_steps)
-
-
-def _single_step(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> ChunkWithLogits:
-    """One greedy step through `LMGen.step_frame` (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
-    a window of one step is always accepted, so it needs no speculation."""
-    steps_before = lm_gen.streaming_state.steps
-    out = lm_gen.step_frame(user, own)
-    frames = _frames_of_new_steps(lm_gen, steps_before, ReadyFrames(out.tokens, out.text_logits, out.audio_logits))
-    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, out.transformer_out.clone(),
-                           main_steps=1)
-
-
-def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
-    """How many leading steps saw correct text inputs: step i + 1 needs `proposed[:, :i + 1] == greedy[:, :i + 1]`."""
-    agree = (proposed[:, :-1] == greedy[:, :-1]).all(dim=0)
-    disagreements = (~agree).nonzero()
-    return int(disagreements[0]) + 1 if len(disagreements) else proposed.shape[1]
+    text: torch.Tensor
+    transformer_out: torch.Tensor
+    text_logits: torch.Tensor
+    main_steps: int
 
 
 @dataclasses.dataclass
-class SpeculationWindow:
-    """How many steps the next greedy speculation pass covers; kept in the `LMGen` state across calls.
+class WindowPolicy:
+    """The length of the next speculative pass, among `1, 2, 4, ...` up to `longest`: the one with the lowest measured
+    seconds per kept step, found by trying the lengths next to the current one.
 
-    The window doubles after each pass accepted whole and shrinks to the accepted length after a partial one. A pass
-    rejected from its second step on (unpredictable text) drops to single steps, which are always accepted, for a
-    back-off that doubles with each such rejection before a longer window is tried again.
+    A length is measured over `period` passes (the cost of a pass counts only its share of executing items, so the
+    passes that finish a chunk for the last items are not held against it), and its cost is averaged with its earlier
+    measurements. After each measurement the policy moves to the cheapest of the current length and its two neighbours;
+    when the current one is the cheapest it tries a neighbour (the longer first) never measured or measured more than
+    `stale` measurements ago, so a change in how predictable the text is, or in the machine's load, is followed.
     """
 
-    length: int = 1 << 30
-    hold: int = 0
-    misses: int = 0
+    longest: int
+    level: int = 4
+    period: int = 2
+    stale: int = 8
+    costs: dict[int, float] = dataclasses.field(default_factory=dict)
+    measured_at: dict[int, int] = dataclasses.field(default_factory=dict)
+    measurements: int = 0
+    seconds: float = 0.0
+    kept: int = 0
+    passes: int = 0
 
-    def update(self, accepted: int, tried: int) -> None:
-        if accepted == tried:
-            if self.hold:
-                self.hold -= 1
-                return
-            self.length = max(self.length, 2 * tried)
-            if tried > 1:
-                self.misses = 0
-        elif accepted == 1:
-            self.misses += 1
-            self.length, self.hold = 1, 2 ** min(self.misses, 8)
-        else:
-            self.length, self.misses = accepted, 0
+    def __post_init__(self) -> None:
+        self.level = min(self.level, self.top)
 
+    @property
+    def top(self) -> int:
+        return max(0, self.longest.bit_length() - 1)
 
-def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> list[ChunkWithLogits]:
-    """Greedy text by speculation over a sliding window (sized by the state's `SpeculationWindow`).
+    @property
+    def window(self) -> int:
+        return 1 << self.level
 
-    Run the window with proposed text, keep the leading steps whose inputs agree with the model's argmax (plus the first
-    corrected token), roll the streaming state back, commit those steps, and propose the argmax for the rest. A window
-    accepted whole is kept as it is, without a second pass; a window of one step takes the per-step path.
-    """
-    lm = lm_gen.lm_model
-    B, _, C = own.shape
-    proposal = torch.full((B, C), lm.text_padding_token_id, dtype=torch.long, device=own.device)
-    parts: list[ChunkWithLogits] = []
-    start = 0
-    while start < C:
-        state = lm_gen.streaming_state
-        stop = min(C, start + state.speculation.length)
-        if stop - start == 1:
-            parts.append(_single_step(lm_gen, user[:, :, start: stop], own[:, :, start: stop]))
-            state.speculation.update(1, 1)
-            start = stop
-            continue
-        checkpoint = lm_gen.checkpoint_streaming(stop - start)
-        span = slice(start, stop)
-        generated = _generated(proposal[:, span], own[:, :, span])
-        transformer_out, text_logits = _main_pass(lm_gen, user[:, :, span], generated)
-        greedy = text_logits[:, 0].argmax(dim=-1)
-        accepted = _verified_steps(proposal[:, span], greedy)
-        proposal[:, span] = greedy
-        if accepted == stop - start:
-            generated[:, 0, -1] = greedy[:, -1]
-            parts.append(_finish(lm_gen, generated, transformer_out, text_logits, stop - start))
-        else:
-            lm_gen.rollback_streaming(checkpoint)
-            kept = slice(start, start + accepted)
-            parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], stop - start))
-        state.speculation.update(accepted, stop - start)
-        start += accepted
-    return parts
+    def record(self, seconds: float, kept: int, executing: float = 1.0) -> None:
+        """Account one pass at the current length: its duration, the steps it kept (summed over items) and the share
+        of items that executed it."""
+        self.seconds += seconds * executing
+        self.kept += kept
+        self.passes += 1
+        if self.passes < self.period:
+            return
+        cost = self.seconds / max(self.kept, 1)
+        earlier = self.costs.get(self.level)
+        self.costs[self.level] = cost if earlier is None else (cost + earlier) / 2
+        self.measured_at[self.level] = self.measurements
+        self.measurements += 1
+        self.seconds, self.kept, self.passes = 0.0, 0, 0
+        self.level = self._next_level()
+
+    def _next_level(self) -> int:
+        near = [level for level in (self.level + 1, self.level - 1) if 0 <= level <= self.top]
+        known = [level for level in near if level in self.costs]
+        cheapest = min([self.level, *known], key=self.costs.__getitem__)
+        if cheapest != self.level:
+            return cheapest
+        due = [level for level in near
+               if self.measurements - self.measured_at.get(level, -self.stale - 1) > self.stale]
+        return due[0] if due else self.level
 
 
-def _concatenate(parts: list[ChunkWithLogits]) -> ChunkWithLogits:
-    if len(parts) == 1:
-        return parts[0]
-    return ChunkWithLogits(
-        tokens=torch.cat([p.tokens for p in parts], dim=2),
-        text_logits=torch.cat([p.text_logits for p in parts], dim=2),
-        audio_logits=torch.cat([p.audio_logits for p in parts], dim=2),
-        transformer_out=torch.cat([p.transformer_out for p in parts], dim=1),
-        main_steps=sum(p.main_steps for p in parts),
-    )
+def verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    """`[B]` how many leading steps of a pass saw correct text inputs: step i + 1 reads the text token of step i, so it
+    needs `proposed[:, :i + 1] == greedy[:, :i + 1]` (both `[B, L]`)."""
+    wrong = proposed[:, :-1] != greedy[:, :-1]
+    first_wrong = wrong.int().argmax(dim=1)
+    return torch.where(wrong.any(dim=1), first_wrong + 1, proposed.shape[1])
 
 
-def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-    """The user tokens `[B, n_q - dep_q, C]` on the model's device, once the chunk's inputs are checked."""
-    if own.dim() != 3:
-        raise ValueError(f"depformer_replace_tokens must be [B, dep_q, C], got {list(own.shape)}")
-    user = lm_gen.check_step_inputs(user, own, text, steps=own.shape[2])
-    if text is None and lm_gen.use_sampling:
-        raise ValueError("chunked scoring needs greedy text (use_sampling=False) or forced text tokens")
-    if not bool(lm_gen.streaming_state.exec_mask.all()):
-        raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
-    if lm_gen.has_hooks:
-        raise ValueError("chunked scoring does not call the per-step hooks: clear on_text_hook, on_text_logits_hook "
-                         "and on_audio_hook, or use step_with_logits")
-    return user
+class ChunkPasses:
+    """Runs the main transformer of `lm` over teacher-forced chunks, and keeps the speculation's window policy across
+    the calls of one streaming session (`LMGen` holds one in its streaming state)."""
 
+    def __init__(self, lm: LMModel, longest_window: int = 4096) -> None:
+        self.lm = lm
+        self.longest_window = longest_window
+        self.policy: WindowPolicy | None = None
 
-@torch.no_grad()
-def step_chunk_with_logits(
-    lm_gen: LMGen,
-    input_tokens: torch.Tensor,
-    depformer_replace_tokens: torch.Tensor,
-    text_replace_tokens: torch.Tensor | None = None,
-) -> ChunkWithLogits:
-    """C teacher-forced steps at once: `input_tokens` `[B, n_q - dep_q, C]`, `depformer_replace_tokens` `[B, dep_q, C]`
-    (step-by-step layout of `step_with_logits`), optional `text_replace_tokens` `[B, C]`; greedy text otherwise."""
-    user = _check_chunk(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
-    own = depformer_replace_tokens.to(user.device)
-    if text_replace_tokens is not None:
-        return _commit(lm_gen, user, own, text_replace_tokens.to(user.device))
-    return _concatenate(_speculate_greedy(lm_gen, user, own))
+    def forced(self, inputs_for: InputsFor, text: torch.Tensor) -> MainPasses:
+        """One pass over the steps of a chunk whose text tokens `[B, C]` are given."""
+        transformer_out, text_logits = self.lm.forward_text(inputs_for(text))
+        return MainPasses(text, transformer_out, text_logits, text.shape[1])
+
+    def greedy(self, inputs_for: InputsFor, batch_size: int, count: int, main_step: MainStep) -> MainPasses:
+        """The `count` steps of a chunk with greedy text, by speculation (see the module docstring)."""
+        lm, policy = self.lm, self._window_policy()
+        device = lm.device
+        text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
+        kept_out: torch.Tensor | None = None
+        kept_logits: torch.Tensor | None = None
+        position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        main_steps = 0
+        while int(position.min()) < count:
+            started = time.perf_counter()
+            window = min(policy.window, count - int(position.min()))
+            active = position < count
+            self._set_executing(active)
+            steps = position[:, None] + torch.arange(window, device=device)
+            columns = inputs_for(text).gather(2, steps.clamp(max=count - 1)[:, None].expand(-1, lm.num_codebooks, -1))
+            if window == 1:
+                out, logits = main_step(columns)
+                greedy = logits[:, 0].argmax(dim=-1)
+                kept = active.long()
+            else:
+                checkpoint = lm.transformer.checkpoint_streaming(window)
+                out, logits = lm.forward_text(columns)
+                greedy = logits[:, 0].argmax(dim=-1)
+                proposed = text.gather(1, steps.clamp(max=count - 1))
+                kept = torch.minimum(verified_steps(proposed, greedy), count - position) * active
+                if bool((kept < window).any()):
+                    lm.transformer.rollback_streaming(checkpoint, kept)
+            if kept_out is None or kept_logits is None:
+                kept_out = out.new_zeros(batch_size, count, out.shape[2])
+                kept_logits = logits.new_zeros(batch_size, count, logits.shape[3])
+            rows = torch.arange(batch_size, device=device)[:, None].expand_as(steps)
+            ahead = (steps < count) & active[:, None]
+            text[rows[ahead], steps[ahead]] = greedy[ahead]
+            final = torch.arange(window, device=device) < kept[:, None]
+            kept_out[rows[final], steps[final]] = out[final]
+            kept_logits[rows[final], steps[final]] = logits[:, 0][final]
+            position += kept
+            main_steps += window
+            policy.record(time.perf_counter() - started, int(kept.sum()), float(active.float().mean()))
+        self._set_executing(torch.ones_like(position, dtype=torch.bool))
+        assert kept_out is not None and kept_logits is not None
+        return MainPasses(text, kept_out, kept_logits[:, None], main_steps)
+
+    def _window_policy(self) -> WindowPolicy:
+        """The policy, created on the first greedy chunk: windows never longer than an attention cache (a longer pass
+        could not keep part of its steps)."""
+        if self.policy is None:
+            caches = [state.capacity for state in self.lm.transformer.get_streaming_state().values()
+                      if isinstance(state, AttentionState)]
+            self.policy = WindowPolicy(min([self.longest_window, *caches]))
+        return self.policy
+
+    def _set_executing(self, active: torch.Tensor) -> None:
+        """Items done with the chunk sit out the passes the others still need (their state stays unchanged)."""
+        self.lm.transformer.set_exec_mask(active)

@@ -111,10 +111,10 @@ class DelayRing:
         self.offsets.masked_fill_(reset_mask, 0)
 
     def step_inputs(self, user: torch.Tensor, ahead: torch.Tensor | None, executing: torch.Tensor) -> torch.Tensor:
-        """Record the user frames of C steps and return the input columns `[B, K, C]` of those steps.
+        """The input columns `[B, K, C]` of the next C steps (the ring is only read).
 
         user `[B, K - G, C]`: the user frame fed at each step; ahead `[B, G, C - 1]`: the tokens the first C - 1 steps
-        will generate (teacher forcing; None for one step); executing `[B]`: items that take the steps.
+        will generate (teacher forcing, or a guess; None for one step); executing `[B]`: items that take the steps.
         """
         G, C = self.num_generated, user.shape[2]
         start = self.offsets
@@ -126,18 +126,18 @@ class DelayRing:
         index = torch.where(from_ring, steps.clamp(max=self.max_delay), self.max_delay + 1 + steps - user_delays)
         pool = torch.cat([cached[:, G:], user], dim=2)
         users = pool.gather(2, index.expand(user.shape[0], -1, -1))
-        _ring_write(self.tokens[:, G:], 2, start[:, None] + self.delays[G:], user, executing)
         columns = torch.cat([generated, users], dim=1)
         before_stream = (start[:, None, None] + steps) <= self.delays[:, None]
         use_initial = before_stream | ~executing[:, None, None]
         return torch.where(use_initial, self.initial, columns)
 
-    def append(self, generated: torch.Tensor, text_logits: torch.Tensor, audio_logits: torch.Tensor | None,
-               executing: torch.Tensor) -> ReadyFrames:
-        """Record what C steps generated and return the frames they complete.
+    def append(self, user: torch.Tensor, generated: torch.Tensor, text_logits: torch.Tensor,
+               audio_logits: torch.Tensor | None, executing: torch.Tensor) -> ReadyFrames:
+        """Record what C steps were fed and generated and return the frames they complete.
 
-        generated `[B, G, C]`; text_logits `[B, C, text_card_out]`; audio_logits `[B, dep_q, C, card]` or None (the
-        own audio was forced without logits); executing `[B]`: items that took the steps (the others keep their ring).
+        user `[B, K - G, C]`: the user frames fed (as given to `step_inputs`); generated `[B, G, C]`; text_logits
+        `[B, C, text_card_out]`; audio_logits `[B, dep_q, C, card]` or None (the own audio was forced without
+        logits); executing `[B]`: items that took the steps (the others keep their ring).
         """
         G, C, depth = self.num_generated, generated.shape[2], self.max_delay
         start = self.offsets
@@ -155,6 +155,7 @@ class DelayRing:
             index = frame_index[1:, :, None].expand(generated.shape[0], -1, -1, audio.shape[-1])
             ready_audio = audio.gather(2, index)
             _ring_write(self.audio_logits, 2, start[:, None] + 1, audio_logits, executing)
+        _ring_write(self.tokens[:, G:], 2, start[:, None] + self.delays[G:], user, executing)
         _ring_write(self.tokens[:, :G], 2, start[:, None] + 1, generated, executing)
         _ring_write(self.text_logits, 1, start + 1, text_logits, executing)
         self.offsets.add_(executing.long() * C)

@@ -61,34 +61,6 @@ def test_chunks_equal_per_step(lm_case, policy):
             assert all(o.main_steps == o.transformer_out.shape[1] for o in outputs)
 
 
-def _counted(function, calls: dict[str, int], name: str):
-    def counted(*args):
-        calls[name] += 1
-        return function(*args)
-
-    return counted
-
-
-def test_greedy_chunks_mix_speculation_passes_and_single_steps(lm_case, monkeypatch):
-    """Random weights make the text unpredictable: the window falls back to single (per-step path) steps and grows
-    again,
-    and the result still equals the per-step pass (checked above); here both paths are seen to run."""
-    from moshi.models import lm_chunks
-
-    calls = {"_single_step": 0, "_main_pass": 0}
-    for name in calls:
-        monkeypatch.setattr(lm_chunks, name, _counted(getattr(lm_chunks, name), calls, name))
-    lm = lm_case.model()
-    lm_gen = LMGen(lm, use_sampling=False)
-    num_steps = lm_case.num_frames + lm_gen.max_delay
-    users, owns = _step_inputs(lm, lm_case.io["own_audio"], lm_case.io["user_audio"], num_steps)
-    expected = _per_step(lm_gen, users, owns, None)
-    got, _ = _chunked(lm_gen, users, owns, None, 64)
-    assert calls["_single_step"] > 0 and calls["_main_pass"] > 0
-    assert torch.equal(got[0], expected[0])
-    torch.testing.assert_close(got[2], expected[2], atol=1e-4, rtol=0)
-
-
 def test_chunk_then_steps_continue_the_same_stream(lm_case):
     lm = lm_case.model()
     io = lm_case.io
@@ -147,25 +119,6 @@ def test_chunk_input_errors(lm_case):
         lm_gen.set_exec_mask(torch.tensor([True, False]))
         with pytest.raises(ValueError, match="exec mask"):
             lm_gen.step_chunk_with_logits(users, owns, text_replace_tokens=torch.zeros(B, 4, dtype=torch.long))
-
-
-def test_speculation_window_backs_off_on_unpredictable_text_and_grows_on_success():
-    from moshi.models.lm_chunks import SpeculationWindow
-
-    window = SpeculationWindow(length=8)
-    # (accepted, tried) of a pass -> (length, hold) of the window afterwards
-    history = [
-        ((8, 8), (16, 0)),  # accepted whole: doubles
-        ((5, 16), (5, 0)),  # partly: shrinks to what was accepted
-        ((1, 5), (1, 2)),  # rejected from the second step: single steps, held for 2 passes
-        ((1, 1), (1, 1)),
-        ((1, 1), (1, 0)),
-        ((1, 1), (2, 0)),  # hold over: grows again
-        ((1, 2), (1, 4)),  # rejected again: the hold doubles
-    ]
-    for (accepted, tried), expected in history:
-        window.update(accepted=accepted, tried=tried)
-        assert (window.length, window.hold) == expected
 
 
 def test_teacher_forced_step_inputs_follow_the_fixture_layout(lm_case):
