@@ -9,6 +9,8 @@ depformer), the rest are the user's audio codebooks (input only). Stream k is de
   tokens of frame `step - max_delay` (None before). `LMGen.step_with_logits` is `step` plus the logits behind the
   returned tokens, from the very same streaming state (KV caches, TTT fast weights); with `depformer_replace_tokens` it
   teacher-forces the own audio while the depformer still runs, so no second forward pass is needed.
+  `LMGen.step_chunk_with_logits` returns what C teacher-forced `step_with_logits` calls would, in a few passes
+  (`moshi.models.lm_chunks`).
 """
 
 from __future__ import annotations
@@ -411,6 +413,11 @@ class LMGenState(State):
 
 class LMGen(StreamingModule[LMGenState]):
     """Streaming generation; constructor arguments follow upstream moshi.
+
+    Step methods, each feeding the next frame(s) of user tokens: `step` (the tokens of the completed frame) and
+    `step_with_extra_heads` (plus the extra heads' outputs), as upstream; `step_with_logits` (plus the logits behind
+    the tokens) and `step_chunk_with_logits` (C teacher-forced `step_with_logits` calls at once). The first three share
+    one step (`_step`) and return None during the first `max_delay` steps; the chunk leaves those frames out.
 
     `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text. `check`
     validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`, the text

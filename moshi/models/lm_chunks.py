@@ -176,9 +176,9 @@ class ChunkPasses:
                 kept = torch.minimum(verified_steps(proposed, greedy), count - position) * active
                 if bool((kept < window).any()):
                     lm.transformer.rollback_streaming(checkpoint, kept)
-            if kept_out is None or kept_logits is None:
-                kept_out = out.new_zeros(batch_size, count, out.shape[2])
-                kept_logits = logits.new_zeros(batch_size, count, logits.shape[3])
+            if kept_out is None or kept_logits is None:  # every step is kept exactly once
+                kept_out = out.new_empty(batch_size, count, out.shape[2])
+                kept_logits = logits.new_empty(batch_size, count, logits.shape[3])
             rows = torch.arange(batch_size, device=device)[:, None].expand_as(steps)
             ahead = (steps < count) & active[:, None]
             text[rows[ahead], steps[ahead]] = greedy[ahead]

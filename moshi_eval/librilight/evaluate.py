@@ -176,6 +176,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         self.run_scorer(scorer, items, finished)
         if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
             self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
+            self.timing["main_steps_per_frame"] = 1 / scorer.acceptance_rate
 
     def result(self, complete: bool) -> LibriLightResult:
         order = [source.sequence_id for source in self.sources if source.sequence_id in self.finished]
