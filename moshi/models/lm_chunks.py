@@ -134,6 +134,57 @@ def verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor
     return torch.where(wrong.any(dim=1), first_wrong + 1, proposed.shape[1])
 
 
+class GreedyChunk:
+    """The speculation over one chunk of `count` steps: the text tokens `[B, C]` (kept ones, then proposals), each
+    item's next step `[B]`, and the kept steps' transformer_out `[B, C, dim]` and text logits `[B, C, text_card_out]`.
+    """
+
+    def __init__(self, lm: LMModel, inputs_for: InputsFor, batch_size: int, count: int) -> None:
+        device = lm.device
+        self.inputs_for = inputs_for
+        self.count = count
+        self.text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.transformer_out = torch.empty(batch_size, count, lm.dim, dtype=lm.dtype, device=device)
+        self.text_logits = torch.empty(batch_size, count, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
+                                       device=device)
+        self.rows = torch.arange(batch_size, device=device)[:, None]
+        self.main_steps = 0
+
+    def steps_left(self) -> int:
+        """The steps the furthest-behind item still has to take (0 when the chunk is done)."""
+        return self.count - int(self.position.min())
+
+    def window(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each item's next `length` steps `[B, L]` (past the chunk's end for items close to it), their input columns
+        `[B, K, L]` on the current proposals, and which items `[B]` still have steps to take."""
+        steps = self.position[:, None] + torch.arange(length, device=self.position.device)
+        inside = steps.clamp(max=self.count - 1)
+        columns = self.inputs_for(self.text)
+        return steps, columns.gather(2, inside[:, None].expand(-1, columns.shape[1], -1)), self.position < self.count
+
+    def proposed(self, steps: torch.Tensor) -> torch.Tensor:
+        """The text tokens `[B, L]` the window's steps were run with (the input of each following step)."""
+        return self.text.gather(1, steps.clamp(max=self.count - 1))
+
+    def keep(self, steps: torch.Tensor, greedy: torch.Tensor, out: torch.Tensor, logits: torch.Tensor,
+             kept: torch.Tensor, active: torch.Tensor) -> None:
+        """Record a pass over `steps` `[B, L]`: its argmaxes `[B, L]` become the text of those steps (final for the
+        first `kept[b]`, proposals after), and the kept steps' outputs `[B, L, dim]` and logits `[B, L, card]` are
+        stored; items advance by `kept`."""
+        rows = self.rows.expand_as(steps)
+        ahead = (steps < self.count) & active[:, None]
+        self.text[rows[ahead], steps[ahead]] = greedy[ahead]
+        final = torch.arange(steps.shape[1], device=steps.device) < kept[:, None]
+        self.transformer_out[rows[final], steps[final]] = out[final].to(self.transformer_out.dtype)
+        self.text_logits[rows[final], steps[final]] = logits[final].to(self.text_logits.dtype)
+        self.position += kept
+        self.main_steps += steps.shape[1]
+
+    def passes(self) -> MainPasses:
+        return MainPasses(self.text, self.transformer_out, self.text_logits[:, None], self.main_steps)
+
+
 class ChunkPasses:
     """Runs the main transformer of `lm` over teacher-forced chunks, and keeps the speculation's window policy across
     the calls of one streaming session (`LMGen` holds one in its streaming state)."""
@@ -149,48 +200,36 @@ class ChunkPasses:
         return MainPasses(text, transformer_out, text_logits, text.shape[1])
 
     def greedy(self, inputs_for: InputsFor, batch_size: int, count: int, main_step: MainStep) -> MainPasses:
-        """The `count` steps of a chunk with greedy text, by speculation (see the module docstring)."""
-        lm, policy = self.lm, self._window_policy()
-        device = lm.device
-        text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
-        kept_out: torch.Tensor | None = None
-        kept_logits: torch.Tensor | None = None
-        position = torch.zeros(batch_size, dtype=torch.long, device=device)
-        main_steps = 0
-        while int(position.min()) < count:
+        """The `count` steps of a chunk with greedy text, by speculation (see the module docstring): passes over
+        windows whose length the policy picks, until every item has taken its `count` steps."""
+        policy = self._window_policy()
+        chunk = GreedyChunk(self.lm, inputs_for, batch_size, count)
+        while steps_left := chunk.steps_left():
             started = time.perf_counter()
-            window = min(policy.window, count - int(position.min()))
-            active = position < count
-            self._set_executing(active)
-            steps = position[:, None] + torch.arange(window, device=device)
-            columns = inputs_for(text).gather(2, steps.clamp(max=count - 1)[:, None].expand(-1, lm.num_codebooks, -1))
-            if window == 1:
-                out, logits = main_step(columns)
-                greedy = logits[:, 0].argmax(dim=-1)
-                kept = active.long()
-            else:
-                checkpoint = lm.transformer.checkpoint_streaming(window)
-                out, logits = lm.forward_text(columns)
-                greedy = logits[:, 0].argmax(dim=-1)
-                proposed = text.gather(1, steps.clamp(max=count - 1))
-                kept = torch.minimum(verified_steps(proposed, greedy), count - position) * active
-                if bool((kept < window).any()):
-                    lm.transformer.rollback_streaming(checkpoint, kept)
-            if kept_out is None or kept_logits is None:  # every step is kept exactly once
-                kept_out = out.new_empty(batch_size, count, out.shape[2])
-                kept_logits = logits.new_empty(batch_size, count, logits.shape[3])
-            rows = torch.arange(batch_size, device=device)[:, None].expand_as(steps)
-            ahead = (steps < count) & active[:, None]
-            text[rows[ahead], steps[ahead]] = greedy[ahead]
-            final = torch.arange(window, device=device) < kept[:, None]
-            kept_out[rows[final], steps[final]] = out[final]
-            kept_logits[rows[final], steps[final]] = logits[:, 0][final]
-            position += kept
-            main_steps += window
-            policy.record(time.perf_counter() - started, int(kept.sum()), float(active.float().mean()))
-        self._set_executing(torch.ones_like(position, dtype=torch.bool))
-        assert kept_out is not None and kept_logits is not None
-        return MainPasses(text, kept_out, kept_logits[:, None], main_steps)
+            kept, executing = self._speculate(chunk, min(policy.window, steps_left), main_step)
+            policy.record(time.perf_counter() - started, kept, executing)
+        self.lm.transformer.set_exec_mask(torch.ones_like(chunk.position, dtype=torch.bool))
+        return chunk.passes()
+
+    def _speculate(self, chunk: GreedyChunk, length: int, main_step: MainStep) -> tuple[int, float]:
+        """One pass over the next `length` steps of every item still in the chunk (the others sit it out, their state
+        unchanged); each keeps its verified steps. Returns the steps kept and the share of items that took part."""
+        lm = self.lm
+        steps, columns, active = chunk.window(length)
+        lm.transformer.set_exec_mask(active)
+        if length == 1:  # always verified: no checkpoint, and on a GPU the per-step CUDA graph
+            out, logits = main_step(columns)
+            greedy = logits[:, 0].argmax(dim=-1)
+            kept = active.long()
+        else:
+            checkpoint = lm.transformer.checkpoint_streaming(length)
+            out, logits = lm.forward_text(columns)
+            greedy = logits[:, 0].argmax(dim=-1)
+            kept = torch.minimum(verified_steps(chunk.proposed(steps), greedy), chunk.count - chunk.position) * active
+            if bool((kept < length).any()):
+                lm.transformer.rollback_streaming(checkpoint, kept)
+        chunk.keep(steps, greedy, out, logits[:, 0], kept, active)
+        return int(kept.sum()), float(active.float().mean())  # waits for the pass on a GPU (read before the clock)
 
     def _window_policy(self) -> WindowPolicy:
         """The policy, created on the first greedy chunk: windows never longer than an attention cache (a longer pass
@@ -200,7 +239,3 @@ class ChunkPasses:
                       if isinstance(state, AttentionState)]
             self.policy = WindowPolicy(min([self.longest_window, *caches]))
         return self.policy
-
-    def _set_executing(self, active: torch.Tensor) -> None:
-        """Items done with the chunk sit out the passes the others still need (their state stays unchanged)."""
-        self.lm.transformer.set_exec_mask(active)
