@@ -78,7 +78,7 @@ class WindowPolicy:
     """
 
     longest: int
-    level: int = 4
+    level: int = 2
     period: int = 2
     stale: int = 8
     costs: dict[int, float] = dataclasses.field(default_factory=dict)
