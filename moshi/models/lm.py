@@ -296,10 +296,14 @@ class LMModel(StreamingContainer):
         """
         if sum_condition is not None or cross_attention_src is not None:
             raise NotImplementedError("LMModel.forward_text: conditioning is not supported by this fork")
+        transformer_out = self.forward_main(sequence)
+        return transformer_out, self.text_linear(transformer_out)[:, None]
+
+    def forward_main(self, sequence: torch.Tensor) -> torch.Tensor:
+        """`forward_text` without the text logits: the normalised transformer output `[B, S, dim]`."""
         if sequence.shape[1] != self.num_codebooks:
             raise ValueError(f"expected {self.num_codebooks} streams, got sequence of shape {list(sequence.shape)}")
-        transformer_out = self.out_norm(self.transformer(self.embed(sequence)))
-        return transformer_out, self.text_linear(transformer_out)[:, None]
+        return self.out_norm(self.transformer(self.embed(sequence)))
 
     def _depformer_input(self, cb_index: int, previous_token: torch.Tensor, transformer_out: torch.Tensor):
         """Depformer input for codebook `cb_index`: projected transformer output + embedding of the previous token."""
@@ -625,13 +629,15 @@ class LMGen(StreamingModule[LMGenState]):
 
     @torch.no_grad()
     def step_chunk_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor,
-                               *, text_replace_tokens: torch.Tensor | None = None) -> ChunkWithLogits:
+                               *, text_replace_tokens: torch.Tensor | None = None,
+                               keep_text_logits: bool = True) -> ChunkWithLogits:
         """C consecutive teacher-forced `step_with_logits` calls at once, their frames concatenated along time (none
         for the first `max_delay` steps, as `step_with_logits` returns None there, unless `support_out_of_sync`).
 
         input_tokens `[B, n_q - dep_q, C]`; depformer_replace_tokens `[B, dep_q, C]` (the own audio is always
         forced); text_replace_tokens `[B, C]`, or greedy text found by speculation (`moshi.models.lm_chunks`). Greedy
-        or forced text only, every item executing, no per-step hooks.
+        or forced text only, every item executing, no per-step hooks. `keep_text_logits=False` returns no text logits
+        (None) and, with forced text, does not compute them (audio scoring needs none).
         """
         state = self.streaming_state
         user = self._check_chunk(input_tokens, depformer_replace_tokens, text_replace_tokens)
@@ -643,13 +649,14 @@ class LMGen(StreamingModule[LMGenState]):
             return state.ring.step_inputs(user, generated[:, :, :-1], state.exec_mask)
 
         if text_replace_tokens is None:
-            passes = state.chunks.greedy(inputs_for, batch_size, count, state.graphed_main)
+            passes = state.chunks.greedy(inputs_for, batch_size, count, state.graphed_main, keep_text_logits)
         else:
-            passes = state.chunks.forced(inputs_for, text_replace_tokens.to(user.device))
+            passes = state.chunks.forced(inputs_for, text_replace_tokens.to(user.device), keep_text_logits)
         generated = torch.cat([passes.text[:, None], own], dim=1)
         audio_logits = self.lm_model.forward_depformer_training(generated, passes.transformer_out)
         steps_before = state.steps
-        frames = state.ring.append(user, generated, passes.text_logits[:, 0], audio_logits, state.exec_mask)
+        text_logits = None if passes.text_logits is None else passes.text_logits[:, 0]
+        frames = state.ring.append(user, generated, text_logits, audio_logits, state.exec_mask)
         state.steps += count
         frames = self._returned_frames(frames, steps_before)
         return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, passes.transformer_out,
@@ -676,8 +683,8 @@ class LMGen(StreamingModule[LMGenState]):
         if self.support_out_of_sync:
             return frames
         first = max(0, self.max_delay - steps_before)
-        audio = frames.audio_logits
-        return ReadyFrames(frames.tokens[:, :, first:], frames.text_logits[:, :, first:],
+        text, audio = frames.text_logits, frames.audio_logits
+        return ReadyFrames(frames.tokens[:, :, first:], None if text is None else text[:, :, first:],
                            None if audio is None else audio[:, :, first:])
 
 

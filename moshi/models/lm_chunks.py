@@ -41,14 +41,15 @@ class ChunkWithLogits:
     """What C steps return together, for the F frames they complete (F = C, minus the first `max_delay` steps unless
     the `LMGen` has `support_out_of_sync`).
 
-    tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]`, audio_logits `[B, dep_q, F, card]` are aligned
-    like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer output of the C steps;
-    `main_steps` counts the steps of the main-transformer passes, rejected speculation included (C without it), so
-    `C / main_steps` is the speculation acceptance rate and `main_steps / C` the main steps per frame.
+    tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]` (None when not kept), audio_logits
+    `[B, dep_q, F, card]` are aligned like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer
+    output of the C steps; `main_steps` counts the steps of the main-transformer passes, rejected speculation included
+    (C without it), so `C / main_steps` is the speculation acceptance rate and `main_steps / C` the main steps per
+    frame.
     """
 
     tokens: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None
     audio_logits: torch.Tensor
     transformer_out: torch.Tensor
     main_steps: int
@@ -57,11 +58,12 @@ class ChunkWithLogits:
 @dataclasses.dataclass
 class MainPasses:
     """The main transformer over a chunk's C steps: the text tokens they generate `[B, C]`, transformer_out
-    `[B, C, dim]`, text logits `[B, 1, C, text_card_out]`, and the steps the passes took (`ChunkWithLogits`)."""
+    `[B, C, dim]`, text logits `[B, 1, C, text_card_out]` (None when not kept), and the steps the passes took
+    (`ChunkWithLogits`)."""
 
     text: torch.Tensor
     transformer_out: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None
     main_steps: int
 
 
@@ -136,18 +138,21 @@ def verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor
 
 class GreedyChunk:
     """The speculation over one chunk of `count` steps: the text tokens `[B, C]` (kept ones, then proposals), each
-    item's next step `[B]`, and the kept steps' transformer_out `[B, C, dim]` and text logits `[B, C, text_card_out]`.
+    item's next step `[B]`, and the kept steps' transformer_out `[B, C, dim]` and text logits `[B, C, text_card_out]`
+    (when kept).
     """
 
-    def __init__(self, lm: LMModel, inputs_for: InputsFor, batch_size: int, count: int) -> None:
+    def __init__(self, lm: LMModel, inputs_for: InputsFor, batch_size: int, count: int, keep_text_logits: bool) -> None:
         device = lm.device
         self.inputs_for = inputs_for
         self.count = count
         self.text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.transformer_out = torch.empty(batch_size, count, lm.dim, dtype=lm.dtype, device=device)
-        self.text_logits = torch.empty(batch_size, count, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
-                                       device=device)
+        self.text_logits = None
+        if keep_text_logits:
+            self.text_logits = torch.empty(batch_size, count, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
+                                           device=device)
         self.rows = torch.arange(batch_size, device=device)[:, None]
         self.main_steps = 0
 
@@ -177,12 +182,14 @@ class GreedyChunk:
         self.text[rows[ahead], steps[ahead]] = greedy[ahead]
         final = torch.arange(steps.shape[1], device=steps.device) < kept[:, None]
         self.transformer_out[rows[final], steps[final]] = out[final].to(self.transformer_out.dtype)
-        self.text_logits[rows[final], steps[final]] = logits[final].to(self.text_logits.dtype)
+        if self.text_logits is not None:
+            self.text_logits[rows[final], steps[final]] = logits[final].to(self.text_logits.dtype)
         self.position += kept
         self.main_steps += steps.shape[1]
 
     def passes(self) -> MainPasses:
-        return MainPasses(self.text, self.transformer_out, self.text_logits[:, None], self.main_steps)
+        text_logits = None if self.text_logits is None else self.text_logits[:, None]
+        return MainPasses(self.text, self.transformer_out, text_logits, self.main_steps)
 
 
 class ChunkPasses:
@@ -194,16 +201,20 @@ class ChunkPasses:
         self.longest_window = longest_window
         self.policy: WindowPolicy | None = None
 
-    def forced(self, inputs_for: InputsFor, text: torch.Tensor) -> MainPasses:
-        """One pass over the steps of a chunk whose text tokens `[B, C]` are given."""
+    def forced(self, inputs_for: InputsFor, text: torch.Tensor, keep_text_logits: bool) -> MainPasses:
+        """One pass over the steps of a chunk whose text tokens `[B, C]` are given (the text logits only when
+        kept)."""
+        if not keep_text_logits:
+            return MainPasses(text, self.lm.forward_main(inputs_for(text)), None, text.shape[1])
         transformer_out, text_logits = self.lm.forward_text(inputs_for(text))
         return MainPasses(text, transformer_out, text_logits, text.shape[1])
 
-    def greedy(self, inputs_for: InputsFor, batch_size: int, count: int, main_step: MainStep) -> MainPasses:
+    def greedy(self, inputs_for: InputsFor, batch_size: int, count: int, main_step: MainStep,
+               keep_text_logits: bool) -> MainPasses:
         """The `count` steps of a chunk with greedy text, by speculation (see the module docstring): passes over
         windows whose length the policy picks, until every item has taken its `count` steps."""
         policy = self._window_policy()
-        chunk = GreedyChunk(self.lm, inputs_for, batch_size, count)
+        chunk = GreedyChunk(self.lm, inputs_for, batch_size, count, keep_text_logits)
         while steps_left := chunk.steps_left():
             started = time.perf_counter()
             kept, executing = self._speculate(chunk, min(policy.window, steps_left), main_step)

@@ -27,7 +27,7 @@ class ReadyFrames:
     """
 
     tokens: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None
     audio_logits: torch.Tensor | None
 
 
@@ -136,19 +136,23 @@ class DelayRing:
         """Record what C steps were fed and generated and return the frames they complete.
 
         user `[B, K - G, C]`: the user frames fed (as given to `step_inputs`); generated `[B, G, C]`; text_logits
-        `[B, C, text_card_out]`; audio_logits `[B, dep_q, C, card]` or None (the own audio was forced without
-        logits); executing `[B]`: items that took the steps (the others keep their ring).
+        `[B, C, text_card_out]` or None (not kept: zeros in the ring); audio_logits `[B, dep_q, C, card]` or None (the
+        own audio was forced without logits); executing `[B]`: items that took the steps (the others keep their ring).
         """
         G, C, depth = self.num_generated, generated.shape[2], self.max_delay
         start = self.offsets
         history = start + 1 - depth
         tokens = torch.cat([_ring_read(self.tokens[:, :G], 2, history[:, None], depth), generated], dim=2)
-        text = torch.cat([_ring_read(self.text_logits, 1, history, depth), text_logits], dim=1)
         frame_index = torch.arange(C, device=generated.device) + self.delays[:G, None]
         ready_tokens = tokens.gather(2, frame_index.expand(generated.shape[0], -1, -1))
         not_ready = (start[:, None] + torch.arange(1, C + 1, device=generated.device) <= depth) | ~executing[:, None]
         ready_tokens = ready_tokens.masked_fill(not_ready[:, None], self.ungenerated_token_id)
-        ready_text = text.narrow(1, self.text_delay, C)[:, None]
+        ready_text = None
+        if text_logits is not None:
+            text = torch.cat([_ring_read(self.text_logits, 1, history, depth), text_logits], dim=1)
+            ready_text = text.narrow(1, self.text_delay, C)[:, None]
+        else:
+            text_logits = self.text_logits.new_zeros(()).expand(generated.shape[0], C, self.text_logits.shape[2])
         ready_audio = None
         if audio_logits is not None:
             audio = torch.cat([_ring_read(self.audio_logits, 2, history[:, None], depth), audio_logits], dim=2)
