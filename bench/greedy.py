@@ -6,15 +6,16 @@
 
 Both sides score the same teacher-forced sequence with greedy text, in alternating rounds (order flipped every round);
 the table gives the median ratio of their frames/s and its spread over the rounds. Every round asserts that the two
-return the same text and audio tokens, and audio losses equal to 1e-4 (float32; bf16 on the GPU is only reported).
+return the same text and audio tokens, and audio losses equal to 1e-4 (float32; bf16 on the GPU rounds the two paths
+differently, so the share of equal tokens and the largest loss difference are only reported).
 
-The model is the speed model of the other benchmarks (`SPEED_LM_CONFIG`) at dim 256 x 6 layers (one TTT-MLP layer in
-layers 2 and 3 in the TTT rows, mini-batches of 16; `finetune` rows build them with `TTTConfig.from_moshi_finetune` on a
-section like the users' training YAMLs). Random weights make the text argmax chaotic: speculation's worst case. A trained
-model's text follows the audio, mostly padding between words; `audio<N>` rows emulate that on the same random weights:
-the text embedding is scaled by 0.1 (the text fed back barely matters) and a bias on the padding logit makes about N %
-of the greedy text padding (the share reached is printed). Acceptance is the share of main-transformer steps kept,
-main/frame the main-transformer steps per scored frame (1 for forced text).
+The model is the speed model of the other benchmarks (`SPEED_LM_CONFIG`) at dim 256 x 6 layers (a TTT-MLP layer in
+layers 2 and 3 in the TTT rows, mini-batches of 16; `finetune` rows build them with `TTTConfig.from_moshi_finetune` on
+a section like the users' training YAMLs). Random weights make the text argmax chaotic: speculation's worst case. A
+trained model's text follows the audio, mostly padding between words; `audio<N>` rows emulate that on the same random
+weights: the text embedding is scaled by 0.1 (the text fed back barely matters) and a bias on the padding logit makes
+about N % of the greedy text padding (the share reached is printed). Acceptance is the share of main-transformer steps
+kept, main/frame the main-transformer steps per scored frame (1 for forced text).
 """
 
 from __future__ import annotations
@@ -156,14 +157,16 @@ def chunked(lm: LMModel, users: torch.Tensor, owns: torch.Tensor, chunk: int) ->
     return Run(seconds, tokens, losses_of(logits, tokens), sum(out.main_steps for out in outputs))
 
 
-def compare(case: Case, step: Run, chunk: Run, exact: bool) -> float:
-    """The largest loss difference; raises when tokens differ (or, in float32, losses by more than 1e-4)."""
-    if not torch.equal(step.tokens, chunk.tokens):
-        raise SystemExit(f"{case}: chunked tokens differ from per-step tokens")
+def compare(case: Case, step: Run, chunk: Run, exact: bool) -> tuple[float, float]:
+    """The share of equal tokens and the largest loss difference; in float32 (`exact`) anything but equal tokens and
+    losses within 1e-4 stops the benchmark (bf16 on a GPU rounds the two paths differently: reported only)."""
+    agree = float((step.tokens == chunk.tokens).float().mean())
     gap = float((step.losses - chunk.losses).abs().max())
+    if exact and agree < 1:
+        raise SystemExit(f"{case}: chunked tokens differ from per-step tokens")
     if exact and gap > 1e-4:
         raise SystemExit(f"{case}: chunked losses differ from per-step losses by {gap:.1e}")
-    return gap
+    return agree, gap
 
 
 def run_case(case: Case, frames: int, rounds: int, chunk: int, seven_b: bool) -> dict:
@@ -176,7 +179,7 @@ def run_case(case: Case, frames: int, rounds: int, chunk: int, seven_b: bool) ->
     warm = slice(0, 2 * max(lm.delays) + 8)
     chunked(lm, users[:, :, warm], owns[:, :, warm], chunk)
     per_step(lm, users[:, :, warm], owns[:, :, warm])
-    ratios, step_fps, chunk_fps, gaps, main_steps = [], [], [], [], []
+    ratios, step_fps, chunk_fps, agreements, gaps, main_steps = [], [], [], [], [], []
     for round_index in range(rounds):
         order = (per_step, chunked) if round_index % 2 == 0 else (chunked, per_step)
         runs = {}
@@ -184,7 +187,9 @@ def run_case(case: Case, frames: int, rounds: int, chunk: int, seven_b: bool) ->
             runs[method.__name__] = (method(lm, users, owns) if method is per_step else
                                      method(lm, users, owns, chunk))
         step, fast = runs["per_step"], runs["chunked"]
-        gaps.append(compare(case, step, fast, exact=not seven_b))
+        agree, gap = compare(case, step, fast, exact=not seven_b)
+        agreements.append(agree)
+        gaps.append(gap)
         ratios.append(step.seconds / fast.seconds)
         step_fps.append(frames * case.batch_size / step.seconds)
         chunk_fps.append(frames * case.batch_size / fast.seconds)
@@ -194,7 +199,8 @@ def run_case(case: Case, frames: int, rounds: int, chunk: int, seven_b: bool) ->
     return {"case": case.name, "batch": case.batch_size, "ttt": case.ttt, "pad_share": pad,
             "step_fps": statistics.median(step_fps), "chunk_fps": statistics.median(chunk_fps),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "acceptance": steps / statistics.median(main_steps), "main_per_frame": statistics.median(main_steps) / steps,
+            "acceptance": steps / statistics.median(main_steps),
+            "main_per_frame": statistics.median(main_steps) / steps, "tokens_equal": min(agreements),
             "loss_gap": max(gaps)}
 
 
@@ -212,13 +218,14 @@ def main() -> None:
                         help=f"7B config, random bf16 weights, on the GPU (TTT rows: layers {SEVEN_B_TTT_LAYERS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="this TTT config reads each mini-batch non-causally")
     device = f"7B bf16 on {torch.cuda.get_device_name()}" if args.seven_b else (
         f"CPU, {torch.get_num_threads()} thread(s), dim {BENCH_CONFIG['dim']} x {BENCH_CONFIG['num_layers']} layers")
     print(f"greedy chunked vs per-step ({args.frames} frames, chunks of {args.chunk_size}, median of {args.rounds} "
           f"alternating rounds [min-max], {device}):")
     print("| case | B | TTT | PAD share | per-step frames/s | chunked frames/s | chunked / per-step | acceptance | "
-          "main/frame |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "main/frame | equal tokens | loss gap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.cases:
         for case in CASES[name]:
             if case.ttt not in args.ttt or case.batch_size not in args.batch_sizes:
@@ -226,7 +233,8 @@ def main() -> None:
             row = run_case(case, args.frames, args.rounds, args.chunk_size, args.seven_b)
             print(f"| {row['case']} | {row['batch']} | {row['ttt']} | {row['pad_share']:.0%} | {row['step_fps']:.1f} | "
                   f"{row['chunk_fps']:.1f} | **{row['ratio']:.2f}x** [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}] | "
-                  f"{row['acceptance']:.2f} | {row['main_per_frame']:.2f} |", flush=True)
+                  f"{row['acceptance']:.2f} | {row['main_per_frame']:.2f} | {row['tokens_equal']:.1%} | "
+                  f"{row['loss_gap']:.0e} |", flush=True)
 
 
 if __name__ == "__main__":

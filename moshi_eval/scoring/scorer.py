@@ -403,12 +403,14 @@ class _BatchRun(_SlotRun):
 class ChunkedScorer(_SlotScorer):
     """Scores sequences `chunk_size` steps per call with `LMGen.step_chunk_with_logits`; same results as `StepScorer`.
 
-    `batch_size` slots share the calls. A call advances every slot by the same number of steps: up to `chunk_size`,
-    and no further than the longest remaining sequence. A slot whose sequence ends within a call runs on padding to the
-    call's end (outputs never read); before the next call it is reset alone and takes the next sequence. Sequences are
-    taken longest first, so short utterances of similar lengths run in rounds of one call each, and long ones keep
-    every slot busy. Text policies `greedy` (speculation), `pad` and `zero`. `acceptance_rate` is the share of
-    main-transformer steps that were kept. A non-finite loss stops the run at the end of the call that produced it.
+    Sequences are taken longest first. When each fits in one call (short utterances), consecutive ones share a call
+    of their own (`sessions`: at most `batch_size` of them and `chunk_size` steps over all slots), as
+    lm-evaluation-harness batches requests. Otherwise `batch_size` slots share the calls: a call advances every slot by
+    the same number of steps, up to `chunk_size` and no further than the longest remaining sequence; a slot whose
+    sequence ends within a call runs on padding to the call's end (outputs never read), and before the next call it is
+    reset alone and takes the next sequence. Either way a slot's padding is never read. Text policies `greedy`
+    (speculation), `pad` and `zero`; no text logits are kept. `acceptance_rate` is the share of main-transformer steps
+    that were kept. A non-finite loss stops the run at the end of the call that produced it.
     """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", chunk_size: int = 64) -> None:
