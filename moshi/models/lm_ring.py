@@ -68,7 +68,8 @@ class DelayRing:
     tokens `[B, K, max_delay + 2]`: position p at slot `p % width`; text_logits `[B, max_delay + 1, text_card_out]`
     and audio_logits `[B, dep_q, max_delay + 1, card]`: the logits behind the generated tokens of the same positions;
     offsets `[B]`: the position each item reads next (its steps since the start or its last reset); initial `[B, K, 1]`:
-    the tokens read before a stream's first real position; delays `[K]`, and the text stream's delay as an int.
+    the tokens read before a stream's first real position; delays `[K]`, and on the host the text stream's delay and
+    the own audio streams'.
     """
 
     tokens: torch.Tensor
@@ -78,6 +79,7 @@ class DelayRing:
     initial: torch.Tensor
     delays: torch.Tensor
     text_delay: int
+    own_delays: list[int]
     ungenerated_token_id: int
 
     @classmethod
@@ -94,8 +96,20 @@ class DelayRing:
             initial=initial,
             delays=torch.tensor(delays, dtype=torch.long, device=device),
             text_delay=delays[0],
+            own_delays=list(delays[1: 1 + dep_q]),
             ungenerated_token_id=ungenerated_token_id,
         )
+
+    def _frames_of(self, past: torch.Tensor, new: torch.Tensor, count: int, delay: int) -> torch.Tensor:
+        """The entries `[B, count, ...]` of the `count` frames completed by the new positions, for a stream delayed by
+        `delay`, from the last `max_delay` positions `past` and the new ones `new` (`new` itself when the delay is the
+        largest)."""
+        start = delay - self.max_delay  # of the frames, counted from the first new position
+        if start == 0:
+            return new
+        if start + count <= 0:
+            return past[:, delay: delay + count]
+        return torch.cat([past[:, delay:], new[:, : start + count]], dim=1)
 
     @property
     def max_delay(self) -> int:
@@ -155,9 +169,9 @@ class DelayRing:
             text_logits = self.text_logits.new_zeros(()).expand(generated.shape[0], C, self.text_logits.shape[2])
         ready_audio = None
         if audio_logits is not None:
-            audio = torch.cat([_ring_read(self.audio_logits, 2, history[:, None], depth), audio_logits], dim=2)
-            index = frame_index[1:, :, None].expand(generated.shape[0], -1, -1, audio.shape[-1])
-            ready_audio = audio.gather(2, index)
+            past = _ring_read(self.audio_logits, 2, history[:, None], depth)
+            ready_audio = torch.stack([self._frames_of(past[:, k], audio_logits[:, k], C, delay)
+                                       for k, delay in enumerate(self.own_delays)], dim=1)
             _ring_write(self.audio_logits, 2, start[:, None] + 1, audio_logits, executing)
         _ring_write(self.tokens[:, G:], 2, start[:, None] + self.delays[G:], user, executing)
         _ring_write(self.tokens[:, :G], 2, start[:, None] + 1, generated, executing)

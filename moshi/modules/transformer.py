@@ -144,15 +144,21 @@ class AttentionState(State):
         self.values.scatter_(2, index, values)
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
+        """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity` (items outside the
+        exec mask keep theirs; on a CPU, when every item executes, nothing old is read)."""
         self.filled = min(self.capacity, self.filled + k.shape[2])
         if k.shape[2] > self.capacity:
             k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
         slots = positions % self.capacity
+        index = slots[:, None, :, None].expand_as(k)
+        if self.device.type != "cuda" and bool(self.exec_mask.all()):  # a CUDA graph replays one form: the masked one
+            self.positions.scatter_(1, slots, positions)
+            self.keys.scatter_(2, index, k)
+            self.values.scatter_(2, index, v)
+            return
         keep = ~self.exec_mask[:, None]
         new_positions = torch.where(keep, self.positions.gather(1, slots), positions)
         self.positions.scatter_(1, slots, new_positions)
-        index = slots[:, None, :, None].expand_as(k)
         keep_kv = keep[:, :, None, None]
         self.keys.scatter_(2, index, torch.where(keep_kv, self.keys.gather(2, index), k))
         self.values.scatter_(2, index, torch.where(keep_kv, self.values.gather(2, index), v))
