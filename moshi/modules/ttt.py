@@ -421,12 +421,9 @@ class TTTLayer(StreamingModule[TTTState]):
         if hook is not None:
             hook(InnerLossTrace(start.clone(), k.shape[2], before, after))
 
-    def _segment_bounds(self, length: int, phases: Sequence[int]) -> list[tuple[int, int]]:
-        """`[begin, end)` pieces of a chunk that cross the mini-batch end of no item, items starting the chunk at
-        `phases` (positions inside their mini-batch)."""
-        size = self.mini_batch_size
-        cuts = {end for phase in phases for end in range(size - phase % size, length, size)} | {length}
-        ends = sorted(cuts)
+    def _segment_bounds(self, length: int, phase: int) -> list[tuple[int, int]]:
+        """`[begin, end)` pieces of a chunk, cut at the mini-batch ends of items starting it at `phase`."""
+        ends = [*range(self.mini_batch_size - phase, length, self.mini_batch_size), length]
         return list(zip([0, *ends[:-1]], ends))
 
     def _scan(self, pieces: list[MiniBatch], weights: FastWeights, causal: bool) -> tuple[torch.Tensor, FastWeights]:
@@ -452,7 +449,7 @@ class TTTLayer(StreamingModule[TTTState]):
         B, T = q.shape[0], q.shape[2]
         weights = {name: getattr(self, name).float().expand(B, *shape) for name, shape in
                    self.fast_weight_shapes().items()}
-        bounds = self._segment_bounds(T, [0])
+        bounds = self._segment_bounds(T, 0)
         sizes = [end - begin for begin, end in bounds]
         pieces = [MiniBatch(begin, *parts) for (begin, _), *parts in
                   zip(bounds, *(tensor.split(sizes, dim=2) for tensor in (q, k, v, eta)), strict=True)]
@@ -509,7 +506,7 @@ class TTTLayer(StreamingModule[TTTState]):
             eta = eta * inside[:, None, :]
         start = state.offset - shift
         outputs = []
-        for begin, end in self._segment_bounds(width, [phase]):
+        for begin, end in self._segment_bounds(width, phase):
             piece = slice(begin, end)
             out, sums, completes, key_pass = self._segment(
                 q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], state.weights, state.pending,
