@@ -163,8 +163,8 @@ class DelayRing:
         ready_tokens = ready_tokens.masked_fill(not_ready[:, None], self.ungenerated_token_id)
         ready_text = None
         if text_logits is not None:
-            text = torch.cat([_ring_read(self.text_logits, 1, history, depth), text_logits], dim=1)
-            ready_text = text.narrow(1, self.text_delay, C)[:, None]
+            past_text = _ring_read(self.text_logits, 1, history, depth)
+            ready_text = self._frames_of(past_text, text_logits, C, self.text_delay)[:, None]
         else:
             text_logits = self.text_logits.new_zeros(()).expand(generated.shape[0], C, self.text_logits.shape[2])
         ready_audio = None
