@@ -155,6 +155,7 @@ class GreedyChunk:
                                            device=device)
         self.rows = torch.arange(batch_size, device=device)[:, None]
         self.main_steps = 0
+        self.masked = False  # whether items done with the chunk were taken out of the main transformer's exec mask
 
     def steps_left(self) -> int:
         """The steps the furthest-behind item still has to take (0 when the chunk is done)."""
@@ -219,7 +220,8 @@ class ChunkPasses:
             started = time.perf_counter()
             kept, executing = self._speculate(chunk, min(policy.window, steps_left), main_step)
             policy.record(time.perf_counter() - started, kept, executing)
-        self.lm.transformer.set_exec_mask(torch.ones_like(chunk.position, dtype=torch.bool))
+        if chunk.masked:
+            self.lm.transformer.set_exec_mask(torch.ones_like(chunk.position, dtype=torch.bool))
         return chunk.passes()
 
     def _speculate(self, chunk: GreedyChunk, length: int, main_step: MainStep) -> tuple[int, float]:
@@ -227,7 +229,9 @@ class ChunkPasses:
         unchanged); each keeps its verified steps. Returns the steps kept and the share of items that took part."""
         lm = self.lm
         steps, columns, active = chunk.window(length)
-        lm.transformer.set_exec_mask(active)
+        if chunk.masked or not bool(active.all()):
+            lm.transformer.set_exec_mask(active)
+            chunk.masked = True
         if length == 1:  # always verified: no checkpoint, and on a GPU the per-step CUDA graph
             out, logits = main_step(columns)
             greedy = logits[:, 0].argmax(dim=-1)
