@@ -76,7 +76,9 @@ class WindowPolicy:
     passes that finish a chunk for the last items are not held against it), and its cost is averaged with its earlier
     measurements. After each measurement the policy moves to the cheapest of the current length and its two neighbours;
     when the current one is the cheapest it tries a neighbour (the longer first) never measured or measured more than
-    `stale` measurements ago, so a change in how predictable the text is, or in the machine's load, is followed.
+    `stale` measurements ago, so a change in how predictable the text is, or in the machine's load, is followed. A pass
+    that every item kept whole ends its measurement at once and tries the longer window next: predictable text reaches
+    long windows in a few passes.
     """
 
     longest: int
@@ -101,13 +103,13 @@ class WindowPolicy:
     def window(self) -> int:
         return 1 << self.level
 
-    def record(self, seconds: float, kept: int, executing: float = 1.0) -> None:
-        """Account one pass at the current length: its duration, the steps it kept (summed over items) and the share
-        of items that executed it."""
+    def record(self, seconds: float, kept: int, executing: float = 1.0, whole: bool = False) -> None:
+        """Account one pass at the current length: its duration, the steps it kept (summed over items), the share of
+        items that executed it and whether each of them kept the whole window."""
         self.seconds += seconds * executing
         self.kept += kept
         self.passes += 1
-        if self.passes < self.period:
+        if self.passes < self.period and not whole:
             return
         cost = self.seconds / max(self.kept, 1)
         earlier = self.costs.get(self.level)
@@ -115,7 +117,7 @@ class WindowPolicy:
         self.measured_at[self.level] = self.measurements
         self.measurements += 1
         self.seconds, self.kept, self.passes = 0.0, 0, 0
-        self.level = self._next_level()
+        self.level = min(self.level + 1, self.top) if whole else self._next_level()
 
     def _next_level(self) -> int:
         near = [level for level in (self.level + 1, self.level - 1) if 0 <= level <= self.top]
@@ -218,15 +220,17 @@ class ChunkPasses:
         chunk = GreedyChunk(self.lm, inputs_for, batch_size, count, keep_text_logits)
         while steps_left := chunk.steps_left():
             started = time.perf_counter()
-            kept, executing = self._speculate(chunk, min(policy.window, steps_left), main_step)
-            policy.record(time.perf_counter() - started, kept, executing)
+            window = policy.window
+            kept, executing, whole = self._speculate(chunk, min(window, steps_left), main_step)
+            policy.record(time.perf_counter() - started, kept, executing, whole and 1 < window <= steps_left)
         if chunk.masked:
             self.lm.transformer.set_exec_mask(torch.ones_like(chunk.position, dtype=torch.bool))
         return chunk.passes()
 
-    def _speculate(self, chunk: GreedyChunk, length: int, main_step: MainStep) -> tuple[int, float]:
+    def _speculate(self, chunk: GreedyChunk, length: int, main_step: MainStep) -> tuple[int, float, bool]:
         """One pass over the next `length` steps of every item still in the chunk (the others sit it out, their state
-        unchanged); each keeps its verified steps. Returns the steps kept and the share of items that took part."""
+        unchanged); each keeps its verified steps. Returns the steps kept, the share of items that took part and
+        whether each kept all its steps of the window."""
         lm = self.lm
         steps, columns, active = chunk.window(length)
         if chunk.masked or not bool(active.all()):
@@ -243,8 +247,9 @@ class ChunkPasses:
             kept = torch.minimum(verified_steps(chunk.proposed(steps), greedy), chunk.count - chunk.position) * active
             if bool((kept < length).any()):
                 lm.transformer.rollback_streaming(checkpoint, kept)
+        whole = bool((kept == torch.clamp(chunk.count - chunk.position, max=length))[active].all())
         chunk.keep(steps, greedy, out, logits[:, 0], kept, active)
-        return int(kept.sum()), float(active.float().mean())  # waits for the pass on a GPU (read before the clock)
+        return int(kept.sum()), float(active.float().mean()), whole  # waits for the pass on a GPU (before the clock)
 
     def _window_policy(self) -> WindowPolicy:
         """The policy, created on the first greedy chunk: windows never longer than an attention cache (a longer pass

@@ -140,6 +140,15 @@ def test_window_policy_finds_the_cheapest_length_and_follows_changes():
     assert chosen[-20:].count(1) >= 14
 
 
+def test_window_policy_climbs_on_windows_kept_whole():
+    policy = WindowPolicy(longest=64, level=2)
+    chosen = []
+    for _ in range(6):
+        chosen.append(policy.window)
+        policy.record(1.0, policy.window, whole=True)
+    assert chosen == [4, 8, 16, 32, 64, 64]
+
+
 def test_window_policy_counts_a_pass_by_its_executing_items():
     policy = WindowPolicy(longest=8, level=1, period=1)
     policy.record(1.0, 2, executing=0.25)
