@@ -77,8 +77,8 @@ class WindowPolicy:
     measurements. After each measurement the policy moves to the cheapest of the current length and its two neighbours;
     when the current one is the cheapest it tries a neighbour (the longer first) never measured or measured more than
     `stale` measurements ago, so a change in how predictable the text is, or in the machine's load, is followed. A pass
-    that every item kept whole ends its measurement at once and tries the longer window next: predictable text reaches
-    long windows in a few passes.
+    that every item kept whole ends its measurement at once, and moves to the longer window if that one was never
+    measured: predictable text reaches long windows in a few passes.
     """
 
     longest: int
@@ -117,7 +117,8 @@ class WindowPolicy:
         self.measured_at[self.level] = self.measurements
         self.measurements += 1
         self.seconds, self.kept, self.passes = 0.0, 0, 0
-        self.level = min(self.level + 1, self.top) if whole else self._next_level()
+        climb = whole and self.level < self.top and self.level + 1 not in self.costs
+        self.level = self.level + 1 if climb else self._next_level()
 
     def _next_level(self) -> int:
         near = [level for level in (self.level + 1, self.level - 1) if 0 <= level <= self.top]
