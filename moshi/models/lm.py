@@ -9,6 +9,8 @@ depformer), the rest are the user's audio codebooks (input only). Stream k is de
   tokens of frame `step - max_delay` (None before). `LMGen.step_with_logits` is `step` plus the logits behind the
   returned tokens, from the very same streaming state (KV caches, TTT fast weights); with `depformer_replace_tokens` it
   teacher-forces the own audio while the depformer still runs, so no second forward pass is needed.
+  `LMGen.step_chunk_with_logits` returns what C teacher-forced `step_with_logits` calls would, in a few passes
+  (`moshi.models.lm_chunks`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ from ..modules.transformer import StreamingTransformer
 from ..modules.ttt import TTTBlock, TTTConfig
 from ..utils.compile import CUDAGraphed
 from ..utils.sampling import sample_token
-from .lm_chunks import ChunkWithLogits, SpeculationWindow, step_chunk_with_logits
+from .lm_chunks import ChunkPasses, ChunkWithLogits
 from .lm_ring import DelayRing, ReadyFrames
-from .lm_utils import ScaledEmbedding, delay_streams, init_scaled_normal_, undelay_streams
+from .lm_utils import (
+    ScaledEmbedding,
+    delay_streams,
+    explains_teacher_forcing_tokens,
+    init_scaled_normal_,
+    undelay_streams,
+)
 
 UNSUPPORTED_OPTIONS = {
     "condition_provider": "conditioning",
@@ -287,10 +295,14 @@ class LMModel(StreamingContainer):
         """
         if sum_condition is not None or cross_attention_src is not None:
             raise NotImplementedError("LMModel.forward_text: conditioning is not supported by this fork")
+        transformer_out = self.forward_main(sequence)
+        return transformer_out, self.text_linear(transformer_out)[:, None]
+
+    def forward_main(self, sequence: torch.Tensor) -> torch.Tensor:
+        """`forward_text` without the text logits: the normalised transformer output `[B, S, dim]`."""
         if sequence.shape[1] != self.num_codebooks:
             raise ValueError(f"expected {self.num_codebooks} streams, got sequence of shape {list(sequence.shape)}")
-        transformer_out = self.out_norm(self.transformer(self.embed(sequence)))
-        return transformer_out, self.text_linear(transformer_out)[:, None]
+        return self.out_norm(self.transformer(self.embed(sequence)))
 
     def _depformer_input(self, cb_index: int, previous_token: torch.Tensor, transformer_out: torch.Tensor):
         """Depformer input for codebook `cb_index`: projected transformer output + embedding of the previous token."""
@@ -382,32 +394,19 @@ class StepWithLogits(Mapping):
         return len(self.__dataclass_fields__)
 
 
-STEP_WITH_LOGITS_MIGRATION = "docs/step_with_logits.md, section \"Migrating from teacher_forcing_tokens\""
-
-
-def removed_keyword_error(method: str, keywords: dict[str, Any]) -> TypeError:
-    """The TypeError for keywords a method does not take; `teacher_forcing_tokens` gets what replaces it."""
-    if "teacher_forcing_tokens" in keywords:
-        return TypeError(
-            f"{method}() no longer takes teacher_forcing_tokens: give the audio to score as depformer_replace_tokens "
-            "in the delayed layout (moshi.models.lm_utils.teacher_forced_step_inputs builds it from [B, dep_q, T] "
-            "codes) and take the targets from out.tokens (out.tokens[:, 1:] is the frame out.audio_logits predicts), "
-            f"or score whole sequences with moshi_eval.librilight; see {STEP_WITH_LOGITS_MIGRATION}")
-    return TypeError(f"{method}() got an unexpected keyword argument {min(keywords)!r}")
-
-
 @dataclasses.dataclass
 class LMGenState(State):
     """The delayed token ring (tokens, logits and per-item positions, see `moshi.models.lm_ring`), the CUDA-graphed
-    passes, the chunked scorer's speculation window, and the steps taken since the start or the last reset (of any
-    item, as upstream: after a reset, `step` returns None for `max_delay` steps unless `support_out_of_sync`)."""
+    passes, the main-transformer passes of chunks (`moshi.models.lm_chunks`, with their speculation policy), and the
+    steps taken since the start or the last reset (of any item, as upstream: after a reset, `step` returns None for
+    `max_delay` steps unless `support_out_of_sync`)."""
 
     ring: DelayRing
     graphed_main: CUDAGraphed
     graphed_depformer: CUDAGraphed
     graphed_forced_depformer: CUDAGraphed
+    chunks: ChunkPasses
     steps: int = 0
-    speculation: SpeculationWindow = dataclasses.field(default_factory=SpeculationWindow)
 
     def reset(self, reset_mask: torch.Tensor) -> None:
         super().reset(reset_mask)
@@ -417,6 +416,11 @@ class LMGenState(State):
 
 class LMGen(StreamingModule[LMGenState]):
     """Streaming generation; constructor arguments follow upstream moshi.
+
+    Step methods, each feeding the next frame(s) of user tokens: `step` (the tokens of the completed frame) and
+    `step_with_extra_heads` (plus the extra heads' outputs), as upstream; `step_with_logits` (plus the logits behind
+    the tokens) and `step_chunk_with_logits` (C teacher-forced `step_with_logits` calls at once). The first three share
+    one step (`_step`) and return None during the first `max_delay` steps; the chunk leaves those frames out.
 
     `use_sampling` False means greedy decoding. `temp`/`top_k` apply to audio, `temp_text`/`top_k_text` to text. `check`
     validates that no ungenerated token is ever fed. Hooks receive the text logits `[B, 1, 1, text_card_out]`, the text
@@ -484,6 +488,7 @@ class LMGen(StreamingModule[LMGenState]):
             graphed_main=CUDAGraphed(lm.forward_text, disable=not on_gpu),
             graphed_depformer=CUDAGraphed(functools.partial(self._depformer_pass, forced=None), disable=not on_gpu),
             graphed_forced_depformer=CUDAGraphed(self._depformer_pass, disable=not on_gpu),
+            chunks=ChunkPasses(lm),
         )
 
     def check_step_inputs(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
@@ -560,7 +565,7 @@ class LMGen(StreamingModule[LMGenState]):
         text_replace_tokens: torch.Tensor | None,
         keep_logits: bool,
     ) -> tuple[ReadyFrames, torch.Tensor]:
-        """The one step under `step`, `step_frame` and `step_with_logits`: the frame it completes and its
+        """The one step under `step`, `step_with_extra_heads` and `step_with_logits`: the frame it completes and its
         transformer_out `[B, 1, dim]`."""
         state = self.streaming_state
         forced_text = text_replace_tokens
@@ -583,7 +588,7 @@ class LMGen(StreamingModule[LMGenState]):
             self.on_audio_hook(audio_tokens)
         generated = torch.cat([text_token[:, None], audio_tokens], dim=1)[:, :, None]
         step_audio_logits = None if audio_logits is None else audio_logits[:, :, None]
-        frames = state.ring.append(generated, text_logits[:, 0], step_audio_logits, state.exec_mask)
+        frames = state.ring.append(user, generated, text_logits[:, 0], step_audio_logits, state.exec_mask)
         state.steps += 1
         return frames, transformer_out
 
@@ -612,35 +617,80 @@ class LMGen(StreamingModule[LMGenState]):
             return None
         return frames.tokens, [torch.softmax(head(transformer_out), dim=-1) for head in self.lm_model.extra_heads]
 
+    @explains_teacher_forcing_tokens
     def step_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
-                         *, text_replace_tokens: torch.Tensor | None = None,
-                         **removed: torch.Tensor) -> StepWithLogits | None:
+                         *, text_replace_tokens: torch.Tensor | None = None) -> StepWithLogits | None:
         """`step`, plus the logits behind the returned tokens, from the same streaming state.
 
         The depformer always runs (teacher-forced with `depformer_replace_tokens`), so
         `cross_entropy(out.audio_logits[:, k, 0], out.tokens[:, 1 + k, 0])` is the model's loss on codebook k of the
-        returned frame. Returns None exactly when `step` would. The keyword `teacher_forcing_tokens` of earlier
-        research versions is refused with a TypeError saying what replaces it.
+        returned frame. Returns None exactly when `step` would.
         """
-        if removed:
-            raise removed_keyword_error("step_with_logits", removed)
-        out = self.step_frame(input_tokens, depformer_replace_tokens, text_replace_tokens=text_replace_tokens)
-        return None if self._no_frame_yet() else out
-
-    def step_frame(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor | None = None,
-                   *, text_replace_tokens: torch.Tensor | None = None) -> StepWithLogits:
-        """The step primitive under `step_with_logits`: one step and the frame it completes, during the first
-        `max_delay` steps too (that frame's tokens are then `ungenerated_token_id`), for callers that follow the delay
-        themselves (the chunked scorer)."""
         frames, transformer_out = self._step(input_tokens, depformer_replace_tokens, text_replace_tokens,
                                              keep_logits=True)
+        if self._no_frame_yet():
+            return None
         return StepWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, transformer_out)
 
+    @torch.no_grad()
     def step_chunk_with_logits(self, input_tokens: torch.Tensor, depformer_replace_tokens: torch.Tensor,
-                               *, text_replace_tokens: torch.Tensor | None = None) -> ChunkWithLogits:
-        """C teacher-forced `step_with_logits` calls in one pass: inputs `[B, n_q - dep_q, C]`, `[B, dep_q, C]` and
-        optionally `[B, C]` text; greedy text is found by speculation. See `moshi.models.lm_chunks`."""
-        return step_chunk_with_logits(self, input_tokens, depformer_replace_tokens, text_replace_tokens)
+                               *, text_replace_tokens: torch.Tensor | None = None,
+                               keep_text_logits: bool = True) -> ChunkWithLogits:
+        """C consecutive teacher-forced `step_with_logits` calls at once, their frames concatenated along time (none
+        for the first `max_delay` steps, as `step_with_logits` returns None there, unless `support_out_of_sync`).
+
+        input_tokens `[B, n_q - dep_q, C]`; depformer_replace_tokens `[B, dep_q, C]` (the own audio is always
+        forced); text_replace_tokens `[B, C]`, or greedy text found by speculation (`moshi.models.lm_chunks`). Greedy
+        or forced text only, every item executing, no per-step hooks. `keep_text_logits=False` returns no text logits
+        (None) and, with forced text, does not compute them (audio scoring needs none).
+        """
+        state = self.streaming_state
+        user = self._check_chunk(input_tokens, depformer_replace_tokens, text_replace_tokens)
+        own = depformer_replace_tokens.to(user.device)
+        batch_size, count = own.shape[0], own.shape[2]
+
+        def inputs_for(text: torch.Tensor) -> torch.Tensor:
+            generated = torch.cat([text[:, None], own], dim=1)
+            return state.ring.step_inputs(user, generated[:, :, :-1], state.exec_mask)
+
+        if text_replace_tokens is None:
+            passes = state.chunks.greedy(inputs_for, batch_size, count, state.graphed_main, keep_text_logits)
+        else:
+            passes = state.chunks.forced(inputs_for, text_replace_tokens.to(user.device), keep_text_logits)
+        generated = torch.cat([passes.text[:, None], own], dim=1)
+        audio_logits = self.lm_model.forward_depformer_training(generated, passes.transformer_out)
+        steps_before = state.steps
+        text_logits = None if passes.text_logits is None else passes.text_logits[:, 0]
+        frames = state.ring.append(user, generated, text_logits, audio_logits, state.exec_mask)
+        state.steps += count
+        frames = self._returned_frames(frames, steps_before)
+        return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, passes.transformer_out,
+                               passes.main_steps)
+
+    def _check_chunk(self, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """The user tokens `[B, n_q - dep_q, C]` on the model's device, once the chunk's inputs are checked."""
+        if own.dim() != 3:
+            raise ValueError(f"depformer_replace_tokens must be [B, dep_q, C], got {list(own.shape)}")
+        user = self.check_step_inputs(user, own, text, steps=own.shape[2])
+        if text is None and self.use_sampling:
+            raise ValueError("chunked scoring needs greedy text (use_sampling=False) or forced text tokens")
+        if not bool(self.streaming_state.exec_mask.all()):
+            raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
+        if self.has_hooks:
+            raise ValueError("chunked scoring does not call the per-step hooks: clear on_text_hook, "
+                             "on_text_logits_hook and on_audio_hook, or use step_with_logits")
+        return user
+
+    def _returned_frames(self, frames: ReadyFrames, steps_before: int) -> ReadyFrames:
+        """The frames of consecutive steps taken after `steps_before` steps that `step` would return: those of the
+        first `max_delay` steps are dropped unless `support_out_of_sync` (items reset at different times then mark
+        their own incomplete frames with `ungenerated_token_id`)."""
+        if self.support_out_of_sync:
+            return frames
+        first = max(0, self.max_delay - steps_before)
+        text, audio = frames.text_logits, frames.audio_logits
+        return ReadyFrames(frames.tokens[:, :, first:], None if text is None else text[:, :, first:],
+                           None if audio is None else audio[:, :, first:])
 
 
 __all__ = ["LMGen", "LMGenState", "LMModel", "LMOutput", "StepWithLogits"]

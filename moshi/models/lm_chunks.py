@@ -1,30 +1,39 @@
-"""Teacher-forced scoring of many steps per call, on the same streaming state as `LMGen.step_with_logits`.
+"""The main-transformer passes of teacher-forced chunks, C steps per call (`LMGen.step_chunk_with_logits`).
 
-`step_chunk_with_logits(lm_gen, user, own, text)` does what C consecutive calls of
-`lm_gen.step_with_logits(user[..., i:i+1], own[..., i:i+1], text_replace_tokens=text[:, i])` would do, with one
-main-transformer pass over the C steps (the KV caches and TTT states advance by C) and one parallel depformer pass.
+Every input of a teacher-forced step is known in advance except, with greedy text, the text token, which step t
+generates and step t + 1 reads. Forced text makes a chunk one pass. Greedy text is found by speculation:
 
-All inputs are known in advance except the greedy text, whose token at step t is an input of step t + 1. It is found by
-speculation: run the chunk with proposed text tokens from a checkpoint of the streaming state, accept the leading steps
-whose text inputs equal the model's own argmax (plus the first corrected token), roll back, commit the accepted
-steps and continue with the argmax as the next proposal. Accepted steps saw exactly the inputs the step-by-step greedy
-pass gives them, so the result is the same.
+- a pass runs a window of L steps on proposed text tokens from a checkpoint of the main transformer's streaming state;
+- each batch item keeps the leading steps whose text inputs equal its own argmax (plus the first corrected token): they
+  saw exactly the inputs of the step-by-step greedy pass, so their outputs are final;
+- the state is rolled back to each item's kept prefix without recomputing it (attention caches are truncated, TTT fast
+  weights re-absorb the kept tokens' gradient sums), and items advance by their own kept length;
+- the argmaxes of the rest of the window become the next proposals (Jacobi iteration: when the text follows the audio
+  they hold even though their inputs were not final yet); steps no pass reached propose the padding token.
 
-Steps read and record tokens through the same delayed ring as `LMGen`'s per-step path (`moshi.models.lm_ring`), and
-windows of one step take that path itself.
+The window length follows the measured cost per kept step (`WindowPolicy`): long windows where the text is predictable,
+single steps (no checkpoint, CUDA-graphed on a GPU) where it is not. The depformer runs once per call over the kept
+steps, in parallel (`LMGen` does that and the ring bookkeeping).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from .lm_ring import ReadyFrames
+from ..modules.transformer import AttentionState
 
 if TYPE_CHECKING:
-    from .lm import LMGen
+    from .lm import LMModel
+
+InputsFor = Callable[[torch.Tensor], torch.Tensor]
+"""The input columns `[B, K, C]` of a chunk's C steps, given the text tokens `[B, C]` they generate."""
+MainStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""`LMModel.forward_text` on the input column `[B, K, 1]` of one step (the CUDA-graphed one of `LMGen`)."""
 
 
 @dataclasses.dataclass
@@ -32,187 +41,222 @@ class ChunkWithLogits:
     """What C steps return together, for the F frames they complete (F = C, minus the first `max_delay` steps unless
     the `LMGen` has `support_out_of_sync`).
 
-    tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]`, audio_logits `[B, dep_q, F, card]` are aligned
-    like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer output of the C steps;
-    `main_steps` counts the steps the main transformer evaluated, rejected speculation included (C without it), so
-    `C / main_steps` is the speculation acceptance rate.
+    tokens `[B, dep_q + 1, F]`, text_logits `[B, 1, F, text_card_out]` (None when not kept), audio_logits
+    `[B, dep_q, F, card]` are aligned like `StepWithLogits`; transformer_out `[B, C, dim]` is the main transformer
+    output of the C steps; `main_steps` counts the steps of the main-transformer passes, rejected speculation included
+    (C without it), so `C / main_steps` is the speculation acceptance rate and `main_steps / C` the main steps per
+    frame.
     """
 
     tokens: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None
     audio_logits: torch.Tensor
     transformer_out: torch.Tensor
     main_steps: int
 
 
-def _frames_of_new_steps(lm_gen: LMGen, steps_before: int, frames: ReadyFrames) -> ReadyFrames:
-    """Drop the leading frames of steps taken before `max_delay` steps had passed (no frame is complete there).
+@dataclasses.dataclass
+class MainPasses:
+    """The main transformer over a chunk's C steps: the text tokens they generate `[B, C]`, transformer_out
+    `[B, C, dim]`, text logits `[B, 1, C, text_card_out]` (None when not kept), and the steps the passes took
+    (`ChunkWithLogits`)."""
 
-    With `support_out_of_sync` every step keeps its frame, as `LMGen.step` then never returns None: items reset at
-    different times each mark their own incomplete frames with `ungenerated_token_id`.
-    """
-    if lm_gen.support_out_of_sync:
-        return frames
-    first = max(0, lm_gen.max_delay - steps_before)
-    audio = frames.audio_logits
-    return ReadyFrames(frames.tokens[:, :, first:], frames.text_logits[:, :, first:],
-                       None if audio is None else audio[:, :, first:])
-
-
-def _main_pass(lm_gen: LMGen, user: torch.Tensor, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Record the user frames and run the main transformer over the steps that generate `generated` `[B, G, C]`:
-    transformer_out `[B, C, dim]` and text logits `[B, 1, C, text_card_out]`."""
-    state = lm_gen.streaming_state
-    inputs = state.ring.step_inputs(user, generated[:, :, :-1], state.exec_mask)
-    return lm_gen.lm_model.forward_text(inputs)
-
-
-def _finish(lm_gen: LMGen, generated: torch.Tensor, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-            main_steps: int) -> ChunkWithLogits:
-    """Depformer pass over steps whose main pass is final, then record them and return the frames they complete."""
-    state = lm_gen.streaming_state
-    audio_logits = lm_gen.lm_model.forward_depformer_training(generated, transformer_out)
-    steps_before = state.steps
-    frames = state.ring.append(generated, text_logits[:, 0], audio_logits, state.exec_mask)
-    state.steps += generated.shape[2]
-    frames = _frames_of_new_steps(lm_gen, steps_before, frames)
-    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, transformer_out, main_steps)
-
-
-def _generated(text: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """What the steps generate, `[B, 1 + dep_q, C]`: text `[B, C]` over the own audio `[B, dep_q, C]`."""
-    return torch.cat([text[:, None], own], dim=1)
-
-
-def _commit(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor, rejected_steps: int = 0):
-    """Run and record steps whose text tokens are known: one main pass, one parallel depformer pass."""
-    generated = _generated(text, own)
-    transformer_out, text_logits = _main_pass(lm_gen, user, generated)
-    return _finish(lm_gen, generated, transformer_out, text_logits, own.shape[2] + rejected_steps)
-
-
-def _single_step(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> ChunkWithLogits:
-    """One greedy step through `LMGen.step_frame` (CUDA-graphed on a GPU, where a one-step chunk is launch-bound):
-    a window of one step is always accepted, so it needs no speculation."""
-    steps_before = lm_gen.streaming_state.steps
-    out = lm_gen.step_frame(user, own)
-    frames = _frames_of_new_steps(lm_gen, steps_before, ReadyFrames(out.tokens, out.text_logits, out.audio_logits))
-    return ChunkWithLogits(frames.tokens, frames.text_logits, frames.audio_logits, out.transformer_out.clone(),
-                           main_steps=1)
-
-
-def _verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> int:
-    """How many leading steps saw correct text inputs: step i + 1 needs `proposed[:, :i + 1] == greedy[:, :i + 1]`."""
-    agree = (proposed[:, :-1] == greedy[:, :-1]).all(dim=0)
-    disagreements = (~agree).nonzero()
-    return int(disagreements[0]) + 1 if len(disagreements) else proposed.shape[1]
+    text: torch.Tensor
+    transformer_out: torch.Tensor
+    text_logits: torch.Tensor | None
+    main_steps: int
 
 
 @dataclasses.dataclass
-class SpeculationWindow:
-    """How many steps the next greedy speculation pass covers; kept in the `LMGen` state across calls.
+class WindowPolicy:
+    """The length of the next speculative pass, among `1, 2, 4, ...` up to `longest`: the one with the lowest measured
+    seconds per kept step, found by trying the lengths next to the current one.
 
-    The window doubles after each pass accepted whole and shrinks to the accepted length after a partial one. A pass
-    rejected from its second step on (unpredictable text) drops to single steps, which are always accepted, for a
-    back-off that doubles with each such rejection before a longer window is tried again.
+    A length is measured over `period` passes (the cost of a pass counts only its share of executing items, so the
+    passes that finish a chunk for the last items are not held against it), and its cost is averaged with its earlier
+    measurements. After each measurement the policy moves to the cheapest of the current length and its two neighbours;
+    when the current one is the cheapest it tries a neighbour (the longer first) never measured or measured more than
+    `stale` measurements ago, so a change in how predictable the text is, or in the machine's load, is followed. A pass
+    that every item kept whole ends its measurement at once, and moves to the longer window if that one was never
+    measured: predictable text reaches long windows in a few passes.
     """
 
-    length: int = 1 << 30
-    hold: int = 0
-    misses: int = 0
+    longest: int
+    level: int = 2
+    period: int = 2
+    stale: int = 8
+    costs: dict[int, float] = dataclasses.field(default_factory=dict)
+    measured_at: dict[int, int] = dataclasses.field(default_factory=dict)
+    measurements: int = 0
+    seconds: float = 0.0
+    kept: int = 0
+    passes: int = 0
 
-    def update(self, accepted: int, tried: int) -> None:
-        if accepted == tried:
-            if self.hold:
-                self.hold -= 1
-                return
-            self.length = max(self.length, 2 * tried)
-            if tried > 1:
-                self.misses = 0
-        elif accepted == 1:
-            self.misses += 1
-            self.length, self.hold = 1, 2 ** min(self.misses, 8)
-        else:
-            self.length, self.misses = accepted, 0
+    def __post_init__(self) -> None:
+        self.level = min(self.level, self.top)
+
+    @property
+    def top(self) -> int:
+        return max(0, self.longest.bit_length() - 1)
+
+    @property
+    def window(self) -> int:
+        return 1 << self.level
+
+    def record(self, seconds: float, kept: int, executing: float = 1.0, whole: bool = False) -> None:
+        """Account one pass at the current length: its duration, the steps it kept (summed over items), the share of
+        items that executed it and whether each of them kept the whole window."""
+        self.seconds += seconds * executing
+        self.kept += kept
+        self.passes += 1
+        if self.passes < self.period and not whole:
+            return
+        cost = self.seconds / max(self.kept, 1)
+        earlier = self.costs.get(self.level)
+        self.costs[self.level] = cost if earlier is None else (cost + earlier) / 2
+        self.measured_at[self.level] = self.measurements
+        self.measurements += 1
+        self.seconds, self.kept, self.passes = 0.0, 0, 0
+        climb = whole and self.level < self.top and self.level + 1 not in self.costs
+        self.level = self.level + 1 if climb else self._next_level()
+
+    def _next_level(self) -> int:
+        near = [level for level in (self.level + 1, self.level - 1) if 0 <= level <= self.top]
+        known = [level for level in near if level in self.costs]
+        cheapest = min([self.level, *known], key=self.costs.__getitem__)
+        if cheapest != self.level:
+            return cheapest
+        due = [level for level in near
+               if self.measurements - self.measured_at.get(level, -self.stale - 1) > self.stale]
+        return due[0] if due else self.level
 
 
-def _speculate_greedy(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor) -> list[ChunkWithLogits]:
-    """Greedy text by speculation over a sliding window (sized by the state's `SpeculationWindow`).
+def verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    """`[B]` how many leading steps of a pass saw correct text inputs: step i + 1 reads the text token of step i, so it
+    needs `proposed[:, :i + 1] == greedy[:, :i + 1]` (both `[B, L]`)."""
+    wrong = proposed[:, :-1] != greedy[:, :-1]
+    first_wrong = wrong.int().argmax(dim=1)
+    return torch.where(wrong.any(dim=1), first_wrong + 1, proposed.shape[1])
 
-    Run the window with proposed text, keep the leading steps whose inputs agree with the model's argmax (plus the first
-    corrected token), roll the streaming state back, commit those steps, and propose the argmax for the rest. A window
-    accepted whole is kept as it is, without a second pass; a window of one step takes the per-step path.
+
+class GreedyChunk:
+    """The speculation over one chunk of `count` steps: the text tokens `[B, C]` (kept ones, then proposals), each
+    item's next step `[B]`, and the kept steps' transformer_out `[B, C, dim]` and text logits `[B, C, text_card_out]`
+    (when kept).
     """
-    lm = lm_gen.lm_model
-    B, _, C = own.shape
-    proposal = torch.full((B, C), lm.text_padding_token_id, dtype=torch.long, device=own.device)
-    parts: list[ChunkWithLogits] = []
-    start = 0
-    while start < C:
-        state = lm_gen.streaming_state
-        stop = min(C, start + state.speculation.length)
-        if stop - start == 1:
-            parts.append(_single_step(lm_gen, user[:, :, start: stop], own[:, :, start: stop]))
-            state.speculation.update(1, 1)
-            start = stop
-            continue
-        checkpoint = lm_gen.checkpoint_streaming(stop - start)
-        span = slice(start, stop)
-        generated = _generated(proposal[:, span], own[:, :, span])
-        transformer_out, text_logits = _main_pass(lm_gen, user[:, :, span], generated)
-        greedy = text_logits[:, 0].argmax(dim=-1)
-        accepted = _verified_steps(proposal[:, span], greedy)
-        proposal[:, span] = greedy
-        if accepted == stop - start:
-            generated[:, 0, -1] = greedy[:, -1]
-            parts.append(_finish(lm_gen, generated, transformer_out, text_logits, stop - start))
+
+    def __init__(self, lm: LMModel, inputs_for: InputsFor, batch_size: int, count: int, keep_text_logits: bool) -> None:
+        device = lm.device
+        self.inputs_for = inputs_for
+        self.count = count
+        self.text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.transformer_out = torch.empty(batch_size, count, lm.dim, dtype=lm.dtype, device=device)
+        self.text_logits = None
+        if keep_text_logits:
+            self.text_logits = torch.empty(batch_size, count, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
+                                           device=device)
+        self.rows = torch.arange(batch_size, device=device)[:, None]
+        self.main_steps = 0
+        self.masked = False  # whether items done with the chunk were taken out of the main transformer's exec mask
+
+    def steps_left(self) -> int:
+        """The steps the furthest-behind item still has to take (0 when the chunk is done)."""
+        return self.count - int(self.position.min())
+
+    def window(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each item's next `length` steps `[B, L]` (past the chunk's end for items close to it), their input columns
+        `[B, K, L]` on the current proposals, and which items `[B]` still have steps to take."""
+        steps = self.position[:, None] + torch.arange(length, device=self.position.device)
+        inside = steps.clamp(max=self.count - 1)
+        columns = self.inputs_for(self.text)
+        return steps, columns.gather(2, inside[:, None].expand(-1, columns.shape[1], -1)), self.position < self.count
+
+    def proposed(self, steps: torch.Tensor) -> torch.Tensor:
+        """The text tokens `[B, L]` the window's steps were run with (the input of each following step)."""
+        return self.text.gather(1, steps.clamp(max=self.count - 1))
+
+    def keep(self, steps: torch.Tensor, greedy: torch.Tensor, out: torch.Tensor, logits: torch.Tensor,
+             kept: torch.Tensor, active: torch.Tensor) -> None:
+        """Record a pass over `steps` `[B, L]`: its argmaxes `[B, L]` become the text of those steps (final for the
+        first `kept[b]`, proposals after), and the kept steps' outputs `[B, L, dim]` and logits `[B, L, card]` are
+        stored; items advance by `kept`."""
+        rows = self.rows.expand_as(steps)
+        ahead = (steps < self.count) & active[:, None]
+        self.text[rows[ahead], steps[ahead]] = greedy[ahead]
+        final = torch.arange(steps.shape[1], device=steps.device) < kept[:, None]
+        self.transformer_out[rows[final], steps[final]] = out[final].to(self.transformer_out.dtype)
+        if self.text_logits is not None:
+            self.text_logits[rows[final], steps[final]] = logits[final].to(self.text_logits.dtype)
+        self.position += kept
+        self.main_steps += steps.shape[1]
+
+    def passes(self) -> MainPasses:
+        text_logits = None if self.text_logits is None else self.text_logits[:, None]
+        return MainPasses(self.text, self.transformer_out, text_logits, self.main_steps)
+
+
+class ChunkPasses:
+    """Runs the main transformer of `lm` over teacher-forced chunks, and keeps the speculation's window policy across
+    the calls of one streaming session (`LMGen` holds one in its streaming state)."""
+
+    def __init__(self, lm: LMModel, longest_window: int = 4096) -> None:
+        self.lm = lm
+        self.longest_window = longest_window
+        self.policy: WindowPolicy | None = None
+
+    def forced(self, inputs_for: InputsFor, text: torch.Tensor, keep_text_logits: bool) -> MainPasses:
+        """One pass over the steps of a chunk whose text tokens `[B, C]` are given (the text logits only when
+        kept)."""
+        if not keep_text_logits:
+            return MainPasses(text, self.lm.forward_main(inputs_for(text)), None, text.shape[1])
+        transformer_out, text_logits = self.lm.forward_text(inputs_for(text))
+        return MainPasses(text, transformer_out, text_logits, text.shape[1])
+
+    def greedy(self, inputs_for: InputsFor, batch_size: int, count: int, main_step: MainStep,
+               keep_text_logits: bool) -> MainPasses:
+        """The `count` steps of a chunk with greedy text, by speculation (see the module docstring): passes over
+        windows whose length the policy picks, until every item has taken its `count` steps."""
+        policy = self._window_policy()
+        chunk = GreedyChunk(self.lm, inputs_for, batch_size, count, keep_text_logits)
+        while steps_left := chunk.steps_left():
+            started = time.perf_counter()
+            window = policy.window
+            kept, executing, whole = self._speculate(chunk, min(window, steps_left), main_step)
+            policy.record(time.perf_counter() - started, kept, executing, whole and 1 < window <= steps_left)
+        if chunk.masked:
+            self.lm.transformer.set_exec_mask(torch.ones_like(chunk.position, dtype=torch.bool))
+        return chunk.passes()
+
+    def _speculate(self, chunk: GreedyChunk, length: int, main_step: MainStep) -> tuple[int, float, bool]:
+        """One pass over the next `length` steps of every item still in the chunk (the others sit it out, their state
+        unchanged); each keeps its verified steps. Returns the steps kept, the share of items that took part and
+        whether each kept all its steps of the window."""
+        lm = self.lm
+        steps, columns, active = chunk.window(length)
+        if chunk.masked or not bool(active.all()):
+            lm.transformer.set_exec_mask(active)
+            chunk.masked = True
+        if length == 1:  # always verified: no checkpoint, and on a GPU the per-step CUDA graph
+            out, logits = main_step(columns)
+            greedy = logits[:, 0].argmax(dim=-1)
+            kept = active.long()
         else:
-            lm_gen.rollback_streaming(checkpoint)
-            kept = slice(start, start + accepted)
-            parts.append(_commit(lm_gen, user[:, :, kept], own[:, :, kept], proposal[:, kept], stop - start))
-        state.speculation.update(accepted, stop - start)
-        start += accepted
-    return parts
+            checkpoint = lm.transformer.checkpoint_streaming(length)
+            out, logits = lm.forward_text(columns)
+            greedy = logits[:, 0].argmax(dim=-1)
+            kept = torch.minimum(verified_steps(chunk.proposed(steps), greedy), chunk.count - chunk.position) * active
+            if bool((kept < length).any()):
+                lm.transformer.rollback_streaming(checkpoint, kept)
+        whole = bool((kept == torch.clamp(chunk.count - chunk.position, max=length))[active].all())
+        chunk.keep(steps, greedy, out, logits[:, 0], kept, active)
+        return int(kept.sum()), float(active.float().mean()), whole  # waits for the pass on a GPU (before the clock)
 
-
-def _concatenate(parts: list[ChunkWithLogits]) -> ChunkWithLogits:
-    if len(parts) == 1:
-        return parts[0]
-    return ChunkWithLogits(
-        tokens=torch.cat([p.tokens for p in parts], dim=2),
-        text_logits=torch.cat([p.text_logits for p in parts], dim=2),
-        audio_logits=torch.cat([p.audio_logits for p in parts], dim=2),
-        transformer_out=torch.cat([p.transformer_out for p in parts], dim=1),
-        main_steps=sum(p.main_steps for p in parts),
-    )
-
-
-def _check_chunk(lm_gen: LMGen, user: torch.Tensor, own: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-    """The user tokens `[B, n_q - dep_q, C]` on the model's device, once the chunk's inputs are checked."""
-    if own.dim() != 3:
-        raise ValueError(f"depformer_replace_tokens must be [B, dep_q, C], got {list(own.shape)}")
-    user = lm_gen.check_step_inputs(user, own, text, steps=own.shape[2])
-    if text is None and lm_gen.use_sampling:
-        raise ValueError("chunked scoring needs greedy text (use_sampling=False) or forced text tokens")
-    if not bool(lm_gen.streaming_state.exec_mask.all()):
-        raise ValueError("chunked scoring advances every batch item: clear the exec mask first")
-    if lm_gen.has_hooks:
-        raise ValueError("chunked scoring does not call the per-step hooks: clear on_text_hook, on_text_logits_hook "
-                         "and on_audio_hook, or use step_with_logits")
-    return user
-
-
-@torch.no_grad()
-def step_chunk_with_logits(
-    lm_gen: LMGen,
-    input_tokens: torch.Tensor,
-    depformer_replace_tokens: torch.Tensor,
-    text_replace_tokens: torch.Tensor | None = None,
-) -> ChunkWithLogits:
-    """C teacher-forced steps at once: `input_tokens` `[B, n_q - dep_q, C]`, `depformer_replace_tokens` `[B, dep_q, C]`
-    (step-by-step layout of `step_with_logits`), optional `text_replace_tokens` `[B, C]`; greedy text otherwise."""
-    user = _check_chunk(lm_gen, input_tokens, depformer_replace_tokens, text_replace_tokens)
-    own = depformer_replace_tokens.to(user.device)
-    if text_replace_tokens is not None:
-        return _commit(lm_gen, user, own, text_replace_tokens.to(user.device))
-    return _concatenate(_speculate_greedy(lm_gen, user, own))
+    def _window_policy(self) -> WindowPolicy:
+        """The policy, created on the first greedy chunk: windows never longer than an attention cache (a longer pass
+        could not keep part of its steps)."""
+        if self.policy is None:
+            caches = [state.capacity for state in self.lm.transformer.get_streaming_state().values()
+                      if isinstance(state, AttentionState)]
+            self.policy = WindowPolicy(min([self.longest_window, *caches]))
+        return self.policy

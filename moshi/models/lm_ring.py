@@ -27,7 +27,7 @@ class ReadyFrames:
     """
 
     tokens: torch.Tensor
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None
     audio_logits: torch.Tensor | None
 
 
@@ -68,7 +68,8 @@ class DelayRing:
     tokens `[B, K, max_delay + 2]`: position p at slot `p % width`; text_logits `[B, max_delay + 1, text_card_out]`
     and audio_logits `[B, dep_q, max_delay + 1, card]`: the logits behind the generated tokens of the same positions;
     offsets `[B]`: the position each item reads next (its steps since the start or its last reset); initial `[B, K, 1]`:
-    the tokens read before a stream's first real position; delays `[K]`, and the text stream's delay as an int.
+    the tokens read before a stream's first real position; delays `[K]`, and on the host the text stream's delay and
+    the own audio streams'.
     """
 
     tokens: torch.Tensor
@@ -78,6 +79,7 @@ class DelayRing:
     initial: torch.Tensor
     delays: torch.Tensor
     text_delay: int
+    own_delays: list[int]
     ungenerated_token_id: int
 
     @classmethod
@@ -94,8 +96,20 @@ class DelayRing:
             initial=initial,
             delays=torch.tensor(delays, dtype=torch.long, device=device),
             text_delay=delays[0],
+            own_delays=list(delays[1: 1 + dep_q]),
             ungenerated_token_id=ungenerated_token_id,
         )
+
+    def _frames_of(self, past: torch.Tensor, new: torch.Tensor, count: int, delay: int) -> torch.Tensor:
+        """The entries `[B, count, ...]` of the `count` frames completed by the new positions, for a stream delayed by
+        `delay`, from the last `max_delay` positions `past` and the new ones `new` (`new` itself when the delay is the
+        largest)."""
+        start = delay - self.max_delay  # of the frames, counted from the first new position
+        if start == 0:
+            return new
+        if start + count <= 0:
+            return past[:, delay: delay + count]
+        return torch.cat([past[:, delay:], new[:, : start + count]], dim=1)
 
     @property
     def max_delay(self) -> int:
@@ -111,10 +125,10 @@ class DelayRing:
         self.offsets.masked_fill_(reset_mask, 0)
 
     def step_inputs(self, user: torch.Tensor, ahead: torch.Tensor | None, executing: torch.Tensor) -> torch.Tensor:
-        """Record the user frames of C steps and return the input columns `[B, K, C]` of those steps.
+        """The input columns `[B, K, C]` of the next C steps (the ring is only read).
 
         user `[B, K - G, C]`: the user frame fed at each step; ahead `[B, G, C - 1]`: the tokens the first C - 1 steps
-        will generate (teacher forcing; None for one step); executing `[B]`: items that take the steps.
+        will generate (teacher forcing, or a guess; None for one step); executing `[B]`: items that take the steps.
         """
         G, C = self.num_generated, user.shape[2]
         start = self.offsets
@@ -126,35 +140,40 @@ class DelayRing:
         index = torch.where(from_ring, steps.clamp(max=self.max_delay), self.max_delay + 1 + steps - user_delays)
         pool = torch.cat([cached[:, G:], user], dim=2)
         users = pool.gather(2, index.expand(user.shape[0], -1, -1))
-        _ring_write(self.tokens[:, G:], 2, start[:, None] + self.delays[G:], user, executing)
         columns = torch.cat([generated, users], dim=1)
         before_stream = (start[:, None, None] + steps) <= self.delays[:, None]
         use_initial = before_stream | ~executing[:, None, None]
         return torch.where(use_initial, self.initial, columns)
 
-    def append(self, generated: torch.Tensor, text_logits: torch.Tensor, audio_logits: torch.Tensor | None,
-               executing: torch.Tensor) -> ReadyFrames:
-        """Record what C steps generated and return the frames they complete.
+    def append(self, user: torch.Tensor, generated: torch.Tensor, text_logits: torch.Tensor,
+               audio_logits: torch.Tensor | None, executing: torch.Tensor) -> ReadyFrames:
+        """Record what C steps were fed and generated and return the frames they complete.
 
-        generated `[B, G, C]`; text_logits `[B, C, text_card_out]`; audio_logits `[B, dep_q, C, card]` or None (the
+        user `[B, K - G, C]`: the user frames fed (as given to `step_inputs`); generated `[B, G, C]`; text_logits
+        `[B, C, text_card_out]` or None (not kept: zeros in the ring); audio_logits `[B, dep_q, C, card]` or None (the
         own audio was forced without logits); executing `[B]`: items that took the steps (the others keep their ring).
         """
         G, C, depth = self.num_generated, generated.shape[2], self.max_delay
         start = self.offsets
         history = start + 1 - depth
         tokens = torch.cat([_ring_read(self.tokens[:, :G], 2, history[:, None], depth), generated], dim=2)
-        text = torch.cat([_ring_read(self.text_logits, 1, history, depth), text_logits], dim=1)
         frame_index = torch.arange(C, device=generated.device) + self.delays[:G, None]
         ready_tokens = tokens.gather(2, frame_index.expand(generated.shape[0], -1, -1))
         not_ready = (start[:, None] + torch.arange(1, C + 1, device=generated.device) <= depth) | ~executing[:, None]
         ready_tokens = ready_tokens.masked_fill(not_ready[:, None], self.ungenerated_token_id)
-        ready_text = text.narrow(1, self.text_delay, C)[:, None]
+        ready_text = None
+        if text_logits is not None:
+            past_text = _ring_read(self.text_logits, 1, history, depth)
+            ready_text = self._frames_of(past_text, text_logits, C, self.text_delay)[:, None]
+        else:
+            text_logits = self.text_logits.new_zeros(()).expand(generated.shape[0], C, self.text_logits.shape[2])
         ready_audio = None
         if audio_logits is not None:
-            audio = torch.cat([_ring_read(self.audio_logits, 2, history[:, None], depth), audio_logits], dim=2)
-            index = frame_index[1:, :, None].expand(generated.shape[0], -1, -1, audio.shape[-1])
-            ready_audio = audio.gather(2, index)
+            past = _ring_read(self.audio_logits, 2, history[:, None], depth)
+            ready_audio = torch.stack([self._frames_of(past[:, k], audio_logits[:, k], C, delay)
+                                       for k, delay in enumerate(self.own_delays)], dim=1)
             _ring_write(self.audio_logits, 2, start[:, None] + 1, audio_logits, executing)
+        _ring_write(self.tokens[:, G:], 2, start[:, None] + self.delays[G:], user, executing)
         _ring_write(self.tokens[:, :G], 2, start[:, None] + 1, generated, executing)
         _ring_write(self.text_logits, 1, start + 1, text_logits, executing)
         self.offsets.add_(executing.long() * C)

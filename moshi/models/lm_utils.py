@@ -1,11 +1,13 @@
-"""Building blocks of the LM: token embeddings with a "no input" id, and the acoustic delay layout (for a parallel
-forward, and for teacher-forced streaming steps)."""
+"""Building blocks of the LM: token embeddings with a "no input" id, the acoustic delay layout (for a parallel
+forward, and for teacher-forced streaming steps), and the error that explains the removed `teacher_forcing_tokens`
+keyword of research versions of `step_with_logits`."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -106,6 +108,29 @@ def teacher_forced_step_inputs(
     if user is not None:
         users[:, :, 1: T + 1] = user
     return users, owns
+
+
+STEP_WITH_LOGITS_MIGRATION = "docs/step_with_logits.md, section \"Migrating from teacher_forcing_tokens\""
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def explains_teacher_forcing_tokens(method: Method) -> Method:
+    """`method` refusing the keyword `teacher_forcing_tokens` with a TypeError that says what replaces it (other
+    unknown keywords fail as Python makes them fail)."""
+
+    @functools.wraps(method)
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        if "teacher_forcing_tokens" in kwargs:
+            raise TypeError(
+                f"{method.__name__}() no longer takes teacher_forcing_tokens: give the audio to score as "
+                "depformer_replace_tokens in the delayed layout (moshi.models.lm_utils.teacher_forced_step_inputs "
+                "builds it from [B, dep_q, T] codes) and take the targets from out.tokens (out.tokens[:, 1:] is the "
+                "frame out.audio_logits predicts), or score whole sequences with moshi_eval.librilight; see "
+                f"{STEP_WITH_LOGITS_MIGRATION}")
+        return method(*args, **kwargs)
+
+    return refusing  # type: ignore[return-value]
 
 
 def init_scaled_normal_(module: nn.Module) -> None:

@@ -14,6 +14,8 @@ A module marked with `set_streaming_detached(True)` is left alone by its parents
 streams (the depformer streams over codebooks inside each time step).
 `checkpoint_streaming(span)` / `rollback_streaming(checkpoint)` undo the steps taken since the checkpoint, in place
 (`span` bounds how many steps that is, so states can keep only what those steps overwrite; None keeps a full copy).
+`rollback_streaming(checkpoint, keep)` undoes them except the first `keep[b]` steps of each item (speculative passes
+keep their verified prefix); states whose content depends on the steps support it when the checkpoint had a `span`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,15 @@ class State:
         knows better."""
         return clone_state_value(self)
 
-    def rollback(self, checkpoint: Any) -> None:
-        """Return, in place, to the state `checkpoint(span)` was taken in (at most `span` steps ago)."""
+    def rollback(self, checkpoint: Any, keep: torch.Tensor | None = None) -> None:
+        """Return, in place, to the state `checkpoint(span)` was taken in (at most `span` steps ago); with `keep` `[B]`,
+        to the state after the first `keep[b]` of those steps of each item.
+
+        This base state holds nothing that depends on the steps; a subclass that does overrides `rollback` to support
+        `keep` (and refuses it where it cannot).
+        """
+        if keep is not None and type(self) is not State:
+            raise NotImplementedError(f"{type(self).__name__} cannot keep part of the steps it undoes")
         copy_state_value_(self, checkpoint)
 
 
@@ -222,14 +231,18 @@ class StreamingModule(nn.Module, Generic[StateT]):
         """
         return {name: state.checkpoint(span) for name, state in self.get_streaming_state().items()}
 
-    def rollback_streaming(self, checkpoint: dict[str, Any]) -> None:
-        """Undo the steps taken since `checkpoint_streaming`, in place (live tensors keep their memory)."""
+    def rollback_streaming(self, checkpoint: dict[str, Any], keep: torch.Tensor | None = None) -> None:
+        """Undo the steps taken since `checkpoint_streaming`, in place (live tensors keep their memory).
+
+        `keep` `[B]` (on the state's device): the number of those steps each item keeps, its first ones; the steps taken
+        since the checkpoint must then be at most its `span`, in calls the same for every item.
+        """
         live = self.get_streaming_state()
         if live.keys() != checkpoint.keys():
             mismatch = sorted(live.keys() ^ checkpoint.keys())
             raise ValueError(f"checkpoint does not match the streaming modules: {mismatch}")
         for name, state in live.items():
-            state.rollback(checkpoint[name])
+            state.rollback(checkpoint[name], keep)
 
 
 class StreamingContainer(StreamingModule[State]):

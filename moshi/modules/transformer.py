@@ -68,7 +68,8 @@ def num_weight_sets(weights_per_step: int, schedule: Sequence[int] | None) -> in
 
 @dataclasses.dataclass
 class AttentionCheckpoint:
-    """The cache slots `[B, n]` a speculative pass may overwrite, their keys and values, and the position table."""
+    """The cache slots `[B, n]` the next `n` positions of each item overwrite, their keys and values, the position
+    table, and the `span` asked for (None: any number of steps)."""
 
     slots: torch.Tensor
     keys: torch.Tensor
@@ -76,6 +77,7 @@ class AttentionCheckpoint:
     positions: torch.Tensor
     exec_mask: torch.Tensor
     filled: int
+    span: int | None
 
 
 @dataclasses.dataclass
@@ -111,26 +113,58 @@ class AttentionState(State):
         slots = slots % self.capacity
         index = slots[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
         return AttentionCheckpoint(slots, self.keys.gather(2, index), self.values.gather(2, index),
-                                   self.positions.clone(), self.exec_mask.clone(), self.filled)
+                                   self.positions.clone(), self.exec_mask.clone(), self.filled, span)
 
-    def rollback(self, checkpoint: AttentionCheckpoint) -> None:
-        index = checkpoint.slots[:, None, :, None].expand_as(checkpoint.keys)
-        self.keys.scatter_(2, index, checkpoint.keys)
-        self.values.scatter_(2, index, checkpoint.values)
-        self.positions.copy_(checkpoint.positions)
+    def rollback(self, checkpoint: AttentionCheckpoint, keep: torch.Tensor | None = None) -> None:
+        """Restore the slots written since the checkpoint; with `keep` `[B]`, only those of positions after each item's
+        first `keep[b]` (the kept entries stay: truncating the cache costs no recomputation).
+
+        Keeping needs every kept entry still in the ring: at most `capacity` steps since the checkpoint (`filled` stays
+        an upper bound).
+        """
+        restored = None
+        if keep is not None:
+            if checkpoint.span is None or checkpoint.span > self.capacity:
+                raise ValueError(f"keeping part of the steps needs a checkpoint span of at most the cache's "
+                                 f"{self.capacity} steps, got {checkpoint.span}")
+            restored = torch.arange(checkpoint.slots.shape[1], device=keep.device) >= keep[:, None]
+        self._restore(checkpoint.slots, checkpoint.keys, checkpoint.values, restored)
+        if restored is None:
+            self.positions.copy_(checkpoint.positions)
+            self.filled = checkpoint.filled
+        else:
+            saved_positions = checkpoint.positions.gather(1, checkpoint.slots)
+            live_positions = self.positions.gather(1, checkpoint.slots)
+            self.positions.scatter_(1, checkpoint.slots, torch.where(restored, saved_positions, live_positions))
         self.exec_mask.copy_(checkpoint.exec_mask)
-        self.filled = checkpoint.filled
+
+    def _restore(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                 restored: torch.Tensor | None) -> None:
+        """Write the saved `keys`, `values` `[B, H, n, D]` back into `slots` `[B, n]` (where `restored` `[B, n]`)."""
+        index = slots[:, None, :, None].expand_as(keys)
+        if restored is not None:
+            where = restored[:, None, :, None]
+            keys = torch.where(where, keys, self.keys.gather(2, index))
+            values = torch.where(where, values, self.values.gather(2, index))
+        self.keys.scatter_(2, index, keys)
+        self.values.scatter_(2, index, values)
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity`."""
+        """Store the last `capacity` of the new entries `[B, H, T, D]` at slot `position % capacity` (items outside the
+        exec mask keep theirs; on a CPU, when every item executes, nothing old is read)."""
         self.filled = min(self.capacity, self.filled + k.shape[2])
         if k.shape[2] > self.capacity:
             k, v, positions = k[:, :, -self.capacity:], v[:, :, -self.capacity:], positions[:, -self.capacity:]
         slots = positions % self.capacity
+        index = slots[:, None, :, None].expand_as(k)
+        if self.device.type != "cuda" and bool(self.exec_mask.all()):  # a CUDA graph replays one form: the masked one
+            self.positions.scatter_(1, slots, positions)
+            self.keys.scatter_(2, index, k)
+            self.values.scatter_(2, index, v)
+            return
         keep = ~self.exec_mask[:, None]
         new_positions = torch.where(keep, self.positions.gather(1, slots), positions)
         self.positions.scatter_(1, slots, new_positions)
-        index = slots[:, None, :, None].expand_as(k)
         keep_kv = keep[:, :, None, None]
         self.keys.scatter_(2, index, torch.where(keep_kv, self.keys.gather(2, index), k))
         self.values.scatter_(2, index, torch.where(keep_kv, self.values.gather(2, index), v))
@@ -249,14 +283,15 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys, values and key positions to attend over; updates the cache when streaming.
 
-        When the chunk is short enough that writing it cannot evict anything a query still sees, it is written first and
-        the cache alone is attended over; otherwise the cache is read before the write and joined with the chunk.
+        When writing the chunk cannot evict anything a query still sees (the chunk is short enough, or the cache still
+        has room for it: slots are filled in order), it is written first and the cache alone is attended over;
+        otherwise the cache is read before the write and joined with the chunk.
         """
         state = self._streaming_state
         if state is None:
             return k, v, positions
         window = self.context if self.context is not None else state.capacity
-        if k.shape[2] + window - 1 <= state.capacity:
+        if k.shape[2] + window - 1 <= state.capacity or state.filled + k.shape[2] <= state.capacity:
             state.write(k, v, positions)
             return self._cached(state)
         cached_keys, cached_values, cached_positions = self._cached(state)
@@ -373,6 +408,14 @@ class TransformerState(State):
         super().reset(reset_mask)
         self.offsets.masked_fill_(reset_mask, 0)
         self.steps = 0
+
+    def rollback(self, checkpoint: TransformerState, keep: torch.Tensor | None = None) -> None:
+        """Back to the checkpoint's positions, plus `keep[b]` for the items that executed (`steps` counts the longest
+        kept)."""
+        self.exec_mask.copy_(checkpoint.exec_mask)
+        kept = 0 if keep is None else keep * checkpoint.exec_mask
+        self.offsets.copy_(checkpoint.offsets + kept)
+        self.steps = checkpoint.steps + (0 if keep is None else int(keep.max()))
 
 
 class StreamingTransformer(StreamingModule[TransformerState]):

@@ -29,11 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .streaming import State, StreamingContainer, StreamingModule
+from .streaming import State, StreamingContainer, StreamingModule, clone_state_value, copy_state_value_
 from .ttt_finetune import FINETUNE_KEYS, finetune_section_settings
 from .ttt_inner import (
     NORM_EPS,
     FastWeights,
+    KeyPass,
     dual_form_queries,
     gelu_tanh,
     gelu_tanh_derivative,
@@ -47,7 +48,7 @@ from .ttt_inner import (
     rotate_adjacent_pairs,
     weighted_gradient_sum,
 )
-from .ttt_inner_losses import AFTER, BEFORE, W0, InnerLossBins, InnerLossTracker
+from .ttt_inner_losses import InnerLossBins, InnerLossTracker, SegmentLosses
 
 VARIANTS = ("linear", "mlp")
 DEFAULT_BASE_LR = {"linear": 1.0, "mlp": 0.1}
@@ -65,6 +66,38 @@ CAUSAL_STREAMING_NOTE = (
 
 
 @dataclasses.dataclass
+class StreamedSegment:
+    """What a segment streamed after a checkpoint added to the fast weights, kept so that a rollback can keep a prefix
+    of the steps: the step of each item `[B]` its first column holds, counted from the checkpoint (columns outside an
+    item's steps have a zero learning rate), the key pass and learning rates `[B, H, n]` of its `n` columns, their
+    gradient sums, which items `[B]` it completed a mini-batch of, and its inner losses while they are recorded."""
+
+    first_step: torch.Tensor
+    key_pass: KeyPass
+    eta: torch.Tensor
+    sums: FastWeights
+    completes: torch.Tensor
+    losses: SegmentLosses | None
+
+    def kept_columns(self, keep: torch.Tensor) -> torch.Tensor:
+        """`[B, n]`: the columns holding one of the first `keep[b]` steps of each item (or a zero learning rate)."""
+        return self.first_step[:, None] + torch.arange(self.eta.shape[2], device=keep.device) < keep[:, None]
+
+
+@dataclasses.dataclass
+class TTTCheckpoint:
+    """A copy of the fast weights, their pending sums, offsets, exec mask and inner-loss recording, and the segments
+    streamed since (None when the checkpoint has no span or more than `span` steps were taken)."""
+
+    weights: FastWeights
+    pending: FastWeights
+    offset: torch.Tensor
+    exec_mask: torch.Tensor
+    inner_losses: InnerLossTracker | None
+    segments: list[StreamedSegment] | None
+
+
+@dataclasses.dataclass
 class TTTState(State):
     """Fast weights of every batch item, in fp32.
 
@@ -72,15 +105,22 @@ class TTTState(State):
     pending: name -> `[B, H, ...]` eta-weighted gradient sum of the tokens already read in that mini-batch.
     offset: `[B]` tokens read since the start of the stream (or the item's last reset).
     initial_weights: returns the learned initial fast weights `[H, ...]` (read again at every reset).
+    mini_batch_size: tokens per mini-batch.
     inner_losses: the inner-loss recording while one is on (`TTTLayer.record_inner_losses`), else None. A checkpoint
     copies it with the rest, so a rollback also takes back the losses the undone steps added.
+    segments, span, streamed: after `checkpoint(span)`, the segments streamed since (while at most `span` steps were),
+    for a rollback that keeps a prefix of the steps.
     """
 
     initial_weights: Callable[[], FastWeights]
+    mini_batch_size: int
     weights: FastWeights = dataclasses.field(init=False)
     pending: FastWeights = dataclasses.field(init=False)
     offset: torch.Tensor = dataclasses.field(init=False)
-    inner_losses: InnerLossTracker | None = dataclasses.field(default=None, init=False)
+    inner_losses: InnerLossTracker | None = dataclasses.field(init=False, default=None)
+    segments: list[StreamedSegment] | None = dataclasses.field(init=False, default=None)
+    span: int = dataclasses.field(init=False, default=0)
+    streamed: int = dataclasses.field(init=False, default=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +140,59 @@ class TTTState(State):
             tensor.copy_(torch.where(chosen, initial[name].to(tensor), tensor))
             self.pending[name].masked_fill_(chosen, 0.0)
         self.offset.masked_fill_(reset_mask, 0)
+
+    def checkpoint(self, span: int | None) -> TTTCheckpoint:
+        """A copy of the state; with a `span`, the next `span` steps' segments are kept too (see `rollback`)."""
+        self.segments = None if span is None else []
+        self.span, self.streamed = span or 0, 0
+        return TTTCheckpoint(clone_state_value(self.weights), clone_state_value(self.pending), self.offset.clone(),
+                             self.exec_mask.clone(), clone_state_value(self.inner_losses), self.segments)
+
+    def rollback(self, checkpoint: TTTCheckpoint, keep: torch.Tensor | None = None) -> None:
+        """Back to the checkpoint; with `keep` `[B]`, then forward again through the first `keep[b]` steps of each
+        item from the kept segments (their gradient sums, cut inside a segment by masking the learning rates): the
+        fast weights of the kept prefix (and the inner losses it recorded), without running the layer again."""
+        segments = checkpoint.segments
+        if keep is not None and (segments is None or segments is not self.segments):
+            raise ValueError("keeping part of the steps needs the last checkpoint, taken with a span no shorter than "
+                             "the steps taken since")
+        for name in self.weights:
+            self.weights[name].copy_(checkpoint.weights[name])
+            self.pending[name].copy_(checkpoint.pending[name])
+        self.offset.copy_(checkpoint.offset)
+        self.exec_mask.copy_(checkpoint.exec_mask)
+        if self.inner_losses is not None:
+            copy_state_value_(self.inner_losses, checkpoint.inner_losses)
+        self.segments = None
+        if keep is None:
+            return
+        for segment in segments:
+            kept = segment.kept_columns(keep)
+            if not bool(kept.any()):
+                break
+            whole = kept.all(dim=1)
+            sums = segment.sums if bool(whole.all()) else weighted_gradient_sum(
+                segment.key_pass, segment.eta * kept[:, None, :])
+            self.absorb(sums, segment.completes & whole, self.mini_batch_size)
+            if segment.losses is not None:
+                self.inner_losses.read(segment.losses, kept)
+                self.inner_losses.close(segment.losses, whole)
+        self.offset.add_(keep * self.exec_mask)
+
+    def note_segment(self, first_step: torch.Tensor, key_pass: KeyPass, eta: torch.Tensor, sums: FastWeights,
+                     completes: torch.Tensor, losses: SegmentLosses | None) -> None:
+        """Keep a segment whose first column holds step `first_step[b]` `[B]` of the current call, while a
+        checkpoint's span is open."""
+        if self.segments is not None:
+            self.segments.append(StreamedSegment(first_step + self.streamed, key_pass, eta, sums, completes, losses))
+
+    def note_streamed(self, steps: int) -> None:
+        """Count a call's `steps`; past the checkpoint's span its segments are dropped (no partial rollback then)."""
+        if self.segments is None:
+            return
+        self.streamed += steps
+        if self.streamed > self.span:
+            self.segments = None
 
     @torch.no_grad()
     def absorb(self, segment_sums: Mapping[str, torch.Tensor], completes: torch.Tensor, mini_batch_size: int) -> None:
@@ -219,7 +312,8 @@ class TTTLayer(StreamingModule[TTTState]):
         self.inner_loss_bins = bins
 
     def _init_streaming_state(self, batch_size: int) -> TTTState:
-        state = TTTState(batch_size, self.W1.device, initial_weights=self.initial_fast_weights)
+        state = TTTState(batch_size, self.W1.device, initial_weights=self.initial_fast_weights,
+                         mini_batch_size=self.mini_batch_size)
         if self.inner_loss_bins is not None:
             state.inner_losses = InnerLossTracker.start(self.inner_loss_bins, batch_size, self.num_heads,
                                                         self.mini_batch_size, self.head_dim)
@@ -284,11 +378,12 @@ class TTTLayer(StreamingModule[TTTState]):
         pending: FastWeights | None,
         start: torch.Tensor,
         causal: bool,
-    ) -> tuple[torch.Tensor, FastWeights, torch.Tensor]:
+    ) -> tuple[torch.Tensor, FastWeights, torch.Tensor, KeyPass]:
         """Read `n` tokens that stay inside one mini-batch of every item; `start` `[B]` is each item's position.
 
-        Returns the outputs `q + LN(g(q; W_t))` `[B, H, n, hd]`, the segment's eta-weighted gradient sums and which
-        items `[B]` complete their mini-batch with it. Not `causal`: every query reads the whole segment.
+        Returns the outputs `q + LN(g(q; W_t))` `[B, H, n, hd]`, the segment's eta-weighted gradient sums, which
+        items `[B]` complete their mini-batch with it, and the key pass the sums came from. Not `causal`: every query
+        reads the whole segment.
         """
         n = q.shape[2]
         eps = self.config.ln_eps
@@ -300,44 +395,36 @@ class TTTLayer(StreamingModule[TTTState]):
         key_pass = inner_key_pass(k, v, weights, norm_weight, norm_bias, eps)
         inner_q = dual_form_queries(q, key_pass, eta, read_scale, weights, pending, causal)
         out = q + head_layer_norm(inner_q, norm_weight, norm_bias, eps)
-        return out, weighted_gradient_sum(key_pass, eta), first + n == self.mini_batch_size
+        return out, weighted_gradient_sum(key_pass, eta), first + n == self.mini_batch_size, key_pass
 
     @torch.no_grad()
-    def _record_read(self, tracker: InnerLossTracker, state: TTTState, k: torch.Tensor, v: torch.Tensor,
-                     start: torch.Tensor) -> None:
-        """The `w0` and `before` losses of a segment's tokens `[B, H, n, hd]` (first at `start` `[B]`), and their keys
-        and values kept for `after`."""
+    def _read_losses(self, state: TTTState, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+                     stored: torch.Tensor) -> SegmentLosses:
+        """The `w0` and `before` losses of a segment's tokens (keys and values `[B, H, n, hd]`, the first at `start`
+        `[B]`, `stored` `[B, n]` those that are steps of an executing item)."""
         positions = start[:, None] + torch.arange(k.shape[2], device=k.device)
-        counted = state.exec_mask[:, None] & (positions < tracker.limit[:, None])
         norm_weight, norm_bias = self._norm_params()
-        eps = self.config.ln_eps
-        for kind, weights in ((W0, self.initial_fast_weights()), (BEFORE, state.weights)):
-            losses = inner_loss(k, v, weights, norm_weight, norm_bias, eps).mean(1)
-            tracker.bins.add(kind, positions, losses, counted)
-        tracker.keep_tokens(positions, k, v)
+        w0, before = (inner_loss(k, v, weights, norm_weight, norm_bias, self.config.ln_eps).mean(1)
+                      for weights in (self.initial_fast_weights(), state.weights))
+        return SegmentLosses(positions, stored, w0, before, k, v)
 
     @torch.no_grad()
-    def _record_update(self, tracker: InnerLossTracker, state: TTTState, end: torch.Tensor,
-                       completes: torch.Tensor) -> None:
-        """The `after` losses of the mini-batch that each item in `completes` `[B]` closed at `end` `[B]`, under the
-        weights it stepped to; a mini-batch reaching past the item's limit is not counted."""
+    def _closing_losses(self, tracker: InnerLossTracker, state: TTTState, end: torch.Tensor,
+                        completes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The `after` losses `[B, b]` of the mini-batch that each item in `completes` `[B]` closed at `end` `[B]`
+        (their positions `[B, b]`), under the weights it stepped to, and the items `[B]` that count: a mini-batch
+        reaching past the item's limit does not."""
         b = self.mini_batch_size
         positions = end[:, None] - b + torch.arange(b, device=end.device)
         closed = completes & state.exec_mask & (end <= tracker.limit)
         norm_weight, norm_bias = self._norm_params()
         losses = inner_loss(tracker.keys, tracker.values, state.weights, norm_weight, norm_bias, self.config.ln_eps)
-        tracker.bins.add(AFTER, positions, losses.mean(1), closed[:, None].expand(-1, b))
+        return positions, losses.mean(1), closed
 
-    def _segment_bounds(self, length: int, phase: int | None) -> list[tuple[int, int]]:
-        """`[begin, end)` pieces of a chunk: cut at mini-batch ends for items at `phase`, one token each when None."""
-        if phase is None:
-            return [(t, t + 1) for t in range(length)]
-        bounds, begin = [], 0
-        while begin < length:
-            end = min(begin + self.mini_batch_size - (phase + begin) % self.mini_batch_size, length)
-            bounds.append((begin, end))
-            begin = end
-        return bounds
+    def _segment_bounds(self, length: int, phase: int) -> list[tuple[int, int]]:
+        """`[begin, end)` pieces of a chunk, cut at the mini-batch ends of items starting it at `phase`."""
+        ends = [*range(self.mini_batch_size - phase, length, self.mini_batch_size), length]
+        return list(zip([0, *ends[:-1]], ends))
 
     def _scan(self, pieces: list[MiniBatch], weights: FastWeights, causal: bool) -> tuple[torch.Tensor, FastWeights]:
         """Consecutive whole mini-batches of one parallel pass (the last one may be partial), from `weights`: the
@@ -345,7 +432,7 @@ class TTTLayer(StreamingModule[TTTState]):
         outputs = []
         for piece in pieces:
             start = torch.full((piece.q.shape[0],), piece.start, dtype=torch.long, device=piece.q.device)
-            out, sums, _ = self._segment(piece.q, piece.k, piece.v, piece.eta, weights, None, start, causal)
+            out, sums, _, _ = self._segment(piece.q, piece.k, piece.v, piece.eta, weights, None, start, causal)
             if piece.q.shape[2] == self.mini_batch_size:
                 weights = {name: weights[name] - total / self.mini_batch_size for name, total in sums.items()}
             outputs.append(out)
@@ -379,12 +466,17 @@ class TTTLayer(StreamingModule[TTTState]):
             outputs.append(out)
         return torch.cat(outputs, dim=2)
 
-    def _common_phase(self, state: TTTState) -> int | None:
-        """The position inside the mini-batch shared by all executing items, or None when they differ."""
-        phases = (state.offset % self.mini_batch_size)[state.exec_mask].unique().tolist()
-        if len(phases) > 1:
-            return None
-        return int(phases[0]) if phases else 0
+    def _alignment(self, state: TTTState, length: int) -> tuple[int, torch.Tensor]:
+        """How a chunk of `length` steps is laid out so that every item's mini-batch ends fall on the same columns:
+        the smallest position inside the mini-batch among the executing items, and how many columns `[B]` each item's
+        steps shift right (its own position minus that one). Read on the host only for chunks longer than one step (a
+        captured CUDA graph replays one-step calls)."""
+        if length == 1:
+            return 0, torch.zeros_like(state.offset)
+        phase = state.offset % self.mini_batch_size
+        executing = phase[state.exec_mask]
+        lowest = int(executing.min()) if len(executing) else 0
+        return lowest, torch.where(state.exec_mask, phase - lowest, 0)
 
     def _parallel(self, x: torch.Tensor) -> torch.Tensor:
         """The parallel form from position 0: `x` `[B, T, dim]` -> `[B, H, T, hd]`; the non-causal form first pads
@@ -397,30 +489,55 @@ class TTTLayer(StreamingModule[TTTState]):
         return self._run_parallel(q, k, v, eta, causal)[:, :, :T]
 
     def _stream(self, x: torch.Tensor) -> torch.Tensor:
-        """Continue each item's stream (causal form); items may sit anywhere in their mini-batch (one token at a time
-        then)."""
+        """Continue each item's stream (causal form). Items sitting at different positions inside their mini-batch
+        are aligned first: each item's steps shift right by `_alignment`'s columns, the columns around them having a
+        zero learning rate (they add nothing and their outputs are dropped), so one cut at the mini-batch ends serves
+        every item."""
         state = self.streaming_state
         T = x.shape[1]
         q, k, v, eta = self._project(x, state.offset)
         eta = eta * state.exec_mask[:, None, None]
-        phase = None if T == 1 else self._common_phase(state)
+        phase, shift = self._alignment(state, T)
+        width = T + (int(shift.max()) if T > 1 else 0)
+        steps = torch.arange(width, device=x.device) - shift[:, None]
+        inside = (steps >= 0) & (steps < T)
+        if width > T:
+            q, k, v, eta = (self._columns(tensor, steps.clamp(0, T - 1)) for tensor in (q, k, v, eta))
+            eta = eta * inside[:, None, :]
+        start = state.offset - shift
         tracker = state.inner_losses
         outputs = []
-        for begin, end in self._segment_bounds(T, phase):
+        for begin, end in self._segment_bounds(width, phase):
             piece = slice(begin, end)
-            start = state.offset + begin
+            losses = None
             if tracker is not None:
-                self._record_read(tracker, state, k[:, :, piece], v[:, :, piece], start)
-            out, sums, completes = self._segment(
+                stored = inside[:, piece] & state.exec_mask[:, None]
+                losses = self._read_losses(state, k[:, :, piece], v[:, :, piece], start + begin, stored)
+                tracker.read(losses)
+            out, sums, completes, key_pass = self._segment(
                 q[:, :, piece], k[:, :, piece], v[:, :, piece], eta[:, :, piece], state.weights, state.pending,
-                start, causal=True,
+                start + begin, causal=True,
             )
+            completes = completes & inside[:, end - 1]
             state.absorb(sums, completes, self.mini_batch_size)
-            if tracker is not None and (phase is None or (phase + end) % self.mini_batch_size == 0):
-                self._record_update(tracker, state, start + (end - begin), completes)
+            if losses is not None and (T == 1 or (phase + end) % self.mini_batch_size == 0):
+                losses.after = self._closing_losses(tracker, state, start + end, completes)
+                tracker.close(losses)
+            state.note_segment(steps[:, begin], key_pass, eta[:, :, piece], sums, completes, losses)
             outputs.append(out)
+        out = torch.cat(outputs, dim=2)
+        if width > T:
+            out = self._columns(out, shift[:, None] + torch.arange(T, device=x.device))
         state.offset.add_(state.exec_mask.long() * T)
-        return torch.cat(outputs, dim=2)
+        state.note_streamed(T)
+        return out
+
+    @staticmethod
+    def _columns(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """`tensor[b, :, index[b, j]]` for `[B, H, T, ...]` tensors and an index `[B, n]`."""
+        trailing = tensor.shape[3:]
+        full = index[:, None].view(*index.shape[:1], 1, index.shape[1], *([1] * len(trailing)))
+        return tensor.gather(2, full.expand(tensor.shape[0], tensor.shape[1], index.shape[1], *trailing))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` `[B, T, dim]` -> `[B, T, dim]`; outside streaming the sequence starts at position 0."""

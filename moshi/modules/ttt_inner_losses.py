@@ -11,7 +11,8 @@ loss `l_t(W) = 1/2 ||LN(g(k_t; W)) - (v_t - k_t)||^2` (the very loss the layer d
 A layer that learns in context shows `before` below `w0`, further below as the position grows, and `after` below
 `before`. Everything is a sum on the layer's device (`InnerLossBins`, `[3, num_bins]`); no per-position tensor is
 kept. The sums live in the layer's streaming state (`InnerLossTracker`), so `rollback_streaming` takes back what
-rejected steps added with the rest of the state: only the steps a stream commits are counted.
+rejected steps added with the rest of the state: only the steps a stream commits are counted. A rollback that keeps a
+prefix of the steps adds back what that prefix recorded (`SegmentLosses`), as it re-absorbs the prefix's updates.
 """
 
 from __future__ import annotations
@@ -98,8 +99,39 @@ class InnerLossTracker:
         limit = torch.full((batch_size,), NOT_LIMITED, dtype=torch.long, device=device)
         return cls(bins, buffer, buffer.clone(), limit)
 
-    def keep_tokens(self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store the keys and values `[B, H, n, hd]` of the tokens at `positions` `[B, n]` (one mini-batch each)."""
-        slots = (positions % self.keys.shape[2])[:, None, :, None].expand_as(keys)
-        self.keys.scatter_(2, slots, keys)
-        self.values.scatter_(2, slots, values)
+    def read(self, segment: SegmentLosses, kept: torch.Tensor | None = None) -> None:
+        """Add a segment's `w0` and `before` losses and store its keys and values (only its `kept` `[B, n]` columns
+        when given)."""
+        stored = segment.stored if kept is None else segment.stored & kept
+        counted = stored & (segment.positions < self.limit[:, None])
+        self.bins.add(W0, segment.positions, segment.w0, counted)
+        self.bins.add(BEFORE, segment.positions, segment.before, counted)
+        slots = (segment.positions % self.keys.shape[2])[:, None, :, None].expand_as(segment.keys)
+        chosen = stored[:, None, :, None]
+        self.keys.scatter_(2, slots, torch.where(chosen, segment.keys, self.keys.gather(2, slots)))
+        self.values.scatter_(2, slots, torch.where(chosen, segment.values, self.values.gather(2, slots)))
+
+    def close(self, segment: SegmentLosses, whole: torch.Tensor | None = None) -> None:
+        """Add the `after` losses of the mini-batches the segment closed (only for the `whole` `[B]` items when
+        given: a segment kept in part closes nothing)."""
+        if segment.after is None:
+            return
+        positions, losses, closed = segment.after
+        closed = closed if whole is None else closed & whole
+        self.bins.add(AFTER, positions, losses, closed[:, None].expand_as(positions))
+
+
+@dataclasses.dataclass
+class SegmentLosses:
+    """What one streamed segment of `n` columns records: their `positions` `[B, n]`, which columns hold one of the
+    item's steps (`stored` `[B, n]`: executing items, aligned columns left out), their `w0` and `before` losses
+    `[B, n]`, keys and values `[B, H, n, hd]`, and, when it closed a mini-batch, `after`: the positions and losses
+    `[B, b]` of that mini-batch and which items `[B]` closed one within their limit."""
+
+    positions: torch.Tensor
+    stored: torch.Tensor
+    w0: torch.Tensor
+    before: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    after: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

@@ -204,6 +204,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         self.run_scorer(scorer, items, finished)
         if isinstance(scorer, ChunkedScorer) and scorer.acceptance_rate is not None:
             self.timing["speculation_acceptance_rate"] = scorer.acceptance_rate
+            self.timing["main_steps_per_frame"] = 1 / scorer.acceptance_rate
 
     def inner_loss_recording(self) -> contextlib.AbstractContextManager[dict[int, InnerLossBins]]:
         """Bins of `bin_size` steps covering the longest possible sequence, for every TTT layer, while

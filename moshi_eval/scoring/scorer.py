@@ -145,9 +145,10 @@ def undefined_predictions(length: int, own_delays: Sequence[int]) -> np.ndarray:
 class _SlotScorer(abc.ABC):
     """What both scorers share: the LM, its shape and the text policy, and how a run is set up.
 
-    `run` checks the items and takes them longest first, gives each batch slot one item at a time (no more slots than
-    items), puts the LM in eval mode (given back afterwards), bounds its attention to the longest sequence and streams
-    `make_lm_gen()` with one batch entry per slot; `slot_run` holds the buffers and the loop of one run.
+    `run` checks the items and takes them longest first, puts the LM in eval mode (given back afterwards) and scores
+    them in `sessions`: each bounds the attention to its longest sequence and streams `make_lm_gen()` with one batch
+    entry per slot (no more slots than items), each slot taking one item at a time; `slot_run` holds the buffers and
+    the loop of one session.
     """
 
     def __init__(self, lm: LMModel, text_policy: str) -> None:
@@ -163,6 +164,11 @@ class _SlotScorer(abc.ABC):
     def slot_run(self, lm_gen: LMGen, batch_size: int, max_frames: int) -> _SlotRun:
         """The buffers and the loop of one run."""
 
+    def sessions(self, queue: list[ScoringItem], batch_size: int) -> list[list[ScoringItem]]:
+        """The streaming sessions of a run, given its items longest first: one for all of them (slots refilled as
+        sequences end)."""
+        return [queue]
+
     @torch.no_grad()
     def run(self, items: Sequence[ScoringItem], batch_size: int, on_sequence: SequenceCallback,
             on_frames: ProgressCallback | None = None) -> None:
@@ -172,13 +178,14 @@ class _SlotScorer(abc.ABC):
         for item in items:
             self.shape.check_item(item)
         queue = sorted(items, key=lambda item: -item.num_frames)
-        batch_size = max(1, min(batch_size, len(queue)))
-        longest = queue[0].num_frames
         with eval_mode(self.lm):
-            lm_gen = self.make_lm_gen()
-            with bounded_attention_context(self.lm.transformer, longest + self.shape.max_delay), \
-                    lm_gen.streaming(batch_size):
-                self.slot_run(lm_gen, batch_size, longest).run(queue, on_sequence, on_frames)
+            for session in self.sessions(queue, max(1, batch_size)):
+                slots = max(1, min(batch_size, len(session)))
+                longest = session[0].num_frames
+                lm_gen = self.make_lm_gen()
+                with bounded_attention_context(self.lm.transformer, longest + self.shape.max_delay), \
+                        lm_gen.streaming(slots):
+                    self.slot_run(lm_gen, slots, longest).run(session, on_sequence, on_frames)
 
 
 class _SlotRun(abc.ABC):
@@ -387,12 +394,14 @@ class _BatchRun(_SlotRun):
 class ChunkedScorer(_SlotScorer):
     """Scores sequences `chunk_size` steps per call with `LMGen.step_chunk_with_logits`; same results as `StepScorer`.
 
-    `batch_size` slots share the calls. A call advances every slot by the same number of steps: up to `chunk_size`,
-    and no further than the longest remaining sequence. A slot whose sequence ends within a call runs on padding to the
-    call's end (outputs never read); before the next call it is reset alone and takes the next sequence. Sequences are
-    taken longest first, so short utterances of similar lengths run in rounds of one call each, and long ones keep
-    every slot busy. Text policies `greedy` (speculation), `pad` and `zero`. `acceptance_rate` is the share of
-    main-transformer steps that were kept. A non-finite loss stops the run at the end of the call that produced it.
+    Sequences are taken longest first. When each fits in one call (short utterances), consecutive ones share a call
+    of their own (`sessions`: at most `batch_size` of them and `chunk_size` steps over all slots), as
+    lm-evaluation-harness batches requests. Otherwise `batch_size` slots share the calls: a call advances every slot by
+    the same number of steps, up to `chunk_size` and no further than the longest remaining sequence; a slot whose
+    sequence ends within a call runs on padding to the call's end (outputs never read), and before the next call it is
+    reset alone and takes the next sequence. Either way a slot's padding is never read. Text policies `greedy`
+    (speculation), `pad` and `zero`; no text logits are kept. `acceptance_rate` is the share of main-transformer steps
+    that were kept. A non-finite loss stops the run at the end of the call that produced it.
     """
 
     def __init__(self, lm: LMModel, text_policy: str = "greedy", chunk_size: int = 64) -> None:
@@ -408,6 +417,22 @@ class ChunkedScorer(_SlotScorer):
     @property
     def acceptance_rate(self) -> float | None:
         return self.kept_steps / self.main_steps if self.main_steps else None
+
+    def sessions(self, queue: list[ScoringItem], batch_size: int) -> list[list[ScoringItem]]:
+        """Sequences that each fit in one call (short utterances) are batched the way lm-evaluation-harness batches
+        requests: longest first, consecutive ones in one call, each call a session of its own that runs exactly its
+        longest sequence (no idle slot, caches of that length). A call takes up to `batch_size` of them, and no more
+        than keep its steps over all slots within `chunk_size` (long calls only wait longer on memory on a CPU).
+        Longer sequences share one session whose slots are refilled as sequences end."""
+        max_delay = self.shape.max_delay
+        if queue[0].num_frames + max_delay > self.chunk_size:
+            return [queue]
+        calls, start = [], 0
+        while start < len(queue):
+            size = max(1, min(batch_size, self.chunk_size // (queue[start].num_frames + max_delay)))
+            calls.append(queue[start: start + size])
+            start += size
+        return calls
 
     def slot_run(self, lm_gen: LMGen, batch_size: int, max_frames: int) -> _ChunkedRun:
         return _ChunkedRun(self, lm_gen, batch_size, max_frames)
@@ -478,7 +503,7 @@ class _ChunkedRun(_SlotRun):
         text = None
         if self.text_token is not None:
             text = torch.full((self.batch_size, count), self.text_token, dtype=torch.long, device=self.device)
-        out = self.lm_gen.step_chunk_with_logits(users, owns, text_replace_tokens=text)
+        out = self.lm_gen.step_chunk_with_logits(users, owns, text_replace_tokens=text, keep_text_logits=False)
         self.scorer.calls += 1
         self.scorer.kept_steps += out.transformer_out.shape[1]
         self.scorer.main_steps += out.main_steps

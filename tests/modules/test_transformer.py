@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streaming_checks import assert_rollback_replays
+from streaming_checks import assert_rollback_keeps_prefixes, assert_rollback_replays
 
 from moshi.models.lm import LMModel
 from moshi.modules.transformer import StreamingMultiheadAttention, StreamingTransformer, bounded_attention_context
+from moshi.modules.ttt import TTTConfig
 
 CONTEXT = 6
 FRAMES = 40
@@ -135,6 +136,28 @@ def test_checkpoint_rollback_after_the_cache_wrapped(transformer, span):
             transformer.rollback_streaming(checkpoint)
             streamed = transformer(x[:, 17:])
     torch.testing.assert_close(streamed, reference[:, 17:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("keep", [[0, 6], [2, 5], [6, 1]])
+def test_rollback_keeps_each_items_prefix_after_the_cache_wrapped(transformer, keep):
+    assert_rollback_keeps_prefixes(transformer, torch.randn(2, 40, 32), split=17, span=CONTEXT, keep=keep)
+
+
+def test_rollback_keeps_prefixes_with_a_ttt_layer():
+    torch.manual_seed(1)
+    blocks = TTTConfig(layers="1", variant="mlp", mini_batch_size=4).build_blocks(32, 4, 2)
+    model = StreamingTransformer(d_model=32, num_heads=4, num_layers=2, dim_feedforward=132, causal=True, context=16,
+                                 positional_embedding="rope", norm="rms_norm_f32", gating="silu",
+                                 ttt_blocks=blocks).eval()
+    assert_rollback_keeps_prefixes(model, torch.randn(3, 60, 32), split=9, span=12, keep=[0, 7, 12])
+
+
+def test_rollback_keeping_steps_needs_a_span_within_the_cache(transformer):
+    with torch.no_grad(), transformer.streaming(2):
+        checkpoint = transformer.checkpoint_streaming(CONTEXT + 1)
+        transformer(torch.randn(2, CONTEXT + 1, 32))
+        with pytest.raises(ValueError, match="span of at most the cache"):
+            transformer.rollback_streaming(checkpoint, torch.tensor([1, 2]))
 
 
 def _saved_bytes_and_grads(module: StreamingTransformer, x: torch.Tensor) -> tuple[int, list[torch.Tensor]]:

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from streaming_checks import assert_rollback_replays
+from streaming_checks import assert_rollback_keeps_prefixes, assert_rollback_replays
 from torch.nn import functional as F
 
 from moshi.modules.ttt import (
@@ -194,6 +194,27 @@ def test_sessions_repeat_and_parameters_stay_bitwise_unchanged(variant: str) -> 
     assert torch.equal(first, second)
     for name, value in layer.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("keep", [[0, 20], [3, 17], [16, 5], [20, 20]])
+def test_rollback_keeps_each_items_prefix(variant: str, keep: list[int]) -> None:
+    """From position 13, 20 speculative steps cross a mini-batch end; each item keeps its own prefix (before, at or
+    after that end), its fast weights are rebuilt from the kept segments, and it streams on from its own position."""
+    assert_rollback_keeps_prefixes(make_layer(variant), torch.randn(2, 70, DIM), split=13, span=20, keep=keep)
+
+
+def test_rollback_keeping_steps_needs_a_span() -> None:
+    layer = make_layer("linear")
+    with torch.no_grad(), layer.streaming(2):
+        checkpoint = layer.checkpoint_streaming()
+        layer(torch.randn(2, 3, DIM))
+        with pytest.raises(ValueError, match="span"):
+            layer.rollback_streaming(checkpoint, torch.tensor([1, 2]))
+        checkpoint = layer.checkpoint_streaming(2)
+        layer(torch.randn(2, 3, DIM))
+        with pytest.raises(ValueError, match="span"):
+            layer.rollback_streaming(checkpoint, torch.tensor([1, 2]))
 
 
 def test_snapshot_and_restore() -> None:

@@ -1,6 +1,7 @@
 """The TTT inner-loss diagnostic (w0 / before / after by position bin): equal to a direct computation from the fast
 weights (their updates taken with autograd), whatever the chunking, for the reference TTT and moshi-finetune configs;
-`before` equals `w0` until the first update; rejected steps taken back by a rollback; nothing recorded when off."""
+`before` equals `w0` until the first update; rejected steps taken back by a rollback, a kept prefix kept; nothing
+recorded when off."""
 
 from __future__ import annotations
 
@@ -155,6 +156,31 @@ def test_rollback_takes_back_the_recorded_losses() -> None:
         layer(x[:, 22:])
     layer.record_inner_losses(None)
     assert bins.summary() == plain
+
+
+def test_rollback_keeping_each_items_prefix_keeps_what_the_prefix_recorded() -> None:
+    """A speculative window kept in part (7 steps by one item, 3 by the other, across a mini-batch end), then the
+    items continuing from their own positions: the same losses as streaming the kept steps alone."""
+    layer = make_layer(CONFIGS["mlp"])
+    x = torch.randn(2, 30, DIM)
+    plain = streamed_summary(layer, x, 30)
+    bins = InnerLossBins.zeros(BIN, 30, "cpu")
+    layer.record_inner_losses(bins)
+    with torch.no_grad(), layer.streaming(2):
+        layer(x[:, :5])
+        checkpoint = layer.checkpoint_streaming(10)
+        window = torch.randn(2, 10, DIM)
+        window[0, :7], window[1, :3] = x[0, 5:12], x[1, 5:8]
+        layer(window)
+        layer.rollback_streaming(checkpoint, torch.tensor([7, 3]))
+        layer(torch.stack([x[0, 12:30], x[1, 8:26]]))
+        layer.set_exec_mask(torch.tensor([False, True]))
+        layer(torch.stack([torch.randn(4, DIM), x[1, 26:30]]))
+    layer.record_inner_losses(None)
+    summary = bins.summary()
+    assert summary["position"] == plain["position"] and summary["count"] == plain["count"]
+    for kind in ("w0", "before", "after"):
+        assert_close_lists(summary[kind], plain[kind])
 
 
 def test_limit_and_exec_mask_leave_positions_out() -> None:

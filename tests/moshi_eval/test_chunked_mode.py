@@ -36,8 +36,10 @@ def test_chunked_equals_step_on_fixtures(lm_case, tmp_path, policy):
     for chunk in (1, 7, 64):
         result = evaluate_librilight(lm, None, mode="chunked", chunk_size=chunk, **common)
         _assert_same(_per_frame(result), stepped)
-        rate = result.to_dict()["timing"]["speculation_acceptance_rate"]
+        timing = result.to_dict()["timing"]
+        rate = timing["speculation_acceptance_rate"]
         assert 0 < rate <= 1 and (policy == "greedy" or rate == 1)
+        assert timing["main_steps_per_frame"] == pytest.approx(1 / rate)
 
 
 def test_chunked_equals_step_with_ttt_across_mini_batches(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from lm_fixtures import load_case
 from ttt_lm import small_ttt_lm
 
-from moshi.models.lm import LMModel
+from moshi.models.lm import LMGen, LMModel
 from moshi_eval.scoring.scorer import ChunkedScorer, ScoringItem, StepScorer, token_cross_entropy
 
 LENGTHS = (23, 9, 41, 5, 17, 30, 12)
@@ -60,6 +60,25 @@ def test_similar_lengths_run_in_rounds_of_one_call(lm):
     longer = ChunkedScorer(lm, text_policy="zero", chunk_size=4)
     scores(longer, same, 4)
     assert longer.calls == 3 * 3  # 11 steps per round in calls of at most 4
+
+
+def test_short_utterances_are_called_longest_first_within_the_chunk(lm, monkeypatch):
+    """Utterances that fit in one call are grouped longest first, each call a session of its own holding at most
+    `batch_size` of them and at most `chunk_size` steps over its slots; the losses are the per-step scorer's."""
+    generator = torch.Generator().manual_seed(2)
+    lengths = [4, 10, 3, 9, 5, 9]  # + max_delay 1: 11, 10, 10, 6, 5, 4 steps longest first
+    utterances = [ScoringItem(f"u{i}", torch.randint(0, lm.card, (8, n), generator=generator))
+                  for i, n in enumerate(lengths)]
+    sessions = []
+    streaming = LMGen.streaming
+    monkeypatch.setattr(LMGen, "streaming", lambda self, batch_size: sessions.append(batch_size) or
+                        streaming(self, batch_size))
+    scorer = ChunkedScorer(lm, text_policy="zero", chunk_size=22)
+    got = scores(scorer, utterances, 4)
+    assert sessions == [2, 2, 2] and scorer.calls == 3  # 22 // 11 and 22 // 10 slots, then the last two
+    expected = scores(StepScorer(lm, text_policy="zero"), utterances, 1)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5, rtol=0, equal_nan=True)
 
 
 def forward_losses(lm, own: torch.Tensor, user: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
