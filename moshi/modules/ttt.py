@@ -12,7 +12,7 @@ The next mini-batch starts from `W_b`. The sum is computed in "dual form" (token
 materialised). When streaming, the gradient sum of the tokens already read in the open mini-batch is kept in the state,
 so any chunking gives the same outputs as one pass over the whole sequence.
 
-`TTTConfig` also describes the variant our users trained with moshi-finetune (`TTTConfig.from_moshi_finetune`): each
+`TTTConfig` also describes the variant the TTT fork of moshi-finetune trains (`TTTConfig.from_moshi_finetune`): each
 way it departs from the reference is one named field. `docs/ttt.md` has the details and the table.
 """
 
@@ -262,10 +262,8 @@ class TTTLayer(StreamingModule[TTTState]):
         if self.config.rope and self.head_dim % 2:
             raise ValueError(f"TTT rope needs an even head dim, got {self.head_dim} (dim {dim} / {num_heads} heads)")
         self.inner_dims = self.config.inner_dims(self.head_dim)
-        self.variant = self.config.variant
         self.mini_batch_size = self.config.mini_batch_size
         self.base_lr = self.config.learning_rate
-        self.mlp_expansion = self.config.mlp_expansion
         self.inner_loss_bins: InnerLossBins | None = None
         factory = {"device": device, "dtype": dtype}
         self.wq = nn.Linear(dim, dim, **factory)
@@ -779,8 +777,8 @@ class TTTConfig:
 
     @classmethod
     def from_moshi_finetune(cls, section: Mapping[str, Any]) -> TTTConfig:
-        """The config computing what our users' moshi-finetune training computed, from the `ttt:` section of their
-        training YAML, verbatim (keys of their `TTTArgs`, their defaults for missing ones).
+        """The config computing what the TTT fork of moshi-finetune computed in training, from the `ttt:` section of its
+        training YAML, verbatim (keys of its `TTTArgs`, its defaults for missing ones).
 
         Keys that only steer training are accepted and named in one UserWarning; unknown keys raise a ValueError.
         """

@@ -65,7 +65,7 @@ def reference_forward(layer: TTTLayer, x: torch.Tensor) -> torch.Tensor:
     head_dim = DIM // HEADS
     q, k, v = (reference_heads(layer, x, lin) for lin in (layer.wq, layer.wk, layer.wv))
     eta = (layer.base_lr / head_dim) * torch.sigmoid(x @ layer.lr_gate.weight.T + layer.lr_gate.bias).transpose(1, 2)
-    names = ["W1", "b1", "W2", "b2"] if layer.variant == "mlp" else ["W1", "b1"]
+    names = ["W1", "b1", "W2", "b2"] if layer.config.variant == "mlp" else ["W1", "b1"]
     start_weights = {n: getattr(layer, n).detach().expand(B, *getattr(layer, n).shape) for n in names}
     outputs = []
     for begin in range(0, T, MINI_BATCH):
@@ -299,7 +299,7 @@ def test_config_from_dict() -> None:
     assert TTTConfig.from_dict(config.to_dict()) == config
     blocks = config.build_blocks(DIM, HEADS, 32, device="meta")
     assert sorted(blocks) == [29, 30, 31]
-    assert blocks[30].ttt_layer.variant == "mlp" and blocks[30].ttt_layer.mini_batch_size == 8
+    assert blocks[30].ttt_layer.config.variant == "mlp" and blocks[30].ttt_layer.mini_batch_size == 8
     with pytest.raises(ValueError, match="unknown TTT config key"):
         TTTConfig.from_dict({"layers": "all", "chunk": 4})
     with pytest.raises(ValueError, match="needs 'layers'"):
