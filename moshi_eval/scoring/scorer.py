@@ -449,7 +449,6 @@ class _ChunkedRun(_SlotRun):
         self.slot_steps = [0] * batch_size
         self.text_token = forced_text_token(scorer.lm, scorer.text_policy)
 
-
     def run(self, queue: list[ScoringItem], on_sequence: SequenceCallback, on_frames: ProgressCallback | None) -> None:
         pending = list(queue)
         while True:
