@@ -37,7 +37,7 @@ from moshi.models.lm import LMGen, LMModel
 from moshi.models.lm_utils import teacher_forced_step_inputs
 from moshi.modules.ttt import TTTConfig
 
-SEVEN_B_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "moshiko_7b_config.json"
+SEVEN_B_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "released" / "moshiko_7b_config.json"
 BENCH_CONFIG = SPEED_LM_CONFIG | {"dim": 256, "num_layers": 6, "num_heads": 4, "bias_proj": True}
 TTT_SECTIONS = {
     "none": None,
