@@ -1,5 +1,5 @@
 """`contrib/upstream_pr`: the pull request builder refuses what it was not written for; the full check (network: it
-installs moshi==0.2.13 from PyPI) runs when MOSHI_CHECK_UPSTREAM_PR=1."""
+installs moshi==0.2.13 from PyPI) runs when MOSHI_CHECK_UPSTREAM_PR=1, which `.ci/run` sets."""
 
 from __future__ import annotations
 
