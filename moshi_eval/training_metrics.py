@@ -207,6 +207,11 @@ def librilight_output(output: str) -> str:
     return str(path.with_name(f"{path.stem}.librilight.json"))
 
 
+def say_librilight_when_interrupted(invocation: Invocation, librilight: LibriLightConfig) -> None:
+    """From here on Ctrl-C speaks of LibriLight's sequences and their records (the benchmarks are done)."""
+    invocation.config, invocation.unit, invocation.partial_results = librilight, "sequence", True
+
+
 def training_metrics_command(args: argparse.Namespace, invocation: Invocation) -> int:
     """The paper-metrics command, with LibriLight when the settings file's section names its data."""
     section, notes = paper_metrics_cli.read_section(args.config) if "config" in vars(args) else (None, [])
@@ -231,6 +236,7 @@ def training_metrics_command(args: argparse.Namespace, invocation: Invocation) -
         paper = None
         if config.benchmarks:
             paper = evaluate_paper_metrics(lm, mimi, config, model_source=request.describe(), progress=progress)
+        say_librilight_when_interrupted(invocation, librilight)
         result = evaluate_librilight(lm, mimi, librilight.replace(ttt_inner_losses=inner_losses),
                                      model_source=request.describe(), progress=progress)
     if context.is_main:

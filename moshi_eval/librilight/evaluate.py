@@ -20,7 +20,7 @@ from moshi.modules.ttt_inner_losses import InnerLossBins
 from ..scoring.data import MimiSequenceEncoder, SequenceSource, Skip
 from ..scoring.errors import DataError, WorseThanUniformWarning
 from ..scoring.files import digest
-from ..scoring.model import scoring_flags
+from ..scoring.model import computation_identity, scoring_flags
 from ..scoring.run import DistributedContext, EvaluationRun, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ModelShape, ScoredSequence, ScoringItem
 from .config import LibriLightConfig
@@ -149,9 +149,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
         config = self.config
         sampling = {"seed": config.seed, "temp_text": config.temp_text, "top_k_text": config.top_k_text}
         return digest({
-            "model": self.identity["fingerprint"], "dtype": self.identity["dtype"],
-            "context": self.identity["context"], "rope_max_period": self.identity["rope_max_period"],
-            **({"ttt": self.identity["ttt_config"]} if "ttt_config" in self.identity else {}),
+            **computation_identity(self.identity),
             "text_policy": config.text_policy, "sampling": sampling if config.text_policy == "sample" else None,
             "user_stream": self.user_stream, "max_sequence_length": config.max_sequence_length,
             "mimi": encoder.mimi_fingerprint if encoder is not None else None,

@@ -16,7 +16,7 @@ import torch
 from ..scoring.data import MimiSequenceEncoder, SequenceSource, read_audio_header
 from ..scoring.errors import DataError
 from ..scoring.files import digest, file_identity
-from ..scoring.model import eval_mode
+from ..scoring.model import computation_identity, eval_mode
 from ..scoring.run import DistributedContext, EvaluationRun, SequenceLosses, init_distributed, output_lock
 from ..scoring.scorer import ChunkedScorer, ScoredSequence, ScoringItem
 from .config import PaperMetricsConfig
@@ -99,10 +99,8 @@ class PaperMetricsRun(EvaluationRun[Utterance]):
     def run_key(self, encoder: MimiSequenceEncoder) -> str:
         """Everything that changes an utterance's per-token losses."""
         config = self.config
-        return digest({"evaluation": "paper_metrics", "model": self.identity["fingerprint"],
-                       "dtype": self.identity["dtype"], "context": self.identity["context"],
-                       "rope_max_period": self.identity["rope_max_period"], "text_policy": config.text_policy,
-                       "stream": config.stream,
+        return digest({"evaluation": "paper_metrics", **computation_identity(self.identity),
+                       "text_policy": config.text_policy, "stream": config.stream,
                        "other_stream": config.other_stream, "mimi": encoder.mimi_fingerprint}, length=32)
 
     def prepare(self, utterances: list[Utterance], encoder: MimiSequenceEncoder) -> list[tuple[Utterance, ScoringItem]]:

@@ -6,7 +6,7 @@ The model itself is named, loaded and put on a device by `moshi.models.model_fla
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +47,17 @@ def model_identity(lm: LMModel, source: dict[str, Any] | None = None) -> dict[st
         "ttt_layers": count_ttt_layers(lm),
         **({"ttt_config": lm.ttt_config.to_dict()} if getattr(lm, "ttt_config", None) is not None else {}),
     }
+
+
+def computation_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a `model_identity` changes the numbers the model computes, for resume keys: the weights fingerprint,
+    dtype, attention context, RoPE period and, for a TTT model, its TTT config (mini-batch size, learning rate, form...
+    change the losses without changing a weight)."""
+    keys = {"model": identity["fingerprint"], "dtype": identity["dtype"], "context": identity["context"],
+            "rope_max_period": identity["rope_max_period"]}
+    if "ttt_config" in identity:
+        keys["ttt"] = identity["ttt_config"]
+    return keys
 
 
 def scoring_flags(lm: LMModel) -> list[str]:

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 import torch
-from paper_metrics_helpers import DATA, codes_cache_dir, copy_sets, demo_mimi, set_dirs, small_lm
+from paper_metrics_helpers import DATA, SMALL_LM_CONFIG, codes_cache_dir, copy_sets, demo_mimi, set_dirs, small_lm
 
+from moshi.models.lm import LMModel
 from moshi_eval.paper_metrics import evaluate_paper_metrics
 from moshi_eval.paper_metrics.section import read_user_section
 from moshi_eval.scoring.errors import DataError
@@ -44,6 +45,21 @@ def test_resume_keeps_finished_utterances(lm, cache_dir, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="scored again"):
         evaluate_paper_metrics(lm, demo_mimi(), settings(cache_dir, output=str(output), text_policy="pad"),
                                progress=False)
+
+
+def test_another_ttt_config_on_the_same_weights_is_scored_again(cache_dir, tmp_path):
+    """A TTT config changes the losses without changing a weight (here the inner learning rate): records made under
+    one config must not resume a run under another."""
+    torch.manual_seed(0)
+    learning = LMModel(**SMALL_LM_CONFIG, ttt={"layers": "1", "mini_batch_size": 4, "base_lr": 1.0}).eval()
+    slower = LMModel(**SMALL_LM_CONFIG, ttt={"layers": "1", "mini_batch_size": 4, "base_lr": 0.01}).eval()
+    slower.load_state_dict(learning.state_dict())
+    output = str(tmp_path / "results.json")
+    first = evaluate_paper_metrics(learning, demo_mimi(), settings(cache_dir, output=output), progress=False)
+    again = evaluate_paper_metrics(slower, demo_mimi(), settings(cache_dir, output=output), progress=False)
+    assert first["model"]["fingerprint"] == again["model"]["fingerprint"]
+    assert again["timing"]["resumed_utterances"] == 0 and again["timing"]["scored_utterances"] == 36
+    assert again["utterances"][0]["sum_logprob"] != pytest.approx(first["utterances"][0]["sum_logprob"], abs=1e-6)
 
 
 def test_zerospeech_submission_files(lm, cache_dir, tmp_path):

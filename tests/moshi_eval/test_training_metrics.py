@@ -2,7 +2,8 @@
 `paper_metrics:` section shaped like the moshi-finetune TTT fork's (`training_yamls.py`) that names LibriLight writes
 one JSON with the benchmarks' keys, `paper_metrics_avg` and LibriLight's keys (every key the fork's dashboard reads,
 null where undefined); `<bench>_max_pairs: 0` skips that benchmark with a note; `ttt_fig5_enable` records the TTT
-inner losses into that file; `evaluate_all` keeps `librilight_progression`."""
+inner losses into that file; `evaluate_all` keeps `librilight_progression`; Ctrl-C in the LibriLight part names its
+sequences."""
 
 from __future__ import annotations
 
@@ -139,3 +140,20 @@ def test_ttt_fig5_enable_records_the_inner_losses_in_that_file(their_cluster, tm
     with pytest.warns(UserWarning, match="ttt_fig5_enable: the model has no TTT layers; no inner losses recorded"):
         without_ttt = evaluator.evaluate_all(small_lm())
     assert "ttt_inner_losses" not in without_ttt and without_ttt["librilight_progression"] == []
+
+
+def test_ctrl_c_in_the_librilight_part_speaks_of_its_sequences(their_cluster, checkpoint, tmp_path, capsys,  # noqa: F811
+                                                               monkeypatch):
+    from moshi_eval import training_metrics
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_metrics, "evaluate_librilight", interrupted)
+    config = write_yaml(tmp_path, "single_book_named", their_cluster)
+    output = tmp_path / "paper_metrics_results.json"
+    status, err = run(program, ["--config", config, *checkpoint, "--output", str(output), "--quiet"], capsys)
+    assert status == 130
+    store = tmp_path / "paper_metrics_results.librilight.sequences"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: 0 finished sequence(s) kept in {store}/; resume with: ")
