@@ -192,9 +192,7 @@ class Printer:
             moved = self._word_tail()
             if moved is None:
                 self.line.add(token[:room])
-                self.line.add(" |")
-                self.line.newline()
-                self.line.add("| ")
+                self._next_row()
                 self.line.add(token[room:])
             else:
                 word_start = "".join(entry.msg for entry in self.line.entries[len(self.line.entries) - moved:])

@@ -37,7 +37,7 @@ from .models import model_flags
 from .models.compression import MimiModel
 from .models.lm import LMGen, LMModel
 from .models.loaders import DEFAULT_REPO
-from .utils import talk_report
+from .utils import files, talk_report
 
 SEED = 4242
 """The seed upstream's offline inference sets, for comparable sampling (the default of `--seed`)."""
@@ -121,7 +121,7 @@ def output_paths(outfile: str | Path, batch_size: int) -> list[Path]:
 
 def text_piece(tokenizer, lm: LMModel, token: int) -> str:
     """The printable text of one sampled text token; padding tokens print nothing."""
-    if token in (lm.text_padding_token_id, lm.end_of_text_padding_id):
+    if token in lm.text_padding_ids:
         return ""
     return tokenizer.id_to_piece(token).replace("\u2581", " ")
 
@@ -171,7 +171,7 @@ def talk_settings(args: argparse.Namespace) -> talk_report.TalkSettings | None:
         if given:
             raise InferenceError(f"{REPORT_FLAGS[next(iter(given))]} needs --report PATH")
         return None
-    talk_report.check_report_path(args.report, "--report")
+    files.check_output_file(args.report, "--report")
     for field, value in given.items():
         try:
             talk_report.TalkSettings(**{field: value})
@@ -184,8 +184,8 @@ def talk_of(reply: Reply, frame_size: int, frame_seconds: float, pad_ids: Sequen
             settings: talk_report.TalkSettings) -> talk_report.TalkMeter:
     """The reply's talk meter, fed frame by frame."""
     meter = talk_report.TalkMeter(reply.text_tokens.shape[0], frame_seconds, pad_ids, settings)
-    for step in range(reply.text_tokens.shape[1]):
-        meter.update(reply.text_tokens[:, step], reply.pcm[..., step * frame_size: (step + 1) * frame_size])
+    for step, frame in enumerate(whole_frames(reply.pcm, frame_size)):
+        meter.update(reply.text_tokens[:, step], frame)
     return meter
 
 
@@ -236,8 +236,8 @@ def run(args: argparse.Namespace) -> Reply:
         seconds = reply.pcm.shape[-1] / mimi.sample_rate
         log(f"wrote {', '.join(map(str, paths))} ({seconds:.2f} s each)")
     if report_settings is not None:
-        pad_ids = (lm.text_padding_token_id, lm.end_of_text_padding_id)
-        meter = talk_of(reply, mimi.frame_size, mimi.frame_size / mimi.sample_rate, pad_ids, report_settings)
+        meter = talk_of(reply, mimi.frame_size, mimi.frame_size / mimi.sample_rate, lm.text_padding_ids,
+                        report_settings)
         write_talk_report(args, meter, {"infile": str(args.infile), "batch_size": args.batch_size, "seed": args.seed,
                                         "sampling": sampling, "model": request.describe()})
     return reply

@@ -224,6 +224,11 @@ class LMModel(StreamingContainer):
         return self.existing_text_end_padding_id
 
     @property
+    def text_padding_ids(self) -> tuple[int, int]:
+        """The text tokens that say nothing: padding and end of padding."""
+        return self.text_padding_token_id, self.end_of_text_padding_id
+
+    @property
     def zero_token_id(self) -> int:
         """Input id meaning "no input": embeds to zeros and is never predicted."""
         return -1

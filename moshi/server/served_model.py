@@ -63,7 +63,7 @@ class ServedModel:
                              f"{lm_gen.num_user_streams} user and {lm.dep_q} own audio codebooks")
         self.mimi, self.lm_gen, self.tokenizer, self.seed = mimi, lm_gen, tokenizer, seed
         self.device = lm.device
-        self.silent_text_tokens = (lm.text_padding_token_id, lm.end_of_text_padding_id)
+        self.silent_text_tokens = lm.text_padding_ids
         on_gpu = self.device.type == "cuda"
         self._encode = CUDAGraphed(mimi.encode, disable=not on_gpu)
         self._decode = CUDAGraphed(mimi.decode, disable=not on_gpu)

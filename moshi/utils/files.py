@@ -60,12 +60,7 @@ def output_file_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "is a folder; give the name of a file (in it, or elsewhere)"
-    ancestor = existing_ancestor(path)
-    if not ancestor.is_dir():
-        return f"{ancestor} is a file, so no folder can be created there"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"cannot write in {ancestor} (permission denied)"
-    return None
+    return writable_folder_problem(existing_ancestor(path))
 
 
 def folder_problem(path: str | Path) -> str | None:
@@ -73,9 +68,21 @@ def folder_problem(path: str | Path) -> str | None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         return "is a file, not a folder"
-    target = path if path.exists() else existing_ancestor(path)
-    if not target.is_dir():
-        return f"{target} is a file, so no folder can be created there"
-    if not os.access(target, os.W_OK | os.X_OK):
-        return f"cannot write in {target} (permission denied)"
+    return writable_folder_problem(path if path.exists() else existing_ancestor(path))
+
+
+def writable_folder_problem(folder: Path) -> str | None:
+    """Why nothing can be written in (or created under) the existing path `folder`, or None."""
+    if not folder.is_dir():
+        return f"{folder} is a file, so no folder can be created there"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in {folder} (permission denied)"
     return None
+
+
+def check_output_file(path: str | Path, flag: str, error: type[Exception] = ValueError) -> None:
+    """`path` can be created or replaced as a file (missing folders are created later); otherwise `error` naming
+    `flag`, the path and why."""
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise error(f"{flag} {path}: {problem}")

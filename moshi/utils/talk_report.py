@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import output_file_problem, write_json_atomic
+from .files import write_json_atomic
 
 DEFAULT_BIN_SECONDS = 10.0
 DEFAULT_SILENCE_DBFS = -40.0
@@ -92,8 +92,7 @@ def per_minute(counts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 def repeated_fraction(ngrams: np.ndarray, unique: np.ndarray) -> np.ndarray:
     """1 - `unique` / `ngrams`, NaN where there is no n-gram."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ngrams > 0, 1.0 - unique / np.maximum(ngrams, 1), np.nan)
+    return np.where(ngrams > 0, 1.0 - unique / np.maximum(ngrams, 1), np.nan)
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -281,13 +280,6 @@ def bins_line(figures: TalkFigures, bin_seconds: float) -> str:
     return (f"per {bin_seconds:g} s bin: text tokens/min {row(figures.text_tokens_per_minute, 1)}; PAD % "
             f"{row(figures.pad_fraction, 100)}; silence % {row(figures.silence_fraction, 100)}; repeated % "
             f"{row(figures.repeated_ngram_fraction, 100)}")
-
-
-def check_report_path(path: str | Path, flag: str) -> None:
-    """`path` can be written as a file (missing folders are created later); a ValueError naming `flag` otherwise."""
-    problem = output_file_problem(path)
-    if problem is not None:
-        raise ValueError(f"{flag} {path}: {problem}")
 
 
 def write_report(path: str | Path, figures: Sequence[TalkFigures], settings: dict[str, Any]) -> None:

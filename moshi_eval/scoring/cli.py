@@ -34,7 +34,8 @@ from typing import Any
 from moshi.models import model_flags
 from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
 from moshi.models.model_flags import ModelRequest, report_error
-from moshi.utils.files import folder_problem, output_file_problem
+from moshi.utils import files
+from moshi.utils.files import folder_problem
 
 from .errors import ConfigError, NonFiniteLossError
 from .run import check_records_folder, claim_output, release_claims, shutdown_distributed, store_dir_for
@@ -75,9 +76,7 @@ def setting_label(name: str, config_file: str | None) -> str:
 
 def check_output_file(path: str | Path, flag: str) -> None:
     """`path` can be created or replaced as a file: not a directory, under a writable directory (created later)."""
-    problem = output_file_problem(path)
-    if problem is not None:
-        raise ConfigError(f"{flag} {path}: {problem}")
+    files.check_output_file(path, flag, ConfigError)
 
 
 def plot_formats() -> dict[str, str]:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from moshi.utils.files import check_output_file
 from moshi.utils.talk_report import (
     TalkMeter,
     TalkSettings,
     bins_line,
-    check_report_path,
     frames_per_bin,
     silent_frames,
     summary_line,
@@ -159,9 +159,9 @@ def test_the_report_file_is_json_written_in_one_piece(tmp_path) -> None:
 
 def test_unwritable_report_paths_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="--report .*: is a folder"):
-        check_report_path(tmp_path, "--report")
+        check_output_file(tmp_path, "--report")
     a_file = tmp_path / "file.txt"
     a_file.write_text("")
     with pytest.raises(ValueError, match="is a file, so no folder can be created there"):
-        check_report_path(a_file / "sub" / "report.json", "--report")
-    check_report_path(tmp_path / "missing" / "report.json", "--report")
+        check_output_file(a_file / "sub" / "report.json", "--report")
+    check_output_file(tmp_path / "missing" / "report.json", "--report")
