@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moshi.modules.ttt import ttt_layers_by_index
 from moshi.utils.files import write_json_atomic
 
 from .librilight import cli as librilight_cli
@@ -40,7 +41,7 @@ from .librilight.config import LibriLightConfig
 from .librilight.config_keys import MappedSettings, map_settings
 from .librilight.evaluate import evaluate_librilight
 from .paper_metrics import cli as paper_metrics_cli
-from .paper_metrics.config import PaperMetricsConfig
+from .paper_metrics.config import GOLD_BENCHMARKS, PaperMetricsConfig
 from .paper_metrics.evaluate import evaluate_paper_metrics
 from .paper_metrics.pairs import BENCHMARKS
 from .paper_metrics.results import PaperMetricsResult
@@ -48,7 +49,6 @@ from .paper_metrics.section import INNER_LOSSES_SWITCH, UserSection, read_user_s
 from .scoring.cli import Command, Invocation, model_request
 from .scoring.errors import print_notes, warn_notes
 from .scoring.files import is_finite_number
-from .scoring.model import count_ttt_layers
 from .scoring.run import init_distributed
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def inner_losses_asked(section: UserSection, lm: LMModel) -> tuple[bool, list[st
     when it has none)."""
     if not section.ttt_inner_losses:
         return False, []
-    if count_ttt_layers(lm):
+    if ttt_layers_by_index(lm.transformer.layers):
         return True, []
     return False, [f"{section.source}: {INNER_LOSSES_SWITCH}: the model has no TTT layers; no inner losses recorded"]
 
@@ -126,8 +126,7 @@ class PaperMetricsEvaluator:
         self.mimi = mimi_encoder
         self.tokenizer = interleaved_tokenizer
         self.device = device
-        self.raw = dict(config or {})
-        self.section: UserSection = read_user_section(self.raw, "config")
+        self.section: UserSection = read_user_section(dict(config or {}), "config")
         self.base = self.section.config()
         warn_notes(self.section.notes(librilight_elsewhere=False))
 
@@ -194,7 +193,7 @@ class PaperMetricsEvaluator:
         for name in BENCHMARKS:
             if name not in benchmarks:
                 changes.update({f"{name}_dir": None, f"{name}_max_pairs": None})
-                if name in ("swuggy", "sblimp"):
+                if name in GOLD_BENCHMARKS:
                     changes[f"{name}_gold"] = None
             elif max_samples is not None:
                 changes[f"{name}_max_pairs"] = max_samples

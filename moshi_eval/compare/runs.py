@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from ..paper_metrics.scores import pair_outcome
+from ..paper_metrics.scores import NORMALIZATIONS, pair_outcome
 from .statistics import CurveSlope, MeanOfStatistics, RatioOfSums, Statistic
 
 LIBRILIGHT = "librilight"
 PAPER_METRICS = "paper_metrics"
 KIND_NAMES = {LIBRILIGHT: "LibriLight", PAPER_METRICS: "paper-metrics"}
 SEQUENCES = "sequences"
-NORMALIZATIONS = ("mean", "sum")
 
 
 @dataclasses.dataclass

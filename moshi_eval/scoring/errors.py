@@ -14,9 +14,10 @@ raised inside a library):
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterable
+
+from moshi.models.model_flags import print_note
 
 
 class ConfigError(ValueError):
@@ -65,4 +66,4 @@ def warn_notes(notes: Iterable[str], stacklevel: int = 3) -> None:
 def print_notes(notes: Iterable[str]) -> None:
     """Print each note on stderr as one `note: ...` line."""
     for note in notes:
-        print(f"note: {' '.join(note.split())}", file=sys.stderr, flush=True)
+        print_note(note)

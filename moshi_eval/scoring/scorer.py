@@ -178,9 +178,10 @@ class _SlotScorer(abc.ABC):
         for item in items:
             self.shape.check_item(item)
         queue = sorted(items, key=lambda item: -item.num_frames)
+        batch_size = max(1, batch_size)
         with eval_mode(self.lm):
-            for session in self.sessions(queue, max(1, batch_size)):
-                slots = max(1, min(batch_size, len(session)))
+            for session in self.sessions(queue, batch_size):
+                slots = min(batch_size, len(session))
                 longest = session[0].num_frames
                 lm_gen = self.make_lm_gen()
                 with bounded_attention_context(self.lm.transformer, longest + self.shape.max_delay), \
