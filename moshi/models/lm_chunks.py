@@ -30,6 +30,8 @@ from ..modules.transformer import AttentionState
 if TYPE_CHECKING:
     from .lm import LMModel
 
+LONGEST_WINDOW = 4096
+"""No speculation window is longer (nor longer than an attention cache)."""
 InputsFor = Callable[[torch.Tensor], torch.Tensor]
 """The input columns `[B, K, C]` of a chunk's C steps, given the text tokens `[B, C]` they generate."""
 MainStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -200,9 +202,8 @@ class ChunkPasses:
     """Runs the main transformer of `lm` over teacher-forced chunks, and keeps the speculation's window policy across
     the calls of one streaming session (`LMGen` holds one in its streaming state)."""
 
-    def __init__(self, lm: LMModel, longest_window: int = 4096) -> None:
+    def __init__(self, lm: LMModel) -> None:
         self.lm = lm
-        self.longest_window = longest_window
         self.policy: WindowPolicy | None = None
 
     def forced(self, inputs_for: InputsFor, text: torch.Tensor, keep_text_logits: bool) -> MainPasses:
@@ -258,5 +259,5 @@ class ChunkPasses:
         if self.policy is None:
             caches = [state.capacity for state in self.lm.transformer.get_streaming_state().values()
                       if isinstance(state, AttentionState)]
-            self.policy = WindowPolicy(min([self.longest_window, *caches]))
+            self.policy = WindowPolicy(min([LONGEST_WINDOW, *caches]))
         return self.policy

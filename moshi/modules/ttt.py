@@ -166,14 +166,15 @@ class TTTState(State):
         self.segments = None
         if keep is None:
             return
-        for segment in segments:
-            kept = segment.kept_columns(keep)
-            if not bool(kept.any()):
+        kept_columns = [segment.kept_columns(keep) for segment in segments]
+        flags = [(kept.any(), kept.all()) for kept in kept_columns]
+        flags = torch.stack([torch.stack(pair) for pair in flags]).tolist() if flags else []  # one host read
+        for segment, kept, (any_kept, all_kept) in zip(segments, kept_columns, flags, strict=True):
+            if not any_kept:
                 break
             whole = kept.all(dim=1)
-            sums = segment.sums if bool(whole.all()) else weighted_gradient_sum(
-                segment.key_pass, segment.eta * kept[:, None, :])
-            self.absorb(sums, segment.completes & whole, self.mini_batch_size)
+            sums = segment.sums if all_kept else weighted_gradient_sum(segment.key_pass, segment.eta * kept[:, None, :])
+            self.absorb(sums, segment.completes & whole)
             if segment.losses is not None:
                 self.inner_losses.read(segment.losses, kept)
                 self.inner_losses.close(segment.losses, whole)
@@ -195,14 +196,14 @@ class TTTState(State):
             self.segments = None
 
     @torch.no_grad()
-    def absorb(self, segment_sums: Mapping[str, torch.Tensor], completes: torch.Tensor, mini_batch_size: int) -> None:
+    def absorb(self, segment_sums: Mapping[str, torch.Tensor], completes: torch.Tensor) -> None:
         """In place: add a segment's gradient sums to `pending`; executing items whose mini-batch `completes` `[B]`
         then step their weights by `pending / mini_batch_size` and clear `pending`.
 
         Non-executing items must come with zero sums (their eta is zeroed): adding zero keeps them bitwise unchanged.
         """
         closing = completes & self.exec_mask
-        step, keep = closing.float() / mini_batch_size, ~closing
+        step, keep = closing.float() / self.mini_batch_size, ~closing
         for name, pending in self.pending.items():
             per_item = (-1,) + (1,) * (pending.dim() - 1)
             pending.add_(segment_sums[name])
@@ -464,17 +465,20 @@ class TTTLayer(StreamingModule[TTTState]):
             outputs.append(out)
         return torch.cat(outputs, dim=2)
 
-    def _alignment(self, state: TTTState, length: int) -> tuple[int, torch.Tensor]:
+    def _alignment(self, state: TTTState, length: int) -> tuple[int, int, torch.Tensor]:
         """How a chunk of `length` steps is laid out so that every item's mini-batch ends fall on the same columns:
-        the smallest position inside the mini-batch among the executing items, and how many columns `[B]` each item's
-        steps shift right (its own position minus that one). Read on the host only for chunks longer than one step (a
-        captured CUDA graph replays one-step calls)."""
+        the smallest position inside the mini-batch among the executing items, the largest shift, and how many
+        columns `[B]` each item's steps shift right (its own position minus the smallest). Read on the host (once)
+        only for chunks longer than one step (a captured CUDA graph replays one-step calls)."""
         if length == 1:
-            return 0, torch.zeros_like(state.offset)
+            return 0, 0, torch.zeros_like(state.offset)
         phase = state.offset % self.mini_batch_size
-        executing = phase[state.exec_mask]
-        lowest = int(executing.min()) if len(executing) else 0
-        return lowest, torch.where(state.exec_mask, phase - lowest, 0)
+        executing = state.exec_mask
+        lowest, highest = torch.stack([torch.where(executing, phase, self.mini_batch_size).min(),
+                                       torch.where(executing, phase, -1).max()]).tolist()
+        if highest < 0:  # no item executes
+            lowest = highest = 0
+        return lowest, highest - lowest, torch.where(executing, phase - lowest, 0)
 
     def _parallel(self, x: torch.Tensor) -> torch.Tensor:
         """The parallel form from position 0: `x` `[B, T, dim]` -> `[B, H, T, hd]`; the non-causal form first pads
@@ -495,8 +499,8 @@ class TTTLayer(StreamingModule[TTTState]):
         T = x.shape[1]
         q, k, v, eta = self._project(x, state.offset)
         eta = eta * state.exec_mask[:, None, None]
-        phase, shift = self._alignment(state, T)
-        width = T + (int(shift.max()) if T > 1 else 0)
+        phase, spread, shift = self._alignment(state, T)
+        width = T + spread
         steps = torch.arange(width, device=x.device) - shift[:, None]
         inside = (steps >= 0) & (steps < T)
         if width > T:
@@ -517,7 +521,7 @@ class TTTLayer(StreamingModule[TTTState]):
                 start + begin, causal=True,
             )
             completes = completes & inside[:, end - 1]
-            state.absorb(sums, completes, self.mini_batch_size)
+            state.absorb(sums, completes)
             if losses is not None and (T == 1 or (phase + end) % self.mini_batch_size == 0):
                 losses.after = self._closing_losses(tracker, state, start + end, completes)
                 tracker.close(losses)
