@@ -507,26 +507,23 @@ class _ChunkedRun(_SlotRun):
         self.scorer.calls += 1
         self.scorer.kept_steps += out.transformer_out.shape[1]
         self.scorer.main_steps += out.main_steps
-        scored = self.record(out.audio_logits)
+        scored = self.record(out.audio_logits, at - self.shape.max_delay, active)
         self.steps += count
         for index in range(self.batch_size):
             self.slot_steps[index] += count
         return scored
 
-    def record(self, audio_logits: torch.Tensor) -> int:
-        """Losses of the frames completed by the call's steps: step j of slot b completes frame
-        `steps[b] + j - max_delay`, scored when it lies in the slot's sequence."""
-        count = audio_logits.shape[2]
-        frame = self.steps[:, None] + torch.arange(count, device=self.device) - self.shape.max_delay
-        active = torch.tensor([item is not None for item in self.slots], device=self.device)
+    def record(self, audio_logits: torch.Tensor, frame: torch.Tensor, active: torch.Tensor) -> int:
+        """Losses of the frames completed by the call's steps: step j of slot b completes `frame[b, j]` (its step
+        minus max_delay), scored when the slot is `active` `[B]` and the frame lies in its sequence."""
         scoring = active[:, None] & (frame >= 0) & (frame < self.lengths[:, None])
         index = frame.clamp(0, self.max_frames - 1)
         targets = self.targets.gather(2, index[:, None].expand(-1, self.shape.dep_q, -1))
         losses = token_cross_entropy(audio_logits, targets).transpose(1, 2)
         self.raise_on_non_finite(losses, frame, scoring)
-        rows = torch.arange(self.batch_size, device=self.device)[:, None].expand_as(frame)
-        self.losses[rows[scoring], index[scoring]] = losses[scoring]
-        return int(scoring.sum())
+        slot, step = scoring.nonzero(as_tuple=True)  # one host read
+        self.losses[slot, index[slot, step]] = losses[slot, step]
+        return slot.numel()
 
     def raise_on_non_finite(self, losses: torch.Tensor, frame: torch.Tensor, scoring: torch.Tensor) -> None:
         """NonFiniteLossError for the first non-finite loss `[B, C, dep_q]` of the call at a defined frame and codebook
