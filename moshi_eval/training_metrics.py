@@ -101,7 +101,7 @@ def dashboard_results(paper: PaperMetricsResult | None, librilight: Mapping[str,
     (`librilight.results`) with its flags."""
     data: dict[str, Any] = dict.fromkeys(DASHBOARD_KEYS)
     if paper is not None:
-        data.update(paper.to_dict())
+        data.update(paper.data)
     else:
         data["model"] = librilight["model"]
     data.update(librilight_metrics(librilight))
@@ -158,7 +158,7 @@ class PaperMetricsEvaluator:
         warn_notes([*mapped.notes, *notes])
         config = librilight_config(self.base, mapped, ttt_inner_losses=inner_losses)
         result = evaluate_librilight(model, self.mimi, config, progress=False)
-        return logged_metrics(librilight_metrics(result.to_dict()))
+        return logged_metrics(librilight_metrics(result.data))
 
     def evaluate_librilight_only(self, model: LMModel) -> dict[str, Any]:
         return self.evaluate_librilight_long_context(model)
@@ -239,7 +239,7 @@ def training_metrics_command(args: argparse.Namespace, invocation: Invocation) -
         result = evaluate_librilight(lm, mimi, librilight.replace(ttt_inner_losses=inner_losses),
                                      model_source=request.describe(), progress=progress)
     if context.is_main:
-        librilight_data = result.to_dict()
+        librilight_data = result.data
         write_json_atomic(config.output, dashboard_results(paper, librilight_data, librilight.output))
         if paper is not None:
             paper_metrics_cli.print_summary(paper)

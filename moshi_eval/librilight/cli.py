@@ -186,7 +186,7 @@ def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argpar
     with torch.no_grad():
         result = evaluate_librilight(lm, mimi, config, model_source=request.describe(),
                                      progress=not getattr(args, "quiet", False))
-    return result.to_dict()
+    return result.data
 
 
 def evaluate_command(args: argparse.Namespace, invocation: Invocation) -> int:

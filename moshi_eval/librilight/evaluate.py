@@ -242,7 +242,7 @@ class LibriLightRun(EvaluationRun[SequenceSource]):
             ttt_inner_losses=self.inner_losses)
 
     def report(self, result: LibriLightResult) -> None:
-        data = result.write_json(self.config.output) if self.config.output else result.to_dict()
+        data = result.write_json(self.config.output) if self.config.output else result.data
         for flag in data["flags"]:
             if flag not in result.model_flags:
                 warnings.warn(flag, WorseThanUniformWarning, stacklevel=3)

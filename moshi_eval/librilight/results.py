@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,11 @@ class LibriLightResult:
             "curve": metrics.binned(per_frame, self.bin_size).tolist(),
         }
 
+    @functools.cached_property
+    def data(self) -> dict[str, Any]:
+        """`to_dict()`, computed once (a finished result does not change)."""
+        return self.to_dict()
+
     def write_json(self, path: str | Path) -> dict[str, Any]:
-        data = self.to_dict()
-        write_json_atomic(path, data)
-        return data
+        write_json_atomic(path, self.data)
+        return self.data
