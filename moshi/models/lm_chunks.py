@@ -144,21 +144,21 @@ def verified_steps(proposed: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor
 class GreedyChunk:
     """The speculation over one chunk of `count` steps: the text tokens `[B, C]` (kept ones, then proposals), each
     item's next step `[B]`, and the kept steps' transformer_out `[B, C, dim]` and text logits `[B, C, text_card_out]`
-    (when kept).
+    (when kept). Each buffer has one more column, which takes the writes that must not land (so a pass is recorded
+    without reading the device on the host).
     """
 
     def __init__(self, lm: LMModel, inputs_for: InputsFor, batch_size: int, count: int, keep_text_logits: bool) -> None:
         device = lm.device
         self.inputs_for = inputs_for
         self.count = count
-        self.text = torch.full((batch_size, count), lm.text_padding_token_id, dtype=torch.long, device=device)
+        self.text = torch.full((batch_size, count + 1), lm.text_padding_token_id, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.transformer_out = torch.empty(batch_size, count, lm.dim, dtype=lm.dtype, device=device)
+        self.transformer_out = torch.empty(batch_size, count + 1, lm.dim, dtype=lm.dtype, device=device)
         self.text_logits = None
         if keep_text_logits:
-            self.text_logits = torch.empty(batch_size, count, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
+            self.text_logits = torch.empty(batch_size, count + 1, lm.text_card_out, dtype=lm.text_linear.weight.dtype,
                                            device=device)
-        self.rows = torch.arange(batch_size, device=device)[:, None]
         self.main_steps = 0
         self.masked = False  # whether items done with the chunk were taken out of the main transformer's exec mask
 
@@ -171,7 +171,7 @@ class GreedyChunk:
         `[B, K, L]` on the current proposals, and which items `[B]` still have steps to take."""
         steps = self.position[:, None] + torch.arange(length, device=self.position.device)
         inside = steps.clamp(max=self.count - 1)
-        columns = self.inputs_for(self.text)
+        columns = self.inputs_for(self.text[:, :self.count])
         return steps, columns.gather(2, inside[:, None].expand(-1, columns.shape[1], -1)), self.position < self.count
 
     def proposed(self, steps: torch.Tensor) -> torch.Tensor:
@@ -183,19 +183,21 @@ class GreedyChunk:
         """Record a pass over `steps` `[B, L]`: its argmaxes `[B, L]` become the text of those steps (final for the
         first `kept[b]`, proposals after), and the kept steps' outputs `[B, L, dim]` and logits `[B, L, card]` are
         stored; items advance by `kept`."""
-        rows = self.rows.expand_as(steps)
+        spare = self.count  # the column that takes what must not land
         ahead = (steps < self.count) & active[:, None]
-        self.text[rows[ahead], steps[ahead]] = greedy[ahead]
+        self.text.scatter_(1, torch.where(ahead, steps, spare), greedy)
         final = torch.arange(steps.shape[1], device=steps.device) < kept[:, None]
-        self.transformer_out[rows[final], steps[final]] = out[final].to(self.transformer_out.dtype)
+        index = torch.where(final, steps, spare)[..., None]
+        self.transformer_out.scatter_(1, index.expand_as(out), out.to(self.transformer_out.dtype))
         if self.text_logits is not None:
-            self.text_logits[rows[final], steps[final]] = logits[final].to(self.text_logits.dtype)
+            self.text_logits.scatter_(1, index.expand_as(logits), logits.to(self.text_logits.dtype))
         self.position += kept
         self.main_steps += steps.shape[1]
 
     def passes(self) -> MainPasses:
-        text_logits = None if self.text_logits is None else self.text_logits[:, None]
-        return MainPasses(self.text, self.transformer_out, text_logits, self.main_steps)
+        count = self.count
+        text_logits = None if self.text_logits is None else self.text_logits[:, None, :count]
+        return MainPasses(self.text[:, :count], self.transformer_out[:, :count], text_logits, self.main_steps)
 
 
 class ChunkPasses:
