@@ -26,6 +26,7 @@ from ..scoring.cli import (
     claim_outputs,
     model_request,
     number_list,
+    open_lm,
     setting_label,
 )
 from ..scoring.errors import print_notes
@@ -177,9 +178,7 @@ def run_evaluation(config: LibriLightConfig, request: ModelRequest, args: argpar
     from ..scoring.scorer import ModelShape
     from .evaluate import evaluate_librilight, resolve_user_stream
 
-    resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
-                                              context.is_main)
-    lm = resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
+    resolved, device, lm = open_lm(request, args, context)
     needs_mimi = config.codes is None or resolve_user_stream(config.user_stream, ModelShape.of(lm)) == "silence"
     mimi = resolved.load_mimi(device, "audio input and the silence user stream (else: pre-encoded --codes with "
                                       "--user-stream zero)") if needs_mimi else None

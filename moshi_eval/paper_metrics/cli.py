@@ -27,6 +27,7 @@ from ..scoring.cli import (
     claim_outputs,
     model_request,
     number_list,
+    open_lm,
     setting_label,
 )
 from ..scoring.errors import ConfigError, print_notes
@@ -144,9 +145,7 @@ def print_summary(data: Mapping[str, Any]) -> None:
 def load_models(request: ModelRequest, args: argparse.Namespace, context: DistributedContext
                 ) -> tuple[LMModel, MimiModel]:
     """The LM and Mimi the flags name, on the device they choose."""
-    resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
-                                              context.is_main)
-    lm = resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
+    resolved, device, lm = open_lm(request, args, context)
     return lm, resolved.load_mimi(device, "encoding the benchmarks' audio")
 
 

@@ -29,7 +29,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moshi.models import model_flags
 from moshi.models.model_flags import EXPECTED_ERRORS as MODEL_ERRORS
@@ -40,6 +40,14 @@ from moshi.utils.files import folder_problem
 from .errors import ConfigError, NonFiniteLossError
 from .run import check_records_folder, claim_output, release_claims, shutdown_distributed, store_dir_for
 from .settings import EvaluationSettings, parse_float_list
+
+if TYPE_CHECKING:
+    import torch
+
+    from moshi.models.lm import LMModel
+    from moshi.models.model_flags import ResolvedModel
+
+    from .run import DistributedContext
 
 EXIT_INTERRUPTED = 130
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (*MODEL_ERRORS, NonFiniteLossError)
@@ -66,6 +74,15 @@ def model_request(args: argparse.Namespace, config: EvaluationSettings) -> Model
     config file's key; the results' `config` records them)."""
     request = ModelRequest.from_args(args, model_flags.OURS)
     return dataclasses.replace(request, context=config.context, rope_max_period=config.rope_max_period)
+
+
+def open_lm(request: ModelRequest, args: argparse.Namespace, context: DistributedContext
+            ) -> tuple[ResolvedModel, torch.device, LMModel]:
+    """The model the flags name, on the device they choose (this rank's under torchrun), with its LM loaded in the
+    dtype they choose."""
+    resolved, device = model_flags.open_model(request, getattr(args, "device", None), context.local_rank,
+                                              context.is_main)
+    return resolved, device, resolved.load_lm(device, model_flags.resolve_dtype(getattr(args, "dtype", None), device))
 
 
 def setting_label(name: str, config_file: str | None) -> str:
